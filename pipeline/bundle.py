@@ -1,0 +1,144 @@
+"""The model bundle on disk: a directory with the skops-serialised models and a manifest.
+
+Nothing here unpickles. skops only rebuilds the types we allow, and every file's SHA-256 recorded in
+`manifest.json` at training time is checked before anything is loaded: a changed byte means the model
+is refused with a `ModelIntegrityError`, and the service refuses to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import skops.io as sio
+
+MANIFEST = "manifest.json"
+MODELS_FILE = "models.skops"
+USER_DICT_FILE = "userdict.txt"
+FORMAT_VERSION = 1
+
+# Our own types that may be rebuilt from a model file, on top of what skops trusts by default.
+TRUSTED_TYPES = frozenset(
+    {
+        "pipeline.estimators.CalibratedLinearClassifier",
+        "pipeline.estimators.JiebaTokenizer",
+        "pipeline.estimators.EnglishTokenizer",
+        "pipeline.estimators.TextNormalizer",
+    }
+)
+
+
+class ModelIntegrityError(RuntimeError):
+    """The model files do not match what was recorded when the model was trained."""
+
+
+@dataclass
+class ModelBundle:
+    """Fitted models plus everything needed to use them the way they were validated."""
+
+    intent: Any  # sklearn Pipeline: text -> intent probabilities
+    purchase: Any | None  # sklearn Pipeline: text -> purchase probability
+    conversation: Any | None  # sklearn Pipeline: feature dict -> expressed purchase intent
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", "buyer-intent")
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "local"))
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.manifest.get("thresholds", {})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(bundle: ModelBundle, directory: str | Path, user_dict_text: str | None = None) -> Path:
+    """Write the bundle; the directory appears complete or not at all."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        models = {"intent": bundle.intent, "purchase": bundle.purchase, "conversation": bundle.conversation}
+        sio.dump(models, staging / MODELS_FILE)
+        files = [MODELS_FILE]
+        if user_dict_text is not None:
+            (staging / USER_DICT_FILE).write_text(user_dict_text, encoding="utf-8")
+            files.append(USER_DICT_FILE)
+        manifest = dict(bundle.manifest)
+        manifest["format_version"] = FORMAT_VERSION
+        manifest["sha256"] = {name: sha256_file(staging / name) for name in files}
+        (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True), encoding="utf-8")
+        if directory.exists():
+            backup = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(directory, backup)
+            os.replace(staging, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    bundle.manifest = manifest
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ModelIntegrityError(f"{directory}: not a model directory (no {MANIFEST})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelIntegrityError(f"{path}: manifest is not valid JSON ({exc})") from exc
+
+
+def verify_bundle(directory: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Check every recorded checksum (and, when given, the models file against an externally recorded one)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    recorded = manifest.get("sha256") or {}
+    if MODELS_FILE not in recorded:
+        raise ModelIntegrityError(f"{directory}: manifest records no checksum for {MODELS_FILE}")
+    for name, digest in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{directory}: {name} is missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ModelIntegrityError(
+                f"{path}: SHA-256 {actual[:12]}... does not match the recorded {digest[:12]}...; refusing to load"
+            )
+    if expected_sha256 and recorded[MODELS_FILE] != expected_sha256:
+        raise ModelIntegrityError(
+            f"{directory}: models file checksum differs from the one recorded in the registry; refusing to load"
+        )
+    return manifest
+
+
+def load_bundle(directory: str | Path, expected_sha256: str | None = None) -> ModelBundle:
+    directory = Path(directory)
+    manifest = verify_bundle(directory, expected_sha256)
+    path = directory / MODELS_FILE
+    untrusted = set(sio.get_untrusted_types(file=path))
+    unknown = untrusted - TRUSTED_TYPES
+    if unknown:
+        raise ModelIntegrityError(f"{path}: contains types that are not allowed: {sorted(unknown)}")
+    models = sio.load(path, trusted=sorted(untrusted))
+    return ModelBundle(models["intent"], models.get("purchase"), models.get("conversation"), manifest)

@@ -1,0 +1,202 @@
+"""The custom pieces of the models: normalisation step, tokenizers and the calibrated linear classifier.
+
+Everything here is imported by serving, so it stays small and free of training-only dependencies.
+Tokenizers are module-level classes (picklable, and serialisable by skops as plain state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from importlib import resources
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.utils.validation import check_is_fitted
+
+from pipeline.text import normalize
+
+_JIEBA_CACHE: dict[str, object] = {}
+_JIEBA_LOCK = threading.Lock()
+_EN_TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def packaged_user_words() -> tuple[str, ...]:
+    """The e-commerce user dictionary shipped with the package (one word per line, optional freq/tag)."""
+    text = resources.files("pipeline.resources").joinpath("userdict.txt").read_text(encoding="utf-8")
+    return parse_user_dict(text)
+
+
+def parse_user_dict(text: str) -> tuple[str, ...]:
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append(line)
+    return tuple(entries)
+
+
+class JiebaTokenizer:
+    """jieba word segmentation with a user dictionary that travels inside the model.
+
+    The dictionary is state of the tokenizer (so of the fitted model), not of the process: two models
+    with different dictionaries can be served side by side.
+    """
+
+    def __init__(self, user_words: tuple[str, ...] = ()):
+        self.user_words = tuple(user_words)
+
+    def _segmenter(self):
+        key = hashlib.sha256("\n".join(self.user_words).encode("utf-8")).hexdigest()
+        segmenter = _JIEBA_CACHE.get(key)
+        if segmenter is None:
+            with _JIEBA_LOCK:
+                segmenter = _JIEBA_CACHE.get(key)
+                if segmenter is None:
+                    import jieba
+
+                    segmenter = jieba.Tokenizer()
+                    segmenter.initialize()
+                    for entry in self.user_words:
+                        parts = entry.split()
+                        freq = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+                        segmenter.add_word(parts[0], freq=freq)
+                    _JIEBA_CACHE[key] = segmenter
+        return segmenter
+
+    def warm_up(self) -> None:
+        self._segmenter().lcut("预热一下分词器")
+
+    def __call__(self, text: str) -> list[str]:
+        return [token for token in self._segmenter().lcut(text, HMM=True) if not token.isspace()]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JiebaTokenizer) and other.user_words == self.user_words
+
+    def __hash__(self) -> int:
+        return hash(self.user_words)
+
+
+class EnglishTokenizer:
+    """Lower-case word tokens for English (and other space-separated) data; punctuation kept as tokens."""
+
+    def warm_up(self) -> None:
+        return None
+
+    def __call__(self, text: str) -> list[str]:
+        return _EN_TOKEN_RE.findall(text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnglishTokenizer)
+
+    def __hash__(self) -> int:
+        return hash(EnglishTokenizer)
+
+
+class TextNormalizer(TransformerMixin, BaseEstimator):
+    """The first step of every model: `pipeline.text.normalize`, so training and serving cannot diverge."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = 1
+        return self
+
+    def transform(self, X):
+        return [normalize(text) for text in X]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.requires_fit = False
+        return tags
+
+
+def _scores(estimator, X) -> np.ndarray:
+    if hasattr(estimator, "decision_function"):
+        return np.asarray(estimator.decision_function(X), dtype=np.float64)
+    return np.asarray(estimator.predict_log_proba(X), dtype=np.float64)
+
+
+def _fit_temperature(scores: np.ndarray, y_index: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of out-of-fold scores."""
+
+    def nll(log_t: float) -> float:
+        logits = scores / np.exp(log_t)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(logits).sum(axis=1))
+        return float(np.mean(log_norm - logits[np.arange(len(y_index)), y_index]))
+
+    result = minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded")
+    return float(np.exp(result.x))
+
+
+def _fit_platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    platt = LogisticRegression(C=1e6, max_iter=1000)
+    platt.fit(scores.reshape(-1, 1), y)
+    return float(platt.coef_[0, 0]), float(platt.intercept_[0])
+
+
+class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
+    """A linear classifier whose probabilities are calibrated on out-of-fold scores of the training data.
+
+    Multiclass: temperature scaling (keeps the arg-max, so accuracy is untouched); binary: Platt scaling.
+    Folds are grouped when `groups` is passed, so variants of one message never calibrate each other.
+    """
+
+    def __init__(self, estimator=None, n_folds: int = 3, random_state: int | None = 0):
+        self.estimator = estimator
+        self.n_folds = n_folds
+        self.random_state = random_state
+
+    def fit(self, X, y, groups=None):
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        y_index = np.searchsorted(self.classes_, y)
+        binary = len(self.classes_) == 2
+        if groups is not None:
+            splitter = StratifiedGroupKFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
+            folds = splitter.split(X, y_index, groups)
+        else:
+            splitter = StratifiedKFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
+            folds = splitter.split(X, y_index)
+        width = 1 if binary else len(self.classes_)
+        oof = np.zeros((X.shape[0], width))
+        for train_idx, held_idx in folds:
+            fold_model = clone(self.estimator).fit(X[train_idx], y_index[train_idx])
+            fold_scores = _scores(fold_model, X[held_idx])
+            if binary:
+                oof[held_idx, 0] = fold_scores if fold_scores.ndim == 1 else fold_scores[:, 1] - fold_scores[:, 0]
+            else:
+                full = np.full((len(held_idx), len(self.classes_)), -1e3)
+                full[:, fold_model.classes_] = fold_scores
+                oof[held_idx] = full
+        if binary:
+            self.platt_ = _fit_platt(oof[:, 0], y_index)
+        else:
+            self.temperature_ = _fit_temperature(oof, y_index)
+        self.estimator_ = clone(self.estimator).fit(X, y_index)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        scores = _scores(self.estimator_, X)
+        if len(self.classes_) == 2 and scores.ndim == 2:
+            scores = scores[:, 1] - scores[:, 0]
+        return scores
+
+    def predict_proba(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        if len(self.classes_) == 2:
+            slope, intercept = self.platt_
+            positive = expit(slope * scores + intercept)
+            return np.column_stack([1.0 - positive, positive])
+        return softmax(scores / self.temperature_, axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

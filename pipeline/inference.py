@@ -1,0 +1,157 @@
+"""Inference: resolve a model reference, load it safely, classify messages.
+
+This is the part serving and batch jobs import; it does not import training code, and MLflow is only
+imported when a registry reference has to be resolved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.bundle import ModelBundle, load_bundle
+from pipeline.text import normalize
+
+DEFAULT_MODEL_NAME = "buyer-intent"
+DEFAULT_ALIAS = "champion"
+BUNDLE_ARTIFACT = "bundle"
+
+
+class ModelNotFoundError(LookupError):
+    """The requested model reference does not resolve to a model."""
+
+
+@dataclass
+class ResolvedModel:
+    directory: Path
+    name: str
+    version: str
+    expected_sha256: str | None = None
+
+
+def _find_bundle_dir(root: Path) -> Path:
+    for candidate in (root, root / "artifacts" / BUNDLE_ARTIFACT, root / BUNDLE_ARTIFACT):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise ModelNotFoundError(f"{root}: no model bundle (manifest.json) found")
+
+
+def resolve_model(reference: str | None, tracking_uri: str | None = None, download_dir: str | Path | None = None) -> ResolvedModel:
+    """A local bundle directory, `models:/name@alias`, `models:/name/version`, a bare version number,
+    or None for `models:/buyer-intent@champion`."""
+    if reference and Path(reference).exists():
+        directory = _find_bundle_dir(Path(reference))
+        return ResolvedModel(directory, DEFAULT_MODEL_NAME, "local")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    reference = reference or f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
+    if reference.isdigit():
+        reference = f"models:/{DEFAULT_MODEL_NAME}/{reference}"
+    if not reference.startswith("models:/"):
+        raise ModelNotFoundError(f"{reference!r} is neither an existing directory nor a models:/ URI")
+    client = mlflow.MlflowClient()
+    spec = reference[len("models:/") :]
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = spec.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+        target = Path(download_dir) if download_dir else None
+        if target:
+            target.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version.version}", dst_path=str(target) if target else None
+        )
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"cannot resolve {reference}: {exc.message}") from exc
+    return ResolvedModel(
+        _find_bundle_dir(Path(local)), name, str(version.version), (version.tags or {}).get("models_sha256")
+    )
+
+
+def load_model(reference: str | None = None, tracking_uri: str | None = None) -> ModelBundle:
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    resolved = resolve_model(reference, tracking_uri)
+    bundle = load_bundle(resolved.directory, resolved.expected_sha256)
+    if resolved.version != "local":
+        bundle.manifest["version"] = resolved.version
+        bundle.manifest["name"] = resolved.name
+    return bundle
+
+
+class Predictor:
+    """Message-level predictions with the thresholds that were chosen on validation data."""
+
+    def __init__(self, bundle: ModelBundle):
+        self.bundle = bundle
+        self.labels: list[str] = [str(label) for label in bundle.intent.classes_]
+        thresholds = bundle.thresholds
+        self.fallback_threshold = float(thresholds.get("fallback", 0.0))
+        self.purchase_threshold = float(thresholds.get("purchase", 0.5))
+        self.empty_label = "other" if "other" in self.labels else bundle.manifest.get("empty_label", self.labels[0])
+        steps_i = bundle.intent.steps
+        steps_p = bundle.purchase.steps if bundle.purchase is not None else None
+        # When both models share their fitted feature steps, features are computed once per batch.
+        self._shared_features = steps_p is not None and steps_i[1][1] is steps_p[1][1]
+
+    @property
+    def has_purchase(self) -> bool:
+        return self.bundle.purchase is not None
+
+    def warm_up(self) -> None:
+        self.predict(["在吗 亲 包邮吗 [订单x]"])
+
+    def _probabilities(self, normalized: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        intent_steps = self.bundle.intent.steps
+        features = intent_steps[1][1].transform(normalized)
+        intent_proba = intent_steps[-1][1].predict_proba(features)
+        purchase = None
+        if self.bundle.purchase is not None:
+            purchase_steps = self.bundle.purchase.steps
+            purchase_features = features if self._shared_features else purchase_steps[1][1].transform(normalized)
+            purchase = purchase_steps[-1][1].predict_proba(purchase_features)[:, 1]
+        return intent_proba, purchase
+
+    def predict(self, texts: Sequence[str], top_k: int = 0) -> pd.DataFrame:
+        """intent, intent_confidence, fallback, purchase_intent, purchase_score (and top-k when asked)."""
+        normalized = [normalize(text) for text in texts]
+        n = len(normalized)
+        intents = np.full(n, self.empty_label, dtype=object)
+        confidence = np.zeros(n)
+        purchase_score = np.zeros(n)
+        top: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        present = np.array([bool(text) for text in normalized], dtype=bool)
+        if present.any():
+            index = np.flatnonzero(present)
+            proba, purchase = self._probabilities([normalized[i] for i in index])
+            best = proba.argmax(axis=1)
+            intents[index] = np.asarray(self.labels, dtype=object)[best]
+            confidence[index] = proba[np.arange(len(index)), best]
+            if purchase is not None:
+                purchase_score[index] = purchase
+            if top_k:
+                order = np.argsort(-proba, axis=1)[:, :top_k]
+                for row, i in enumerate(index):
+                    top[i] = [(self.labels[j], round(float(proba[row, j]), 6)) for j in order[row]]
+        result = pd.DataFrame(
+            {
+                "intent": intents.astype(str),
+                "intent_confidence": confidence.round(6),
+                "fallback": (confidence < self.fallback_threshold) | ~present,
+                "purchase_intent": ((purchase_score >= self.purchase_threshold) & present).astype(np.int8),
+                "purchase_score": purchase_score.round(6),
+            }
+        )
+        if top_k:
+            result["top"] = top
+        return result

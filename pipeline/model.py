@@ -1,0 +1,117 @@
+"""Model construction from config: one scikit-learn Pipeline per task (training side only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.naive_bayes import ComplementNB
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.feature_extraction import DictVectorizer
+
+from pipeline.config import Config, FeatureSettings, IntentModelSettings
+from pipeline.estimators import (
+    CalibratedLinearClassifier,
+    EnglishTokenizer,
+    JiebaTokenizer,
+    TextNormalizer,
+    packaged_user_words,
+    parse_user_dict,
+)
+
+
+def user_words(config: Config) -> tuple[str, ...]:
+    if config.text.user_dict:
+        return parse_user_dict(Path(config.text.user_dict).read_text(encoding="utf-8"))
+    return packaged_user_words()
+
+
+def make_tokenizer(config: Config):
+    if config.text.language == "zh":
+        return JiebaTokenizer(user_words(config))
+    return EnglishTokenizer()
+
+
+def make_features(settings: FeatureSettings, tokenizer) -> FeatureUnion:
+    """jieba (or English) word n-grams next to character n-grams, TF-IDF weighted."""
+    words = TfidfVectorizer(
+        tokenizer=tokenizer,
+        token_pattern=None,
+        lowercase=False,
+        ngram_range=tuple(settings.word_ngram_range),
+        min_df=settings.min_df,
+        max_features=settings.max_features,
+        sublinear_tf=settings.sublinear_tf,
+        dtype=np.float32,
+    )
+    chars = TfidfVectorizer(
+        analyzer=settings.char_analyzer,
+        lowercase=False,
+        ngram_range=tuple(settings.char_ngram_range),
+        min_df=settings.min_df,
+        max_features=settings.max_features,
+        sublinear_tf=settings.sublinear_tf,
+        dtype=np.float32,
+    )
+    return FeatureUnion([("words", words), ("chars", chars)])
+
+
+def make_linear(settings: IntentModelSettings | None, *, C: float, class_weight, seed: int, classifier: str = "logreg", alpha: float = 1e-4, max_iter: int = 2000):
+    if classifier == "logreg":
+        return LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed)
+    if classifier == "linear_svc":
+        return LinearSVC(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed)
+    if classifier == "sgd":
+        return SGDClassifier(loss="modified_huber", alpha=alpha, class_weight=class_weight, max_iter=max_iter, random_state=seed)
+    if classifier == "complement_nb":
+        return ComplementNB(alpha=max(alpha, 1e-3))
+    raise ValueError(f"unknown classifier {classifier!r}")
+
+
+def build_intent_pipeline(config: Config) -> Pipeline:
+    settings = config.intent_model
+    base = make_linear(
+        settings,
+        C=settings.C,
+        class_weight=settings.class_weight,
+        seed=config.seed,
+        classifier=settings.classifier,
+        alpha=settings.alpha,
+        max_iter=settings.max_iter,
+    )
+    return Pipeline(
+        [
+            ("normalize", TextNormalizer()),
+            ("features", make_features(config.features, make_tokenizer(config))),
+            ("classifier", CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed)),
+        ]
+    )
+
+
+def build_purchase_pipeline(config: Config) -> Pipeline:
+    settings = config.purchase_model
+    base = LogisticRegression(C=settings.C, class_weight=settings.class_weight, max_iter=2000, random_state=config.seed)
+    return Pipeline(
+        [
+            ("normalize", TextNormalizer()),
+            ("features", make_features(config.features, make_tokenizer(config))),
+            ("classifier", CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed)),
+        ]
+    )
+
+
+def build_conversation_pipeline(config: Config) -> Pipeline:
+    """Second level: a small linear model over features of the message-level outputs."""
+    settings = config.conversation_model
+    return Pipeline(
+        [
+            ("vectorize", DictVectorizer(sparse=False)),
+            ("scale", StandardScaler()),
+            ("classifier", LogisticRegression(C=settings.C, class_weight="balanced", max_iter=2000, random_state=config.seed)),
+        ]
+    )

@@ -1,0 +1,238 @@
+"""Reading and writing the tables users bring: CSV (UTF-8, UTF-8 with BOM, GB18030/GBK), JSONL, Parquet.
+
+Shop back-ends export in whatever encoding the operator's Excel used, and exports are messy: rows with
+a wrong number of fields or lines that are not JSON are handed back as rejected rows with a reason,
+never dropped silently. Everything is read in chunks so the batch jobs stay in bounded memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
+_SNIFF_BYTES = 1 << 20
+
+
+class TableError(ValueError):
+    """An input file that cannot be read at all (the message names the file and the problem)."""
+
+
+@dataclass
+class Rejected:
+    """A row that could not be used, with where it was and why."""
+
+    row: int | None
+    reason: str
+    raw: str
+
+
+@dataclass
+class Chunk:
+    frame: pd.DataFrame
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def table_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise TableError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    return suffix[1:]
+
+
+def detect_encoding(path: str | Path) -> str:
+    """utf-8 (a BOM is skipped) when the start of the file decodes as UTF-8, else GB18030 (a superset of GBK)."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8"
+    # A multi-byte character may be cut at the end of the sample: only judge complete lines.
+    if len(head) == _SNIFF_BYTES and b"\n" in head:
+        head = head[: head.rindex(b"\n")]
+    try:
+        head.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        head.decode("gb18030")
+        return "gb18030"
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{path}: neither UTF-8 nor GB18030 ({exc})") from exc
+
+
+def _csv_header(path: Path, encoding: str) -> list[str]:
+    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as handle:
+        try:
+            header = next(csv.reader(handle))
+        except StopIteration as exc:
+            raise TableError(f"{path}: the file is empty (no header row)") from exc
+    header = [name.strip() for name in header]
+    if len(set(header)) != len(header):
+        raise TableError(f"{path}: duplicate column names in the header {header}")
+    return header
+
+
+def _iter_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
+    encoding = detect_encoding(path)
+    header = _csv_header(path, encoding)
+    pending: list[Rejected] = []
+
+    def on_invalid(row: pa_csv.InvalidRow) -> str:
+        pending.append(
+            Rejected(
+                row=row.number,
+                reason=f"expected {row.expected_columns} fields, found {row.actual_columns}",
+                raw=row.text,
+            )
+        )
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(
+            encoding=encoding, column_names=header, skip_rows=1, block_size=8 << 20, use_threads=False
+        ),
+        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False
+        ),
+    )
+    buffered: list[pa.RecordBatch] = []
+    buffered_rows = 0
+    try:
+        for batch in reader:
+            buffered.append(batch)
+            buffered_rows += batch.num_rows
+            if buffered_rows >= chunk_rows:
+                yield Chunk(pa.Table.from_batches(buffered).to_pandas(), pending[:])
+                pending.clear()
+                buffered, buffered_rows = [], 0
+    except pa.ArrowInvalid as exc:
+        raise TableError(f"{path}: cannot parse as CSV: {exc}") from exc
+    if buffered or pending:
+        frame = (
+            pa.Table.from_batches(buffered).to_pandas()
+            if buffered
+            else pd.DataFrame({name: pd.Series(dtype=str) for name in header})
+        )
+        yield Chunk(frame, pending[:])
+
+
+def _iter_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:
+    encoding = detect_encoding(path)
+    records: list[dict] = []
+    rejected: list[Rejected] = []
+    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rejected.append(Rejected(line_no, f"not valid JSON: {exc.msg}", line.rstrip("\n")))
+                continue
+            if not isinstance(record, dict):
+                rejected.append(Rejected(line_no, "a line must be a JSON object", line.rstrip("\n")))
+                continue
+            record["_line"] = line_no
+            records.append(record)
+            if len(records) >= chunk_rows:
+                yield Chunk(pd.DataFrame.from_records(records), rejected)
+                records, rejected = [], []
+    if records or rejected:
+        yield Chunk(pd.DataFrame.from_records(records), rejected)
+
+
+def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TableError(f"{path}: not a readable Parquet file: {exc}") from exc
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        yield Chunk(batch.to_pandas())
+
+
+def iter_table(path: str | Path, chunk_rows: int = 100_000) -> Iterator[Chunk]:
+    """Chunks of a CSV/JSONL/Parquet file (format by extension); CSV values are kept as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file not found")
+    readers = {"csv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet}
+    yield from readers[table_format(path)](path, chunk_rows)
+
+
+def read_table(path: str | Path) -> tuple[pd.DataFrame, list[Rejected]]:
+    """The whole table and its rejected rows; for inputs that fit in memory (training and evaluation sets)."""
+    frames: list[pd.DataFrame] = []
+    rejected: list[Rejected] = []
+    for chunk in iter_table(path):
+        frames.append(chunk.frame)
+        rejected.extend(chunk.rejected)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame, rejected
+
+
+def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str) -> None:
+    if fmt == "csv":
+        handle.write(frame.to_csv(index=False).encode("utf-8"))
+    elif fmt == "jsonl":
+        handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
+    else:
+        frame.to_parquet(handle, index=False)
+
+
+def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write by extension to a temporary file beside the target, then rename: readers never see half a file."""
+    path = Path(path)
+    fmt = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _write(frame, handle, fmt)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rejected_frame(rejected: list[Rejected], source: str | Path) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source": [str(source)] * len(rejected),
+            "row": [r.row for r in rejected],
+            "reason": [r.reason for r in rejected],
+            "raw": [r.raw for r in rejected],
+        }
+    )

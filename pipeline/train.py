@@ -1,0 +1,252 @@
+"""Training: fit the message models and the conversation model, choose thresholds on validation,
+measure on test. Returns everything the caller logs; logs nothing itself."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from pipeline.bundle import ModelBundle
+from pipeline.config import Config
+from pipeline.conversation import ConversationScorer, Turn
+from pipeline.data import LabelledData, assign_splits, fingerprint
+from pipeline.evaluate import (
+    choose_fallback_threshold,
+    choose_precision_threshold,
+    intent_metrics,
+    purchase_metrics,
+)
+from pipeline.inference import Predictor
+from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_linear, user_words
+from pipeline.estimators import CalibratedLinearClassifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversationData:
+    frame: pd.DataFrame  # conversation_id, buyer_id, expressed_purchase_intent, turns (list[Turn]), stage, category
+    source: str
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    messages: pd.DataFrame  # the labelled messages with their split
+    test_predictions: pd.DataFrame  # test split with predictions (for the report)
+    metrics: dict[str, Any]  # {"test": {...}, "val": {...}, "conversation_test": {...}}
+    fingerprints: dict[str, Any]
+    conversation_test: pd.DataFrame | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    user_dict_text: str = ""
+
+
+def labelled_predictions(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with the predictor's outputs added as pred_* columns."""
+    predictions = predictor.predict(frame["text"].tolist())
+    out = frame.reset_index(drop=True).copy()
+    out["pred_intent"] = predictions["intent"].to_numpy()
+    out["confidence"] = predictions["intent_confidence"].to_numpy()
+    out["fallback"] = predictions["fallback"].to_numpy()
+    out["purchase_score"] = predictions["purchase_score"].to_numpy()
+    out["pred_purchase"] = predictions["purchase_intent"].to_numpy()
+    return out
+
+
+def score_labelled(predictor: Predictor, frame: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    scored = labelled_predictions(predictor, frame)
+    metrics: dict[str, Any] = {
+        "intent": intent_metrics(scored["intent"], scored["pred_intent"], scored["confidence"], scored["fallback"])
+    }
+    if "purchase_intent" in scored.columns and predictor.has_purchase:
+        metrics["purchase"] = purchase_metrics(scored["purchase_intent"], scored["purchase_score"], predictor.purchase_threshold)
+    return metrics, scored
+
+
+def _fit_message_models(config: Config, train: pd.DataFrame, has_purchase: bool) -> tuple[Pipeline, Pipeline | None]:
+    intent_pipeline = build_intent_pipeline(config)
+    normalizer = intent_pipeline.named_steps["normalize"].fit(train["text"])
+    features = intent_pipeline.named_steps["features"]
+    matrix = features.fit_transform(train["normalized"].tolist())
+    intent_pipeline.named_steps["classifier"].fit(matrix, train["intent"].to_numpy(), groups=train["group"].to_numpy())
+    purchase_pipeline = None
+    if has_purchase:
+        settings = config.purchase_model
+        base = make_linear(None, C=settings.C, class_weight=settings.class_weight, seed=config.seed)
+        classifier = CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed)
+        classifier.fit(matrix, train["purchase_intent"].to_numpy(), groups=train["group"].to_numpy())
+        # The same fitted feature steps: features are computed once for both models at prediction time.
+        purchase_pipeline = Pipeline([("normalize", normalizer), ("features", features), ("classifier", classifier)])
+    return intent_pipeline, purchase_pipeline
+
+
+def _conversation_split(frame: pd.DataFrame, config: Config) -> pd.Series:
+    keyed = pd.DataFrame(
+        {
+            "intent": frame["expressed_purchase_intent"].astype(str),
+            "group": frame["buyer_id"].astype(str),
+            "normalized": frame["conversation_id"].astype(str),
+        }
+    )
+    settings = config.conversation_model
+    return assign_splits(keyed, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction, seed=config.seed).to_numpy()
+
+
+def conversation_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    return purchase_metrics(y_true, scores, threshold)
+
+
+def _fit_conversation_model(config: Config, predictor: Predictor, conversations: ConversationData, bundle: ModelBundle) -> tuple[dict[str, Any], pd.DataFrame]:
+    frame = conversations.frame.reset_index(drop=True).copy()
+    frame["split"] = _conversation_split(frame, config)
+    settings = config.conversation_model
+    scorer = ConversationScorer(predictor, settings.pre_sales_intents or None, settings.concern_intents or None)
+    features, _ = scorer.features_for(frame["turns"].tolist())
+    y = frame["expressed_purchase_intent"].to_numpy(dtype=int)
+    train_idx = np.flatnonzero(frame["split"] == "train")
+    val_idx = np.flatnonzero(frame["split"] == "val")
+    test_idx = np.flatnonzero(frame["split"] == "test")
+    model = build_conversation_pipeline(config)
+    model.fit([features[i] for i in train_idx], y[train_idx])
+    bundle.conversation = model
+    scorer.model = model
+    val_scores = scorer.score_features([features[i] for i in val_idx])
+    threshold, _ = choose_precision_threshold(y[val_idx], val_scores, settings.target_precision)
+    test_scores = scorer.score_features([features[i] for i in test_idx])
+    test = frame.iloc[test_idx].drop(columns=["turns"]).copy()
+    test["purchase_score"] = test_scores
+    test["flag"] = test_scores >= threshold
+    metrics = {
+        "val": conversation_metrics(y[val_idx], val_scores, threshold),
+        "test": conversation_metrics(y[test_idx], test_scores, threshold),
+        "threshold": threshold,
+        "sizes": {"train": int(len(train_idx)), "val": int(len(val_idx)), "test": int(len(test_idx))},
+    }
+    # Baseline for the report: the best single message score, thresholded on the same validation data.
+    max_val = np.array([features[i]["purchase_max"] for i in val_idx])
+    max_test = np.array([features[i]["purchase_max"] for i in test_idx])
+    base_threshold, _ = choose_precision_threshold(y[val_idx], max_val, settings.target_precision)
+    metrics["test_max_message_baseline"] = conversation_metrics(y[test_idx], max_test, base_threshold)
+    return metrics, test
+
+
+def train(config: Config, data: LabelledData, conversations: ConversationData | None = None) -> TrainResult:
+    """Fit on the train split, choose thresholds on validation, measure once on test."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    frame = data.frame.copy()
+    frame["split"] = assign_splits(
+        frame, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction, seed=config.seed
+    ).to_numpy()
+    train_part, val_part, test_part = (frame[frame["split"] == name] for name in ("train", "val", "test"))
+    if val_part.empty or test_part.empty:
+        raise ValueError("validation or test split is empty: the data set is too small to train and evaluate honestly")
+    log.info("split: %d train / %d val / %d test messages", len(train_part), len(val_part), len(test_part))
+
+    intent_pipeline, purchase_pipeline = _fit_message_models(config, train_part, data.has_purchase_labels)
+    timings["fit_message_models_s"] = time.perf_counter() - started
+    words = user_words(config) if config.text.language == "zh" else ()
+    manifest: dict[str, Any] = {
+        "name": config.mlflow.registered_model,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package_version": package_version("buyer-intent"),
+        "labels": [str(c) for c in intent_pipeline.classes_],
+        "language": config.text.language,
+        "thresholds": {"fallback": 0.0, "purchase": 0.5},
+        "seed": config.seed,
+        "config": config.model_dump(mode="json"),
+        "pre_sales_intents": config.conversation_model.pre_sales_intents,
+        "concern_intents": config.conversation_model.concern_intents,
+    }
+    bundle = ModelBundle(intent_pipeline, purchase_pipeline, None, manifest)
+    predictor = Predictor(bundle)
+
+    # Validation choices.
+    _, val_scored = score_labelled(predictor, val_part)
+    fallback = config.intent_model.fallback
+    manifest["thresholds"]["fallback"] = choose_fallback_threshold(
+        val_scored["intent"], val_scored["pred_intent"], val_scored["confidence"], fallback.target, fallback.value, fallback.oos_label
+    )
+    if purchase_pipeline is not None:
+        manifest["thresholds"]["purchase"], _ = choose_precision_threshold(
+            val_scored["purchase_intent"].to_numpy(), val_scored["purchase_score"].to_numpy(), config.purchase_model.target_precision
+        )
+    predictor = Predictor(bundle)
+    val_metrics, _ = score_labelled(predictor, val_part)
+    test_metrics, test_scored = score_labelled(predictor, test_part)
+    timings["evaluate_s"] = time.perf_counter() - started - timings["fit_message_models_s"]
+
+    metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
+    conversation_test = None
+    fingerprints: dict[str, Any] = {
+        "messages": fingerprint(frame, ["text", "intent", *(["purchase_intent"] if data.has_purchase_labels else []), "group"]),
+        "splits": {name: int((frame["split"] == name).sum()) for name in ("train", "val", "test")},
+        "rejected_rows": int(len(data.rejected)),
+    }
+    if conversations is not None and purchase_pipeline is not None and not conversations.frame.empty:
+        conversation_started = time.perf_counter()
+        metrics["conversation"], conversation_test = _fit_conversation_model(config, predictor, conversations, bundle)
+        manifest["thresholds"]["conversation"] = metrics["conversation"]["threshold"]
+        fingerprints["conversations"] = {
+            "rows": int(len(conversations.frame)),
+            "expressed_purchase_intent_rate": round(float(conversations.frame["expressed_purchase_intent"].mean()), 4),
+            "source": conversations.source,
+        }
+        timings["conversation_model_s"] = time.perf_counter() - conversation_started
+    manifest["fingerprints"] = fingerprints
+    manifest["headline"] = headline_metrics(metrics)
+    timings["total_s"] = time.perf_counter() - started
+    return TrainResult(
+        bundle=bundle,
+        messages=frame,
+        test_predictions=test_scored,
+        metrics=metrics,
+        fingerprints=fingerprints,
+        conversation_test=conversation_test,
+        timings=timings,
+        user_dict_text="\n".join(words) + ("\n" if words else ""),
+    )
+
+
+def headline_metrics(metrics: dict[str, Any], split: str = "test") -> dict[str, float]:
+    """The few numbers compared between runs and with the champion."""
+    part = metrics[split]
+    headline = {
+        "intent_accuracy": part["intent"]["accuracy"],
+        "intent_macro_f1": part["intent"]["macro_f1"],
+        "intent_fallback_rate": part["intent"]["fallback_rate"],
+        "intent_accepted_accuracy": part["intent"]["accepted_accuracy"],
+        "intent_ece": part["intent"]["ece"],
+    }
+    if "purchase" in part:
+        headline.update(
+            {
+                "purchase_average_precision": part["purchase"]["average_precision"],
+                "purchase_precision": part["purchase"]["precision"],
+                "purchase_recall": part["purchase"]["recall"],
+                "purchase_f1": part["purchase"]["f1"],
+            }
+        )
+    if split == "test" and "conversation" in metrics:
+        conversation = metrics["conversation"]["test"]
+        headline.update(
+            {
+                "conversation_precision": conversation["precision"],
+                "conversation_recall": conversation["recall"],
+                "conversation_f1": conversation["f1"],
+                "conversation_average_precision": conversation["average_precision"],
+            }
+        )
+    return {key: float(value) for key, value in headline.items()}
+
+
+def turns_from_messages(messages: list[dict]) -> list[Turn]:
+    return [Turn(str(m.get("role", "")), str(m.get("text", "") or ""), m.get("sent_at")) for m in messages]
