@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 TRUSTED_TYPES = frozenset(
     {
         "pipeline.estimators.CalibratedLinearClassifier",
+        "pipeline.estimators.CompactTfidfVectorizer",
         "pipeline.estimators.JiebaTokenizer",
         "pipeline.estimators.EnglishTokenizer",
         "pipeline.estimators.TextNormalizer",

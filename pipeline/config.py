@@ -111,6 +111,7 @@ class ReportSettings(_Strict):
 
 class Config(_Strict):
     seed: int = 13
+    n_jobs: int = Field(2, ge=1)
     paths: Paths
     mlflow: MlflowSettings = MlflowSettings()
     split: SplitSettings = SplitSettings()

@@ -95,13 +95,13 @@ def validate_labelled(frame: pd.DataFrame, source: str, min_examples_per_label: 
     rare = set(counts[counts < min_examples_per_label].index)
     if rare:
         mask = valid["intent"].isin(rare)
-        for row in valid[mask].itertuples(index=False):
+        for row_number, intent, text in zip(valid.loc[mask, "_row"], valid.loc[mask, "intent"], valid.loc[mask, "text"], strict=True):
             rejected.append(
                 Rejected(
-                    row._asdict()["_row"],
-                    f"intent {row.intent!r} has only {counts[row.intent]} examples "
+                    row_number,
+                    f"intent {intent!r} has only {counts[intent]} examples "
                     f"(at least {min_examples_per_label} are needed to split it)",
-                    row.text,
+                    text,
                 )
             )
         valid = valid[~mask]

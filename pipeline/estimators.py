@@ -14,7 +14,9 @@ from importlib import resources
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, softmax
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
@@ -115,10 +117,41 @@ class TextNormalizer(TransformerMixin, BaseEstimator):
         return tags
 
 
+class CompactTfidfVectorizer(TfidfVectorizer):
+    """TfidfVectorizer whose vocabulary is saved as two arrays instead of a dict.
+
+    skops writes a dict entry by entry; with a few hundred thousand n-grams that made saving take
+    seconds and loading slow. Arrays are stored as plain .npy blocks. The pruned-terms set
+    (`stop_words_`) is only for introspection and is not kept.
+    """
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
+        vocabulary = state.pop("vocabulary_", None)
+        state.pop("stop_words_", None)
+        if vocabulary is not None:
+            terms = list(vocabulary)
+            state["_vocabulary_terms"] = np.array(terms, dtype=str)
+            state["_vocabulary_ids"] = np.fromiter((vocabulary[t] for t in terms), dtype=np.int64, count=len(terms))
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        terms = state.pop("_vocabulary_terms", None)
+        ids = state.pop("_vocabulary_ids", None)
+        if terms is not None:
+            state["vocabulary_"] = dict(zip(terms.tolist(), ids.tolist()))
+        super().__setstate__(state)
+
+
 def _scores(estimator, X) -> np.ndarray:
     if hasattr(estimator, "decision_function"):
         return np.asarray(estimator.decision_function(X), dtype=np.float64)
     return np.asarray(estimator.predict_log_proba(X), dtype=np.float64)
+
+
+def _fit_clone(estimator, X, y, rows):
+    return clone(estimator).fit(X[rows], y[rows])
 
 
 def _fit_temperature(scores: np.ndarray, y_index: np.ndarray) -> float:
@@ -149,10 +182,11 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
     Folds are grouped when `groups` is passed, so variants of one message never calibrate each other.
     """
 
-    def __init__(self, estimator=None, n_folds: int = 3, random_state: int | None = 0):
+    def __init__(self, estimator=None, n_folds: int = 3, random_state: int | None = 0, n_jobs: int | None = None):
         self.estimator = estimator
         self.n_folds = n_folds
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def fit(self, X, y, groups=None):
         y = np.asarray(y)
@@ -167,8 +201,14 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
             folds = splitter.split(X, y_index)
         width = 1 if binary else len(self.classes_)
         oof = np.zeros((X.shape[0], width))
-        for train_idx, held_idx in folds:
-            fold_model = clone(self.estimator).fit(X[train_idx], y_index[train_idx])
+        folds = list(folds)
+        # The fold models and the final model are independent fits: run them side by side.
+        fitted = Parallel(n_jobs=self.n_jobs)(
+            delayed(_fit_clone)(self.estimator, X, y_index, rows)
+            for rows in [train for train, _ in folds] + [np.arange(X.shape[0])]
+        )
+        self.estimator_ = fitted[-1]
+        for fold_model, (_train_idx, held_idx) in zip(fitted[:-1], folds, strict=True):
             fold_scores = _scores(fold_model, X[held_idx])
             if binary:
                 oof[held_idx, 0] = fold_scores if fold_scores.ndim == 1 else fold_scores[:, 1] - fold_scores[:, 0]
@@ -180,7 +220,6 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
             self.platt_ = _fit_platt(oof[:, 0], y_index)
         else:
             self.temperature_ = _fit_temperature(oof, y_index)
-        self.estimator_ = clone(self.estimator).fit(X, y_index)
         return self
 
     def decision_function(self, X) -> np.ndarray:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.naive_bayes import ComplementNB
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -14,9 +13,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.feature_extraction import DictVectorizer
 
-from pipeline.config import Config, FeatureSettings, IntentModelSettings
+from pipeline.config import Config, FeatureSettings
 from pipeline.estimators import (
     CalibratedLinearClassifier,
+    CompactTfidfVectorizer,
     EnglishTokenizer,
     JiebaTokenizer,
     TextNormalizer,
@@ -39,7 +39,7 @@ def make_tokenizer(config: Config):
 
 def make_features(settings: FeatureSettings, tokenizer) -> FeatureUnion:
     """jieba (or English) word n-grams next to character n-grams, TF-IDF weighted."""
-    words = TfidfVectorizer(
+    words = CompactTfidfVectorizer(
         tokenizer=tokenizer,
         token_pattern=None,
         lowercase=False,
@@ -49,7 +49,7 @@ def make_features(settings: FeatureSettings, tokenizer) -> FeatureUnion:
         sublinear_tf=settings.sublinear_tf,
         dtype=np.float32,
     )
-    chars = TfidfVectorizer(
+    chars = CompactTfidfVectorizer(
         analyzer=settings.char_analyzer,
         lowercase=False,
         ngram_range=tuple(settings.char_ngram_range),
@@ -61,7 +61,7 @@ def make_features(settings: FeatureSettings, tokenizer) -> FeatureUnion:
     return FeatureUnion([("words", words), ("chars", chars)])
 
 
-def make_linear(settings: IntentModelSettings | None, *, C: float, class_weight, seed: int, classifier: str = "logreg", alpha: float = 1e-4, max_iter: int = 2000):
+def make_linear(*, C: float, class_weight, seed: int, classifier: str = "logreg", alpha: float = 1e-4, max_iter: int = 2000):
     if classifier == "logreg":
         return LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed)
     if classifier == "linear_svc":
@@ -76,7 +76,6 @@ def make_linear(settings: IntentModelSettings | None, *, C: float, class_weight,
 def build_intent_pipeline(config: Config) -> Pipeline:
     settings = config.intent_model
     base = make_linear(
-        settings,
         C=settings.C,
         class_weight=settings.class_weight,
         seed=config.seed,
@@ -88,21 +87,16 @@ def build_intent_pipeline(config: Config) -> Pipeline:
         [
             ("normalize", TextNormalizer()),
             ("features", make_features(config.features, make_tokenizer(config))),
-            ("classifier", CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed)),
+            ("classifier", CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed, n_jobs=config.n_jobs)),
         ]
     )
 
 
-def build_purchase_pipeline(config: Config) -> Pipeline:
+def make_purchase_classifier(config: Config) -> CalibratedLinearClassifier:
+    """The purchase-intent classifier; it shares the intent model's fitted feature steps."""
     settings = config.purchase_model
     base = LogisticRegression(C=settings.C, class_weight=settings.class_weight, max_iter=2000, random_state=config.seed)
-    return Pipeline(
-        [
-            ("normalize", TextNormalizer()),
-            ("features", make_features(config.features, make_tokenizer(config))),
-            ("classifier", CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed)),
-        ]
-    )
+    return CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed, n_jobs=config.n_jobs)
 
 
 def build_conversation_pipeline(config: Config) -> Pipeline:

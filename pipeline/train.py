@@ -25,8 +25,7 @@ from pipeline.evaluate import (
     purchase_metrics,
 )
 from pipeline.inference import Predictor
-from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_linear, user_words
-from pipeline.estimators import CalibratedLinearClassifier
+from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +78,7 @@ def _fit_message_models(config: Config, train: pd.DataFrame, has_purchase: bool)
     intent_pipeline.named_steps["classifier"].fit(matrix, train["intent"].to_numpy(), groups=train["group"].to_numpy())
     purchase_pipeline = None
     if has_purchase:
-        settings = config.purchase_model
-        base = make_linear(None, C=settings.C, class_weight=settings.class_weight, seed=config.seed)
-        classifier = CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed)
+        classifier = make_purchase_classifier(config)
         classifier.fit(matrix, train["purchase_intent"].to_numpy(), groups=train["group"].to_numpy())
         # The same fitted feature steps: features are computed once for both models at prediction time.
         purchase_pipeline = Pipeline([("normalize", normalizer), ("features", features), ("classifier", classifier)])

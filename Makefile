@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with only Python 3.11 and make: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.9
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED := ../shared
+REALCHAT := $(SHARED)/realchat-dev/messages.csv
+PORT ?= 3000
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install demo test serve bento clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+install: $(UV)
+	$(UV) sync --frozen --all-groups --python $(PYTHON)
+
+## Train on the bundled corpus, evaluate, log to MLflow, register and promote, write the report.
+demo: install
+	$(BIN)/buyer-intent train --model-dir models/latest $(if $(wildcard $(REALCHAT)),--eval-data $(REALCHAT))
+	@echo "Browse runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(TOOLS) mlflow.db mlartifacts reports/* models/*

@@ -1,0 +1,191 @@
+"""`buyer-intent`: the command line users and the Makefile run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import ConfigError, load_config
+
+app = typer.Typer(help="Intent and purchase-intent models for e-commerce buyer chats.", no_args_is_help=True, add_completion=False)
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: configs/default.yaml)")]
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", help="models:/buyer-intent@champion (default), a registered version, or a local model directory"),
+]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _config(path: Optional[Path], overrides: dict):
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    data: Annotated[Optional[Path], typer.Option(help="labelled messages (CSV/JSONL/Parquet)")] = None,
+    eval_data: Annotated[Optional[list[Path]], typer.Option("--eval-data", help="extra labelled sets to evaluate on (repeatable)")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(help="also write the model bundle to this directory")] = None,
+    conversations: Annotated[Optional[Path], typer.Option(help="labelled conversations JSONL for the conversation-level detector")] = None,
+    promote: Annotated[Optional[bool], typer.Option("--promote/--no-promote", help="force or forbid setting the champion alias")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the config seed")] = None,
+) -> None:
+    """Fit, evaluate, log to MLflow, register `buyer-intent`, maybe promote to champion, write the report."""
+    from pipeline.data import DataError
+    from pipeline.workflows import train_and_track
+
+    _setup_logging()
+    cfg = _config(
+        config,
+        {"paths.data": str(data) if data else None, "paths.model_dir": str(model_dir) if model_dir else None,
+         "paths.conversations": str(conversations) if conversations else None, "seed": seed},
+    )
+    try:
+        summary = train_and_track(cfg, [str(p) for p in eval_data or []], promote)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"run id: {summary['run_id']}")
+    typer.echo(f"registered: {cfg.mlflow.registered_model} version {summary['model_version']}"
+               f" ({'promoted to @' + cfg.mlflow.alias if summary['promoted'] else 'not promoted'}: {summary['promotion_reason']})")
+    typer.echo("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["headline"].items()))
+    for name, headline in summary["eval"].items():
+        typer.echo(f"{name} metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
+    typer.echo(f"report: {summary['report']}")
+    if summary["model_dir"]:
+        typer.echo(f"model directory: {summary['model_dir']}")
+
+
+@app.command()
+def predict(
+    input: Annotated[Path, typer.Option("--input", help="CSV/JSONL/Parquet with a `text` column")],
+    output: Annotated[Path, typer.Option("--output", help="output file; format by extension")],
+    model: ModelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row."""
+    from pipeline.bundle import ModelIntegrityError
+    from pipeline.inference import ModelNotFoundError
+    from pipeline.tables import TableError
+    from pipeline.workflows import predict_file
+
+    _setup_logging()
+    try:
+        counts = predict_file(input, output, model, _config(config, {}))
+    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="labelled messages")],
+    out: Annotated[Path, typer.Option("--out", help="directory for metrics.json and the report")],
+    model: ModelOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Metrics and the report of a model on a labelled file."""
+    from pipeline.bundle import ModelIntegrityError
+    from pipeline.data import DataError
+    from pipeline.inference import ModelNotFoundError
+    from pipeline.workflows import evaluate_file
+
+    _setup_logging()
+    try:
+        metrics = evaluate_file(data, out, model, _config(config, {}))
+    except (ModelNotFoundError, ModelIntegrityError, DataError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} fallback_rate={metrics['fallback_rate']:.4f}")
+    if "purchase" in metrics:
+        p = metrics["purchase"]
+        typer.echo(f"purchase: average_precision={p['average_precision']:.4f} precision={p['precision']:.4f} recall={p['recall']:.4f}")
+    typer.echo(f"metrics: {out / 'metrics.json'}; report: {out / 'report.html'}")
+
+
+def _parse_window(window: str) -> float:
+    text = window.strip().lower()
+    try:
+        if text.endswith("h"):
+            return float(text[:-1])
+        if text.endswith("d"):
+            return float(text[:-1]) * 24
+        return float(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"window must look like 72h or 3d, got {window!r}") from exc
+
+
+@app.command()
+def flag(
+    chats: Annotated[Path, typer.Option("--chats", help="flat message export or conversation JSONL")],
+    out: Annotated[Path, typer.Option("--out", help="nudge list; format by extension")],
+    orders: Annotated[Optional[Path], typer.Option("--orders", help="orders table: order_id, buyer_id, shop_id, paid_at")] = None,
+    model: ModelOption = None,
+    window: Annotated[Optional[str], typer.Option("--window", help="attribution window, e.g. 72h")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
+    from pipeline.flag import run_flag
+
+    _setup_logging()
+    summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {}))
+    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def tune(
+    out: Annotated[Path, typer.Option("--out", help="YAML config with the best settings")],
+    config: ConfigOption = None,
+    data: Annotated[Optional[Path], typer.Option(help="labelled messages")] = None,
+    trials: Annotated[int, typer.Option(help="number of configurations to try")] = 20,
+    folds: Annotated[int, typer.Option(help="grouped cross-validation folds on the training split")] = 3,
+    n_jobs: Annotated[int, typer.Option(help="parallel workers")] = 2,
+) -> None:
+    """Search features and classifiers by cross-validation on the training split; write the best config."""
+    from pipeline.data import load_labelled
+    from pipeline.tune import run_tune
+
+    _setup_logging()
+    cfg = _config(config, {"paths.data": str(data) if data else None})
+    labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label)
+    result = run_tune(cfg, labelled, out, n_trials=trials, folds=folds, n_jobs=n_jobs)
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+
+
+@app.command("export-bento")
+def export_bento(model: ModelOption = None, config: ConfigOption = None) -> None:
+    """Copy a verified registered model into the BentoML model store for serving."""
+    from pipeline.bento_export import export_bento as export
+    from pipeline.tracking import resolve_tracking_uri
+
+    _setup_logging()
+    tag = export(model, resolve_tracking_uri(_config(config, {})))
+    typer.echo(f"bentoml model: {tag}")
+
+
+def _mount_data_commands() -> None:
+    try:
+        from pipeline.synth.cli import data_app
+    except ImportError:  # the corpus generator is optional for scoring-only installs
+        return
+    app.add_typer(data_app, name="data", help="Build the bundled corpus and synthesise data at scale.")
+
+
+_mount_data_commands()
+
+if __name__ == "__main__":
+    app()

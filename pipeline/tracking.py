@@ -1,0 +1,141 @@
+"""MLflow: where runs go, what a training run logs, registration and the champion alias."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+
+from pipeline.bundle import MODELS_FILE, save_bundle
+from pipeline.config import Config, config_as_flat_dict
+from pipeline.evaluate import flat_metrics
+from pipeline.text import mask_pii
+
+log = logging.getLogger(__name__)
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+_RUNTIME_PACKAGES = ("scikit-learn", "scipy", "numpy", "pandas", "jieba", "skops", "pyarrow", "mlflow")
+
+
+def resolve_tracking_uri(config: Config) -> str:
+    """MLFLOW_TRACKING_URI when set (a team server), else the embedded store from config."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def setup(config: Config) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns the experiment id."""
+    mlflow.set_tracking_uri(resolve_tracking_uri(config))
+    experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
+    if experiment is not None:
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+        return experiment.experiment_id
+    artifact_location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(config).startswith(("sqlite:", "file:")):
+        artifact_location = Path(config.mlflow.artifact_root).resolve().as_uri()
+    experiment_id = mlflow.create_experiment(config.mlflow.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _pip_requirements() -> list[str]:
+    requirements = []
+    for name in _RUNTIME_PACKAGES:
+        try:
+            requirements.append(f"{name}=={package_version(name)}")
+        except PackageNotFoundError:
+            continue
+    return requirements
+
+
+def log_run_contents(
+    config: Config,
+    metrics: dict[str, Any],
+    fingerprints: dict[str, Any],
+    report_dir: Path | None,
+    user_dict_text: str,
+    extra_params: dict[str, str] | None = None,
+) -> None:
+    """Params, metrics, fingerprints, report and dictionary of the active run."""
+    params = config_as_flat_dict(config)
+    params.update(extra_params or {})
+    mlflow.log_params({key: value[:6000] for key, value in params.items()})
+    scalars: dict[str, float] = {}
+    for split, part in metrics.items():
+        if not isinstance(part, dict):
+            continue
+        if split == "conversation":
+            scalars.update(flat_metrics("conversation_test", part.get("test", {})))
+            scalars.update(flat_metrics("conversation_val", part.get("val", {})))
+            continue
+        for task in ("intent", "purchase"):
+            if task in part:
+                scalars.update(flat_metrics(f"{split.replace(':', '_')}_{task}", part[task]))
+    mlflow.log_metrics(scalars)
+    mlflow.log_dict(fingerprints, "data/fingerprints.json")
+    mlflow.log_dict(json.loads(json.dumps(metrics, default=float)), "metrics/metrics.json")
+    if user_dict_text:
+        mlflow.log_text(user_dict_text, "model_inputs/userdict.txt")
+    if report_dir is not None and report_dir.is_dir():
+        mlflow.log_artifacts(str(report_dir), "report")
+
+
+def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_texts: list[str]) -> tuple[str, str]:
+    """Log the bundle as a models-from-code pyfunc, register it; returns (version, models sha256)."""
+    from pipeline.inference import Predictor
+
+    with tempfile.TemporaryDirectory(prefix="buyer-intent-bundle-") as tmp:
+        bundle_dir = save_bundle(bundle, Path(tmp) / "bundle", user_dict_text)
+        example = pd.DataFrame({"text": [mask_pii(text) for text in sample_texts[:5]] or ["在吗"]})
+        output = Predictor(bundle).predict(example["text"].tolist())
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"bundle": str(bundle_dir)},
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            registered_model_name=config.mlflow.registered_model,
+        )
+    sha = bundle.manifest["sha256"][MODELS_FILE]
+    model_version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(config.mlflow.registered_model, model_version, "models_sha256", sha)
+    return model_version, sha
+
+
+def current_champion_version(config: Config) -> str | None:
+    client = mlflow.MlflowClient()
+    try:
+        return str(client.get_model_version_by_alias(config.mlflow.registered_model, config.mlflow.alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def should_promote(policy: str, new: dict[str, float], champion: dict[str, float] | None, metric: str) -> tuple[bool, str]:
+    """Promote when there is no champion, or the new model is at least as good on the same test split."""
+    if policy == "always":
+        return True, "promotion forced"
+    if policy == "never":
+        return False, "promotion disabled"
+    if champion is None:
+        return True, "no champion yet"
+    if metric not in new or metric not in champion:
+        return False, f"{metric} missing from the comparison"
+    if new[metric] >= champion[metric]:
+        return True, f"{metric} {new[metric]:.4f} >= champion {champion[metric]:.4f}"
+    return False, f"{metric} {new[metric]:.4f} < champion {champion[metric]:.4f}"
+
+
+def promote(config: Config, model_version: str) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(config.mlflow.registered_model, config.mlflow.alias, model_version)

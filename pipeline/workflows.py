@@ -1,0 +1,173 @@
+"""The CLI's jobs as plain functions (train-and-track, predict, evaluate), so tests and notebooks call
+exactly what users run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.bundle import ModelBundle, save_bundle
+from pipeline.config import Config
+from pipeline.data import LabelledData, load_labelled, load_labelled_conversations
+from pipeline.inference import ModelNotFoundError, Predictor, load_model
+from pipeline.tables import iter_table, rejected_frame, write_table_atomic, write_text_atomic
+from pipeline.train import ConversationData, TrainResult, headline_metrics, score_labelled, train
+
+log = logging.getLogger(__name__)
+PREDICTION_COLUMNS = ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score")
+
+
+def _write_report(out_dir: Path, **kwargs) -> dict[str, Any]:
+    from pipeline.report import write_report
+
+    return write_report(out_dir, **kwargs)
+
+
+def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, float] | None, str | None]:
+    """The current champion's headline metrics on this run's test split (None when there is none)."""
+    try:
+        champion = load_model(None, tracking.resolve_tracking_uri(config))
+    except ModelNotFoundError:
+        return None, None
+    test = result.messages[result.messages["split"] == "test"]
+    metrics, _ = score_labelled(Predictor(champion), test)
+    return headline_metrics({"test": metrics}), champion.version
+
+
+def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
+    """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
+    data = load_labelled(config.paths.data, config.paths.quarantine, config.split.min_examples_per_label)
+    log.info("%s: %d valid rows, %d quarantined", data.source, len(data.frame), len(data.rejected))
+    conversations = None
+    if config.paths.conversations and Path(config.paths.conversations).exists():
+        frame, rejected = load_labelled_conversations(config.paths.conversations, config.paths.quarantine)
+        log.info("%s: %d conversations, %d quarantined", config.paths.conversations, len(frame), len(rejected))
+        conversations = ConversationData(frame, config.paths.conversations)
+    result = train(config, data, conversations)
+    predictor = Predictor(result.bundle)
+    eval_scored: dict[str, pd.DataFrame] = {}
+    for path in eval_data or []:
+        eval_set = load_labelled(path, config.paths.quarantine)
+        name = f"eval:{Path(path).stem}"
+        result.metrics[name], eval_scored[name] = score_labelled(predictor, eval_set.frame)
+        result.fingerprints[name] = {"rows": len(eval_set.frame), "rejected": len(eval_set.rejected), "source": path}
+
+    tracking.setup(config)
+    headline = headline_metrics(result.metrics)
+    with mlflow.start_run() as run:
+        run_id = run.info.run_id
+        champion_headline, champion_version = _champion_headline(config, result)
+        report_dir = Path(config.paths.reports) / run_id
+        extra = {
+            "Run": f"MLflow run `{run_id}`; champion before this run: "
+            + (f"version {champion_version}" if champion_version else "none"),
+            "Data": "```\n" + json.dumps(result.fingerprints, ensure_ascii=False, indent=1) + "\n```",
+            "Thresholds": ", ".join(f"{k} = {v:.4f}" for k, v in result.bundle.thresholds.items()),
+        }
+        report = _write_report(
+            report_dir,
+            title=f"buyer-intent training run {run_id}",
+            metrics=result.metrics,
+            scored=result.test_predictions,
+            thresholds=result.bundle.thresholds,
+            headline=headline,
+            champion_headline=champion_headline,
+            conversation_test=result.conversation_test,
+            extra_sections=extra,
+            top_confusions=config.report.top_confusions,
+            examples_per_confusion=config.report.examples_per_confusion,
+        )
+        tracking.log_run_contents(
+            config,
+            result.metrics,
+            result.fingerprints,
+            report_dir,
+            result.user_dict_text,
+            {"timings": json.dumps({k: round(v, 2) for k, v in result.timings.items()})},
+        )
+        mlflow.log_metrics({f"headline_{k}": v for k, v in headline.items() if v == v})
+        test_texts = result.test_predictions["text"].tolist()
+        version, sha = tracking.log_and_register_model(result.bundle, result.user_dict_text, config, test_texts)
+        policy = config.mlflow.promote if promote is None else ("always" if promote else "never")
+        promoted, reason = tracking.should_promote(policy, headline, champion_headline, config.mlflow.primary_metric)
+        if promoted:
+            tracking.promote(config, version)
+        mlflow.set_tags({"registered_version": version, "promoted": str(promoted), "promotion_reason": reason})
+    if config.paths.model_dir:
+        save_bundle(result.bundle, config.paths.model_dir, result.user_dict_text)
+    return {
+        "run_id": run_id,
+        "model_version": version,
+        "models_sha256": sha,
+        "promoted": promoted,
+        "promotion_reason": reason,
+        "headline": headline,
+        "eval": {name: headline_metrics(result.metrics, name) for name in result.metrics if name.startswith("eval:")},
+        "report": str(report.get("html", report_dir)),
+        "model_dir": config.paths.model_dir,
+    }
+
+
+def _load_for_use(model: str | None, config: Config) -> ModelBundle:
+    return load_model(model, tracking.resolve_tracking_uri(config))
+
+
+def predict_file(input_path: str | Path, output_path: str | Path, model: str | None, config: Config, chunk_rows: int = 100_000) -> dict[str, int]:
+    """Score every row of a table with a `text` column; every input column is kept."""
+    predictor = Predictor(_load_for_use(model, config))
+    parts, rejected = [], []
+    for chunk in iter_table(input_path, chunk_rows):
+        rejected.extend(chunk.rejected)
+        frame = chunk.frame.drop(columns=["_line"], errors="ignore")
+        if "text" not in frame.columns:
+            raise ValueError(f"{input_path}: no `text` column (found {list(frame.columns)})")
+        frame = frame.rename(columns={c: f"{c}_input" for c in PREDICTION_COLUMNS if c in frame.columns})
+        predictions = predictor.predict(frame["text"].fillna("").astype(str).tolist())
+        parts.append(pd.concat([frame.reset_index(drop=True), predictions], axis=1))
+    output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", *PREDICTION_COLUMNS])
+    write_table_atomic(output, output_path)
+    if rejected:
+        write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv")
+    return {"rows_in": len(output) + len(rejected), "rows_scored": len(output), "rows_rejected": len(rejected)}
+
+
+def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None, config: Config) -> dict[str, Any]:
+    """metrics.json and the report for a labelled file."""
+    bundle = _load_for_use(model, config)
+    data: LabelledData = load_labelled(data_path, config.paths.quarantine)
+    predictor = Predictor(bundle)
+    metrics, scored = score_labelled(predictor, data.frame)
+    out_dir = Path(out_dir)
+    headline = headline_metrics({"test": metrics})
+    _write_report(
+        out_dir,
+        title=f"evaluation of {bundle.name} version {bundle.version} on {Path(data_path).name}",
+        metrics={"test": metrics},
+        scored=scored,
+        thresholds=bundle.thresholds,
+        headline=headline,
+        extra_sections={"Data": f"{data_path}: {len(data.frame)} rows used, {len(data.rejected)} rejected"},
+        top_confusions=config.report.top_confusions,
+        examples_per_confusion=config.report.examples_per_confusion,
+    )
+    flat = {
+        "model": {"name": bundle.name, "version": bundle.version},
+        "rows": len(data.frame),
+        "rows_rejected": len(data.rejected),
+        "accuracy": metrics["intent"]["accuracy"],
+        "macro_f1": metrics["intent"]["macro_f1"],
+        "fallback_rate": metrics["intent"]["fallback_rate"],
+        "per_intent": metrics["intent"]["per_intent"],
+        "intent": metrics["intent"],
+    }
+    if "purchase" in metrics:
+        flat["purchase"] = metrics["purchase"]
+    write_text_atomic(json.dumps(flat, ensure_ascii=False, indent=2, default=float), out_dir / "metrics.json")
+    return flat
+

@@ -1,0 +1,107 @@
+"""The CLI end to end on a small corpus slice, with a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+from ..conftest import REPO
+
+runner = CliRunner()
+CONFIG = str(REPO / "configs" / "default.yaml")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def env(workspace):
+    uri = f"sqlite:///{workspace}/mlflow.db"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(workspace)
+    yield uri
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(env, workspace, small_messages_csv):
+    result = runner.invoke(
+        app,
+        ["train", "--config", CONFIG, "--data", str(small_messages_csv), "--model-dir", str(workspace / "model"),
+         "--eval-data", str(small_messages_csv)],
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_train_registers_a_champion_and_writes_the_report(first_run, env, workspace):
+    assert "run id:" in first_run and "promoted to @champion" in first_run
+    run_id = first_run.split("run id:")[1].split()[0]
+    assert (workspace / "reports" / run_id / "report.html").exists()
+    assert (workspace / "model" / "manifest.json").exists()
+    client = mlflow.MlflowClient(env)
+    champion = client.get_model_version_by_alias("buyer-intent", "champion")
+    assert champion.run_id == run_id
+    run = client.get_run(run_id)
+    assert "test_intent_macro_f1" in run.data.metrics
+    assert "eval_messages_intent_accuracy" in run.data.metrics
+    assert run.data.params["split.test_fraction"] == "0.15"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"report", "data", "model_inputs"} <= artifacts
+
+
+def test_no_promote_keeps_the_champion(first_run, env, small_messages_csv):
+    result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(small_messages_csv), "--no-promote"])
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(env)
+    assert client.get_model_version_by_alias("buyer-intent", "champion").version == "1"
+    assert len(client.search_model_versions("name='buyer-intent'")) == 2
+
+
+@pytest.mark.parametrize("model", [None, "models:/buyer-intent@champion", "1", "model"])
+def test_predict_keeps_columns_and_adds_predictions(first_run, workspace, model):
+    source = workspace / "in.csv"
+    pd.DataFrame({"text": ["在吗", "有货我就拍", ""], "intent": ["greeting", "stock", "other"], "shop": ["a", "b", "c"]}).to_csv(source, index=False)
+    out = workspace / f"out-{model or 'default'}.parquet".replace("/", "_").replace(":", "_").replace("@", "_")
+    args = ["predict", "--input", str(source), "--output", str(out)]
+    if model:
+        args += ["--model", str(workspace / model) if model == "model" else model]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out)
+    assert list(scored.columns) == ["text", "intent_input", "shop", "intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score"]
+    assert scored.loc[2, "intent"] == "other" and bool(scored.loc[2, "fallback"])
+
+
+def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages_csv):
+    out = workspace / "eval"
+    result = runner.invoke(app, ["evaluate", "--data", str(small_messages_csv), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("accuracy", "macro_f1", "per_intent", "fallback_rate", "purchase"):
+        assert key in metrics
+    assert {"average_precision", "precision", "recall", "f1"} <= set(metrics["purchase"])
+    assert (out / "report.html").exists()
+
+
+def test_unknown_model_is_a_clear_error(first_run):
+    result = runner.invoke(app, ["predict", "--input", "x.csv", "--output", "y.csv", "--model", "models:/nope@champion"])
+    assert result.exit_code == 2
+    assert "cannot resolve" in result.output
+
+
+def test_bad_data_is_a_clear_error(env, workspace):
+    bad = workspace / "bad.csv"
+    bad.write_text("message,label\n在吗,greeting\n", encoding="utf-8")
+    result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(bad)])
+    assert result.exit_code == 2
+    assert "missing required column" in result.output

@@ -1,0 +1,52 @@
+"""Shared fixtures: a model trained once per session on the bundled corpus, and small data files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MESSAGES = REPO / "data" / "messages.csv"
+CONVERSATIONS = REPO / "data" / "conversations.jsonl"
+
+
+@pytest.fixture(scope="session")
+def corpus_training(tmp_path_factory):
+    """The default configuration trained on the bundled corpus (no MLflow): the model users get."""
+    from pipeline.bundle import save_bundle
+    from pipeline.config import load_config
+    from pipeline.data import load_labelled, load_labelled_conversations
+    from pipeline.train import ConversationData, train
+
+    if not MESSAGES.exists():
+        pytest.skip("data/messages.csv is not built")
+    config = load_config(overrides={"paths.data": str(MESSAGES)})
+    data = load_labelled(MESSAGES, None, config.split.min_examples_per_label)
+    conversations = None
+    if CONVERSATIONS.exists():
+        frame, _ = load_labelled_conversations(CONVERSATIONS)
+        conversations = ConversationData(frame, str(CONVERSATIONS))
+    result = train(config, data, conversations)
+    directory = save_bundle(result.bundle, tmp_path_factory.mktemp("corpus-model") / "bundle", result.user_dict_text)
+    return result, directory
+
+
+@pytest.fixture(scope="session")
+def corpus_bundle_dir(corpus_training) -> Path:
+    return corpus_training[1]
+
+
+@pytest.fixture(scope="session")
+def small_messages_csv(tmp_path_factory) -> Path:
+    """About 1,600 corpus messages (whole groups), enough to train a real model in seconds."""
+    if not MESSAGES.exists():
+        pytest.skip("data/messages.csv is not built")
+    frame = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False)
+    groups = frame.groupby("intent")["group"].unique()
+    keep = {g for members in groups for g in sorted(members)[:25]}
+    path = tmp_path_factory.mktemp("small") / "messages.csv"
+    frame[frame["group"].isin(keep)].to_csv(path, index=False)
+    return path

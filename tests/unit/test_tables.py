@@ -1,0 +1,81 @@
+"""Exports arrive in GB18030, UTF-8 with or without BOM, as CSV, JSONL or Parquet."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.tables import TableError, detect_encoding, read_table, write_table_atomic
+
+ROWS = [("在吗 亲", "greeting"), ("七天无理由退货吗", "return_refund"), ("546838661718", "provide_info")]
+
+
+def _csv_text() -> str:
+    return "text,intent\n" + "".join(f"{t},{i}\n" for t, i in ROWS)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "gbk"])
+def test_csv_encodings_read_identically(tmp_path, encoding):
+    path = tmp_path / "m.csv"
+    path.write_bytes(_csv_text().encode(encoding))
+    frame, rejected = read_table(path)
+    assert list(frame.columns) == ["text", "intent"]
+    assert list(zip(frame["text"], frame["intent"])) == ROWS
+    assert rejected == []
+
+
+def test_gb18030_is_detected(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(_csv_text().encode("gb18030"))
+    assert detect_encoding(path) == "gb18030"
+
+
+def test_numeric_looking_text_stays_text(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(_csv_text(), encoding="utf-8")
+    frame, _ = read_table(path)
+    assert frame.loc[2, "text"] == "546838661718"
+
+
+def test_bad_csv_rows_are_rejected_with_reason(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("text,intent\n好的,affirm\n坏,行,多\n在吗,greeting\n", encoding="utf-8")
+    frame, rejected = read_table(path)
+    assert len(frame) == 2 and len(rejected) == 1
+    assert "expected 2 fields, found 3" in rejected[0].reason and rejected[0].raw == "坏,行,多"
+
+
+def test_jsonl_bad_lines_are_rejected_with_line_numbers(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"text": "在吗", "intent": "greeting"}, ensure_ascii=False) + "\n{broken\n[1]\n", encoding="utf-8")
+    frame, rejected = read_table(path)
+    assert len(frame) == 1
+    assert [r.row for r in rejected] == [2, 3]
+
+
+def test_parquet_round_trip(tmp_path):
+    path = tmp_path / "m.parquet"
+    write_table_atomic(pd.DataFrame(ROWS, columns=["text", "intent"]), path)
+    frame, _ = read_table(path)
+    assert frame["text"].tolist() == [t for t, _ in ROWS]
+
+
+def test_unsupported_and_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(TableError, match="unsupported"):
+        read_table(tmp_path / "m.xlsx")
+    with pytest.raises(TableError, match="not found"):
+        read_table(tmp_path / "m.csv")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.csv"
+    write_table_atomic(pd.DataFrame({"a": [1]}), target)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", explode)
+    with pytest.raises(RuntimeError):
+        write_table_atomic(pd.DataFrame({"a": [2]}), target)
+    assert target.read_text() == "a\n1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
