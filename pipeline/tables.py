@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,38 +194,47 @@ def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str) -> None:
         frame.to_parquet(handle, index=False)
 
 
-def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write by extension to a temporary file beside the target, then rename: readers never see half a file."""
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[io.BufferedWriter]:
+    """A binary handle on a temporary file beside `path`, renamed over it only when the block succeeds:
+    readers never see half a file. The file gets the usual permissions, not mkstemp's private 0600."""
     path = Path(path)
-    fmt = table_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _write(frame, handle, fmt)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _default_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write by extension (CSV/JSONL/Parquet), atomically."""
+    fmt = table_format(path)
+    with atomic_file(path) as handle:
+        _write(frame, handle, fmt)
+    return Path(path)
+
+
+def write_bytes_atomic(data: bytes | str, path: str | Path) -> Path:
+    with atomic_file(path) as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(text, path)
 
 
 def rejected_frame(rejected: list[Rejected], source: str | Path) -> pd.DataFrame:

@@ -63,7 +63,7 @@ def test_no_promote_keeps_the_champion(first_run, env, small_messages_csv):
     result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(small_messages_csv), "--no-promote"])
     assert result.exit_code == 0, result.output
     client = mlflow.MlflowClient(env)
-    assert client.get_model_version_by_alias("buyer-intent", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("buyer-intent", "champion").version) == "1"
     assert len(client.search_model_versions("name='buyer-intent'")) == 2
 
 
