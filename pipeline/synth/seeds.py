@@ -1,0 +1,121 @@
+"""Hand-authored seed messages (data/seeds/<intent>.yaml): loading, validation and the holdout.
+
+A seed's id becomes the `group` of every message composed from it, so splits keep a seed's variants
+together. A fixed ~20% of seeds per intent (chosen by a hash of the id, so a seed never changes side
+when others are added) is reserved for conversations: the conversation-level model is trained on
+message-model scores, which must be out-of-sample for the message model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.synth.rng import stable_fraction
+from pipeline.synth.vocab import CATEGORIES, SLOTS
+
+STAGES = ("pre_sales", "after_sales")
+SEED_STAGES = (*STAGES, "any")
+_SLOT_RE = re.compile(r"\{([a-z_]+)\}")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: 10x faster on 3k seeds
+
+
+class SeedError(ValueError):
+    """A seed file that cannot be used (bad YAML, unknown slot, duplicate id ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    id: str
+    intent: str
+    text: str
+    purchase_intent: int
+    stage: str  # pre_sales | after_sales | any
+    categories: tuple[str, ...] | None  # None: fits every category
+
+    def fits(self, category: str, stage: str) -> bool:
+        return (self.categories is None or category in self.categories) and self.stage in (stage, "any")
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return tuple(_SLOT_RE.findall(self.text))
+
+
+def _parse_seed(raw: object, intent: str, source: str) -> Seed:
+    if not isinstance(raw, dict):
+        raise SeedError(f"{source}: a seed must be a mapping, got {raw!r}")
+    missing = [key for key in ("id", "text", "purchase_intent", "stage") if key not in raw]
+    if missing:
+        raise SeedError(f"{source}: seed {raw.get('id')!r} lacks {missing}")
+    seed_id, text = str(raw["id"]).strip(), str(raw["text"])
+    if not text.strip():
+        raise SeedError(f"{source}: seed {seed_id} has an empty text")
+    if raw["purchase_intent"] not in (0, 1):
+        raise SeedError(f"{source}: seed {seed_id} purchase_intent must be 0 or 1, got {raw['purchase_intent']!r}")
+    if raw["stage"] not in SEED_STAGES:
+        raise SeedError(f"{source}: seed {seed_id} stage must be one of {SEED_STAGES}, got {raw['stage']!r}")
+    categories = raw.get("categories")
+    if categories is not None:
+        if isinstance(categories, str):
+            categories = [categories]
+        unknown = sorted(set(categories) - set(CATEGORIES))
+        if unknown or not categories:
+            raise SeedError(f"{source}: seed {seed_id} has unknown categories {unknown or categories}")
+        categories = tuple(c for c in CATEGORIES if c in categories)
+    unknown_slots = sorted(set(_SLOT_RE.findall(text)) - set(SLOTS))
+    if unknown_slots:
+        raise SeedError(f"{source}: seed {seed_id} uses unknown slot(s) {unknown_slots}")
+    return Seed(seed_id, intent, text, int(raw["purchase_intent"]), raw["stage"], categories)
+
+
+def load_seed_file(path: Path) -> list[Seed]:
+    """Seeds of one intent file; the file name must equal its `intent` key."""
+    try:
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
+    except yaml.YAMLError as exc:
+        raise SeedError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(document, dict) or "intent" not in document or "seeds" not in document:
+        raise SeedError(f"{path}: expected a mapping with `intent` and `seeds`")
+    intent = str(document["intent"])
+    if intent != path.stem:
+        raise SeedError(f"{path}: intent {intent!r} does not match the file name")
+    return [_parse_seed(raw, intent, str(path)) for raw in document["seeds"] or []]
+
+
+def load_seeds(directory: str | Path, intents: list[str] | None = None) -> list[Seed]:
+    """All seeds under `directory` (files in name order), optionally only the listed intents."""
+    seeds: list[Seed] = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        if intents is not None and path.stem not in intents:
+            continue
+        seeds.extend(load_seed_file(path))
+    duplicates = [seed_id for seed_id, n in Counter(s.id for s in seeds).items() if n > 1]
+    if duplicates:
+        raise SeedError(f"duplicate seed ids: {sorted(duplicates)[:10]}")
+    return seeds
+
+
+def seed_problems(seeds: list[Seed]) -> list[str]:
+    """Authoring problems that do not stop a build but belong in the report: same text, two labels."""
+    labels: dict[str, set[tuple[str, int]]] = {}
+    for seed in seeds:
+        labels.setdefault(seed.text.strip(), set()).add((seed.intent, seed.purchase_intent))
+    problems = [f"{text!r} is labelled {sorted(found)}" for text, found in labels.items() if len(found) > 1]
+    problems += [f"{s.id}: purchase_intent 1 in an after_sales seed" for s in seeds if s.purchase_intent and s.stage == "after_sales"]
+    return problems
+
+
+def is_conversation_seed(seed: Seed, fraction: float) -> bool:
+    """True for the seeds reserved for conversations (a fixed hash of the id, independent of other seeds)."""
+    return stable_fraction(f"holdout:{seed.id}") < fraction
+
+
+def split_seeds(seeds: list[Seed], fraction: float) -> tuple[list[Seed], list[Seed]]:
+    """(message seeds, conversation seeds)."""
+    message_seeds = [s for s in seeds if not is_conversation_seed(s, fraction)]
+    conversation_seeds = [s for s in seeds if is_conversation_seed(s, fraction)]
+    return message_seeds, conversation_seeds

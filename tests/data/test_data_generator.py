@@ -1,0 +1,119 @@
+"""The generator: seeds, label-safe noise, determinism, and the streaming `data synth` CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from pipeline.synth.cli import build, data_app
+from pipeline.synth.config import load_corpus_config
+from pipeline.synth.noise import GREETINGS, POLITE_TAILS, NoiseModel
+from pipeline.synth.seeds import is_conversation_seed
+from pipeline.synth.vocab import SlotFiller, SlotStyle
+from pipeline.text import TOKENS, normalize
+
+
+def test_seed_files_cover_the_taxonomy(seeds, taxonomy_intents) -> None:
+    counts = Counter(s.intent for s in seeds)
+    assert set(counts) == taxonomy_intents
+    assert min(counts.values()) >= 100
+
+
+def test_holdout_is_a_stable_fifth_per_intent(seeds, corpus_config) -> None:
+    fraction = corpus_config.holdout.conversation_seed_fraction
+    by_intent: dict[str, list[bool]] = {}
+    for seed in seeds:
+        by_intent.setdefault(seed.intent, []).append(is_conversation_seed(seed, fraction))
+    for intent, flags in by_intent.items():
+        assert 0.08 <= sum(flags) / len(flags) <= 0.35, intent
+
+
+def test_noise_keeps_labels(corpus_config) -> None:
+    noise = NoiseModel(corpus_config.noise.model_copy(update={"clean": 0.0}))
+    rng = random.Random(0)
+    filler = SlotFiller("apparel", rng, SlotStyle(anonymised=False, mask_numbers=0.0))
+    greetings = tuple(g for g in GREETINGS if len(g) > 1)
+    for _ in range(400):
+        acknowledged = noise.apply("好的", "affirm", "pre_sales", filler, rng)
+        assert "谢" not in acknowledged and "?" not in acknowledged and "？" not in acknowledged  # rule 4, no question
+        assert not acknowledged.startswith(greetings)
+        assert not any(tail in acknowledged for tail in POLITE_TAILS if len(tail) > 1)
+        bare = noise.apply("[订单x]", "provide_info", "after_sales", filler, rng)
+        assert "订单号" not in bare  # no order card glued to a bare order number
+        # a pre-sales question never gains after-delivery context
+        assert not any(word in noise.apply("有货吗", "stock", "pre_sales", filler, rng) for word in ("收到", "签收", "到货"))
+
+
+def test_raw_and_anonymised_values_normalise_alike() -> None:
+    rng = random.Random(1)
+    raw = SlotFiller("food", rng, SlotStyle(anonymised=False, mask_numbers=0.0))
+    masked = SlotFiller("food", rng, SlotStyle(anonymised=True, mask_numbers=1.0))
+    for slot, token in (("order", "order"), ("phone", "phone")):
+        for _ in range(20):
+            assert normalize(f"单号{raw.value(slot)}") == normalize(f"单号{masked.value(slot)}") == f"单号 {TOKENS[token]}", slot
+    for _ in range(20):
+        assert TOKENS["link"] in normalize(raw.value("link")) and normalize(masked.value("link")) == TOKENS["link"]
+
+
+def _read(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_build_is_deterministic(tmp_path: Path, small_config) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    build(load_corpus_config(small_config(first)), card=True, log=lambda _line: None)
+    build(load_corpus_config(small_config(second)), card=True, log=lambda _line: None)
+    files = _read(first)
+    assert set(files) == {"messages.csv", "conversations.jsonl", "orders.csv", "README.md"}
+    assert files == _read(second)
+    lines = files["conversations.jsonl"].decode().splitlines()
+    assert len(lines) == 80
+    other = tmp_path / "c"
+    build(load_corpus_config(small_config(other, seed=99)), card=False, log=lambda _line: None)
+    assert _read(other)["messages.csv"] != files["messages.csv"]
+
+
+def test_synth_streams_jsonl_deterministically(tmp_path: Path, small_config) -> None:
+    config = small_config(tmp_path / "cfg")
+    runner = CliRunner()
+    outputs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        result = runner.invoke(data_app, ["synth", "--conversations", "120", "--seed", "5", "--out", str(out),
+                                          "--config", str(config), "--chunk-size", "50", "--quiet"])
+        assert result.exit_code == 0, result.output
+        outputs.append(_read(out))
+    assert outputs[0] == outputs[1]
+    assert set(outputs[0]) == {"conversations.jsonl", "orders.csv"}
+    conversations = [json.loads(line) for line in outputs[0]["conversations.jsonl"].decode().splitlines()]
+    assert len(conversations) == 120
+    assert len({c["conversation_id"] for c in conversations}) == 120
+    for conversation in conversations:
+        expressed = int(any(m.get("purchase_intent") == 1 for m in conversation["messages"]))
+        assert conversation["expressed_purchase_intent"] == expressed
+
+
+def test_synth_streams_parquet(tmp_path: Path, small_config, taxonomy_intents) -> None:
+    config = small_config(tmp_path / "cfg")
+    out = tmp_path / "parquet"
+    result = CliRunner().invoke(data_app, ["synth", "--conversations", "90", "--seed", "5", "--out", str(out),
+                                           "--format", "parquet", "--config", str(config), "--chunk-size", "40", "--quiet"])
+    assert result.exit_code == 0, result.output
+    parquet = pq.ParquetFile(out / "messages.parquet")
+    assert parquet.num_row_groups == 3  # one per chunk: streamed, not collected
+    table = parquet.read().to_pandas()
+    assert list(table.columns) == ["conversation_id", "buyer_id", "shop_id", "category", "role", "text", "sent_at",
+                                   "intent", "purchase_intent", "expressed_purchase_intent"]
+    assert table["conversation_id"].nunique() == 90
+    buyer = table["role"] == "buyer"
+    assert table.loc[buyer, "intent"].isin(taxonomy_intents).all()
+    assert table.loc[~buyer, ["intent", "purchase_intent"]].isna().all().all()
+    expressed = table.groupby("conversation_id").agg(any_pi=("purchase_intent", "max"), flag=("expressed_purchase_intent", "first"))
+    assert (expressed["any_pi"].fillna(0).astype(int) == expressed["flag"]).all()
+    assert str(table["sent_at"].dt.tz) in ("UTC+08:00", "+08:00")
+    assert (out / "orders.csv").read_text().startswith("order_id,buyer_id,shop_id,paid_at\n")

@@ -1,0 +1,116 @@
+"""data/messages.csv: schema, labels, groups, realism and the leak-free split."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from pipeline.data import assign_splits
+from pipeline.synth.messages import COLUMNS
+from pipeline.synth.seeds import is_conversation_seed
+from pipeline.synth.stats import near_duplicate_share
+from pipeline.text import normalize
+
+
+def test_schema(messages: pd.DataFrame, categories) -> None:
+    assert list(messages.columns) == COLUMNS
+    assert (messages["text"].str.strip() != "").all()
+    assert set(messages["stage"]) == {"pre_sales", "after_sales"}
+    assert set(messages["category"]) == categories
+
+
+def test_size_and_per_intent_floor(messages: pd.DataFrame, corpus_config) -> None:
+    assert len(messages) >= 12_000
+    counts = messages["intent"].value_counts()
+    assert counts.min() >= corpus_config.messages.min_per_intent >= 250
+
+
+def test_label_set_is_the_taxonomy(messages: pd.DataFrame, corpus_config, taxonomy_intents) -> None:
+    assert set(messages["intent"]) == taxonomy_intents
+    assert set(corpus_config.intents) == taxonomy_intents and len(corpus_config.intents) == 20
+
+
+def test_realistic_imbalance(messages: pd.DataFrame) -> None:
+    counts = messages["intent"].value_counts()
+    assert counts.max() / counts.min() >= 3
+    frequent = ["greeting", "affirm", "thanks", "provide_info", "shipping_time", "logistics", "product_spec"]
+    assert counts[frequent].min() > counts.median() > max(counts["invoice"], counts["human_agent"])
+
+
+def test_purchase_intent_values_and_rate(messages: pd.DataFrame) -> None:
+    assert set(messages["purchase_intent"].unique()) <= {0, 1}
+    pre = messages["stage"] == "pre_sales"
+    assert 0.10 <= messages.loc[pre, "purchase_intent"].mean() <= 0.15
+    assert messages.loc[~pre, "purchase_intent"].sum() == 0, "purchase intent happens before paying"
+
+
+def test_categories_and_stages_are_covered(messages: pd.DataFrame) -> None:
+    shares = messages["category"].value_counts(normalize=True)
+    assert shares.min() >= 0.05
+    by_intent = messages.groupby("intent")["stage"].nunique()
+    assert (by_intent[["greeting", "thanks", "affirm", "provide_info", "shipping_time", "logistics", "payment"]] == 2).all()
+
+
+def test_group_integrity(messages: pd.DataFrame, seeds, corpus_config) -> None:
+    per_group = messages.groupby("group").agg(intents=("intent", "nunique"), flags=("purchase_intent", "nunique"))
+    assert (per_group["intents"] == 1).all() and (per_group["flags"] == 1).all()
+    by_id = {s.id: s for s in seeds}
+    groups = messages.drop_duplicates("group").set_index("group")
+    assert set(groups.index) <= set(by_id), "every group is a seed id"
+    for group, row in groups.iterrows():
+        seed = by_id[group]
+        assert (row["intent"], row["purchase_intent"]) == (seed.intent, seed.purchase_intent)
+        assert not is_conversation_seed(seed, corpus_config.holdout.conversation_seed_fraction)
+
+
+def test_no_duplicate_normalised_texts(messages: pd.DataFrame) -> None:
+    normalized = messages["text"].map(normalize)
+    assert normalized.is_unique
+
+
+@pytest.fixture(scope="module")
+def splits(messages: pd.DataFrame, corpus_config) -> pd.Series:
+    split = corpus_config.split
+    return assign_splits(messages, val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.seed)
+
+
+def test_split_keeps_texts_and_groups_apart(messages: pd.DataFrame, splits: pd.Series) -> None:
+    frame = pd.DataFrame({"n": messages["text"].map(normalize), "g": messages["group"], "s": splits})
+    assert frame.groupby("n")["s"].nunique().max() == 1
+    assert frame.groupby("g")["s"].nunique().max() == 1
+    assert set(frame["s"]) == {"train", "val", "test"}
+
+
+def test_near_duplicates_across_split_under_5_percent(messages: pd.DataFrame, splits: pd.Series, corpus_config) -> None:
+    normalized = messages["text"].map(normalize)
+    share, _ = near_duplicate_share(normalized[splits == "test"].tolist(), normalized[splits == "train"].tolist(), 0.8)
+    assert share < 0.05
+
+
+def test_chat_register(messages: pd.DataFrame) -> None:
+    text = messages["text"]
+
+    def share(pattern: str) -> float:
+        return text.str.contains(pattern, regex=True).mean()
+
+    assert share(r"[亲哈呢哦嘛啊呀啦吧]") > 0.25
+    assert share(r"[\U0001F300-\U0001FAFF]|\[(?:微笑|捂脸|抱拳|玫瑰|发怒|可怜)\]|\^_\^|QAQ|T_T") > 0.08
+    assert share(r"\[(?:订单|电话|链接|金额|日期|数字|姓名|地址)[x\d]") > 0.03
+    assert share(r"\d{11,}") > 0.02  # raw order ids and phones
+    assert share(r"https?://") > 0.005
+    assert share(r"[A-Za-z]") > 0.1
+    assert share(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]") > 0.005  # full-width letters / digits
+    assert share("\n") > 0.01  # pasted cards, several lines
+    assert share(r"再吗|在么|咋|啥|木有|kf|hhh|3q") > 0.03  # typos, homophones, abbreviations
+    lengths = text.str.len()
+    assert (lengths <= 2).sum() >= 50 and (lengths >= 40).sum() >= 200
+    assert {"好", "嗯"} & set(text)
+
+
+def test_data_card_reports_these_files(messages: pd.DataFrame, corpus_config) -> None:
+    card = corpus_config.path("card").read_text(encoding="utf-8")
+    assert f"{len(messages):,} messages" in card
+    match = re.search(r"Near duplicates across the split\*\*: ([\d.]+)%", card)
+    assert match and float(match.group(1)) < 5
