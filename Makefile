@@ -10,6 +10,8 @@ REALCHAT := $(SHARED)/realchat-dev/messages.csv
 PORT ?= 3000
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK := true
 
 .PHONY: install demo test serve bento clean
 
@@ -28,5 +30,16 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+## Serve the champion on $(PORT) (PORT=... make serve); trains and promotes one first when the registry has none.
+serve: install
+	@$(BIN)/python -m serving.champion || { test $$? -eq 3 && $(MAKE) --no-print-directory demo; }
+	$(BIN)/buyer-intent export-bento
+	$(BIN)/bentoml serve serving.service:BuyerIntent --port $(PORT)
+
+## A Bento with the service, the package and the champion (then: bentoml containerize buyer_intent:latest).
+bento: install
+	$(BIN)/buyer-intent export-bento
+	$(BIN)/bentoml build
+
 clean:
-	rm -rf $(VENV) $(TOOLS) mlflow.db mlartifacts reports/* models/*
+	rm -rf $(VENV) $(TOOLS) .bentoml mlflow.db mlartifacts reports/* models/*

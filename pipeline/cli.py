@@ -172,8 +172,14 @@ def export_bento(model: ModelOption = None, config: ConfigOption = None) -> None
     from pipeline.bento_export import export_bento as export
     from pipeline.tracking import resolve_tracking_uri
 
+    from pipeline.bundle import ModelIntegrityError
+    from pipeline.inference import ModelNotFoundError
+
     _setup_logging()
-    tag = export(model, resolve_tracking_uri(_config(config, {})))
+    try:
+        tag = export(model, resolve_tracking_uri(_config(config, {})))
+    except (ModelNotFoundError, ModelIntegrityError) as exc:
+        _fail(exc)
     typer.echo(f"bentoml model: {tag}")
 
 

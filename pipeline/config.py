@@ -7,6 +7,7 @@ with the key named.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,3 +179,12 @@ def config_as_flat_dict(config: Config) -> dict[str, str]:
 
     walk("", config.model_dump(mode="json"))
     return flat
+
+
+def resolve_tracking_uri(config: Config) -> str:
+    """MLFLOW_TRACKING_URI when set (a team server), else the embedded store from config, made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri

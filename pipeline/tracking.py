@@ -15,22 +15,13 @@ import pandas as pd
 from mlflow.models import infer_signature
 
 from pipeline.bundle import MODELS_FILE, save_bundle
-from pipeline.config import Config, config_as_flat_dict
+from pipeline.config import Config, config_as_flat_dict, resolve_tracking_uri
 from pipeline.evaluate import flat_metrics
 from pipeline.text import mask_pii
 
 log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 _RUNTIME_PACKAGES = ("scikit-learn", "scipy", "numpy", "pandas", "jieba", "skops", "pyarrow", "mlflow")
-
-
-def resolve_tracking_uri(config: Config) -> str:
-    """MLFLOW_TRACKING_URI when set (a team server), else the embedded store from config."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 def setup(config: Config) -> str:

@@ -1,0 +1,225 @@
+"""Request and response models of the service, with the limits of the `serving:` config section.
+
+The limits are read once, when this module is imported, from the YAML named by `BUYER_INTENT_CONFIG`
+(default: configs/default.yaml), so they appear in the OpenAPI document (`/docs.json`) as
+`maxItems` / `maxLength` and a request that breaks one is refused with 400 before any work is done.
+
+Every request model is strict (no silent coercion: `1` is not a string, `"yes"` is not a boolean),
+forbids unknown fields (a typo in a field name is an error, not an ignored field) and hides the
+offending input in its errors, so buyer text never reaches the logs through a validation error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.nudge import NudgePolicy
+
+CONFIG_ENV = "BUYER_INTENT_CONFIG"
+
+
+class ServingSettings(BaseModel):
+    """The `serving:` section of the run configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_messages: int = Field(1000, ge=1, description="messages per /classify request")
+    max_chars: int = Field(2000, ge=1, description="characters per message or turn")
+    max_turns: int = Field(500, ge=1, description="turns per conversation")
+    max_conversations: int = Field(200, ge=1, description="conversations per /flag request")
+    max_body_mb: float = Field(16.0, gt=0, description="request body size limit (MiB); larger bodies get 413")
+    timeout_s: float = Field(10.0, gt=0, description="per-request timeout; past it the client gets 504")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight (split across workers); past it new requests get 429")
+    max_batch_messages: int = Field(1024, ge=1, description="adaptive batching: messages per model call at most")
+    workers: int = Field(2, ge=1, description="server processes (each loads the model)")
+    port: int = Field(3000, ge=1, le=65535)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def config_path() -> str | None:
+    return os.environ.get(CONFIG_ENV) or None
+
+
+def serving_settings(config: Config) -> ServingSettings:
+    try:
+        return ServingSettings.model_validate(config.serving)
+    except ValidationError as exc:
+        problems = "; ".join(f"serving.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid serving settings in {config_path() or 'configs/default.yaml'}: {problems}") from exc
+
+
+CONFIG = load_config(config_path())
+SETTINGS = serving_settings(CONFIG)
+# The lost-shopper policy of `buyer-intent flag`, from the same config's `flag:` section.
+POLICY = NudgePolicy.from_config(CONFIG.flag)
+ROLE_NAMES = tuple(sorted(POLICY.role_aliases))
+
+_REQUEST_CONFIG = ConfigDict(strict=True, extra="forbid", hide_input_in_errors=True)
+
+Text = Annotated[str, StringConstraints(max_length=SETTINGS.max_chars)]
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+
+
+# --------------------------------------------------------------------------------------------- common
+
+
+class ModelInfo(BaseModel):
+    """The model that answered: the registered MLflow name and version (`local` for a bundle directory)."""
+
+    name: str
+    version: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error response: what went wrong, and for invalid input which field and why."""
+
+    error: str = Field(description="one line: the field and the reason, or what went wrong")
+    detail: list[dict] = Field(default_factory=list, description="pydantic error list: loc, msg, type (input values omitted)")
+
+
+# ------------------------------------------------------------------------------------------- classify
+
+
+class ClassifyRequest(BaseModel):
+    model_config = _REQUEST_CONFIG
+
+    messages: list[Text] = Field(
+        max_length=SETTINGS.max_messages,
+        description=f"buyer messages, at most {SETTINGS.max_messages}, each at most {SETTINGS.max_chars} characters; "
+        "an empty string is valid and classifies as `other` with `fallback`",
+    )
+
+
+class IntentScore(BaseModel):
+    intent: str
+    score: float
+
+
+class MessageResult(BaseModel):
+    intent: str = Field(description="the most likely intent (`other` for an empty message)")
+    confidence: float = Field(description="calibrated probability of `intent`")
+    top_intents: list[IntentScore] = Field(description="the 3 most likely intents with their probabilities (empty for an empty message)")
+    fallback: bool = Field(description="confidence is below the model's fallback threshold: route to a human / generic reply")
+    purchase_intent: bool = Field(description="the buyer wants to buy now or soon (purchase_score >= the model's threshold)")
+    purchase_score: float = Field(description="probability of purchase intent")
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelInfo
+    results: list[MessageResult] = Field(description="one per request message, in order")
+
+
+# --------------------------------------------------------------------------------------- conversations
+
+
+class Turn(BaseModel):
+    model_config = _REQUEST_CONFIG
+
+    role: str = Field(
+        max_length=32,
+        json_schema_extra={"enum": list(ROLE_NAMES)},
+        description="`buyer`, `agent` or `bot`, or an alias from the `flag.roles` config (买家, 客服 ...); case is ignored",
+    )
+    text: Text = Field(description="the message; turns with empty text are ignored, as the batch job rejects such rows")
+    sent_at: str = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="ISO 8601 time, e.g. 2026-11-20T21:13:05+08:00; without an offset it is read in the `flag.timezone` zone",
+    )
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, value: str) -> str:
+        if value.strip().lower() not in POLICY.role_aliases:
+            raise ValueError(f"unknown role; expected one of {', '.join(ROLE_NAMES)}")
+        return value
+
+
+class Conversation(BaseModel):
+    model_config = _REQUEST_CONFIG
+
+    conversation_id: Identifier
+    buyer_id: Identifier | None = Field(default=None, description="default: conversation_id")
+    shop_id: Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)] | None = Field(default=None, description="default: empty")
+    category: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+    messages: list[Turn] = Field(min_length=1, max_length=SETTINGS.max_turns, description=f"the turns, at most {SETTINGS.max_turns}")
+    ordered: bool | None = Field(
+        default=None,
+        description="did the buyer pay an order at this shop within the attribution window (`flag.window_hours`); "
+        "null: not known, and then the conversation is never flagged",
+    )
+
+
+class FlagConversation(Conversation):
+    """On /flag, buyer and shop are required: one nudge per buyer per shop per window is decided on them."""
+
+    buyer_id: Identifier
+    shop_id: Identifier
+
+
+class ScoreRequest(BaseModel):
+    model_config = _REQUEST_CONFIG
+
+    conversation: Conversation
+
+
+class FlagRequest(BaseModel):
+    model_config = _REQUEST_CONFIG
+
+    conversations: list[FlagConversation] = Field(
+        max_length=SETTINGS.max_conversations, description=f"at most {SETTINGS.max_conversations} conversations"
+    )
+
+
+class ScoreResponse(BaseModel):
+    """The decision `buyer-intent flag` makes for this conversation (pipeline.nudge.decide)."""
+
+    model: ModelInfo
+    conversation_id: str
+    buyer_id: str
+    shop_id: str
+    category: str | None
+    purchase_score: float = Field(description="conversation-level purchase score")
+    expressed_purchase_intent: bool = Field(description="purchase_score >= the threshold (flag.min_score or the model's)")
+    lost: bool | None = Field(description="no order followed (from `ordered`); null when not known")
+    nudge: bool = Field(description="on the nudge list: lost, expressed purchase intent, no complaint or refund")
+    reason: str = Field(description="flagged | not_lost | no_purchase_intent | complaint_or_refund | duplicate_in_window | order_unknown")
+    evidence: str = Field(description="the buyer message that showed the most purchase intent (PII masked)")
+    open_concern: str = Field(description="the last buyer concern (price_promo, stock ...), empty when none")
+    suggested_nudge: str = Field(description="nudge for the open concern: coupon, shipping_promise, restock_alert, size_help, reminder ...")
+    nudge_text: str
+    priority: int = Field(description="1 (send first) to 3")
+    send_after: str | None = Field(description="earliest send time outside quiet hours (ISO 8601)")
+    last_message_at: str | None
+
+
+class NudgeRow(BaseModel):
+    """One row of the nudge list, the columns of `buyer-intent flag` output."""
+
+    conversation_id: str
+    buyer_id: str
+    shop_id: str
+    category: str | None
+    purchase_score: float
+    evidence: str
+    open_concern: str
+    suggested_nudge: str
+    nudge_text: str
+    priority: int
+    send_after: str | None
+
+
+class FlagResponse(BaseModel):
+    model: ModelInfo
+    rows: list[NudgeRow] = Field(description="flagged conversations in the batch job's order: priority, score, send time, shop, id")
+    conversations: int
+    flagged: int
+    reasons: dict[str, int] = Field(description="conversations per decision reason")
