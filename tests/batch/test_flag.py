@@ -1,0 +1,302 @@
+"""`buyer-intent flag` end to end on fixture files: lost rules, policy, encodings, quarantine, atomic
+output and resume after a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import pipeline.flag as flag_module
+from pipeline.flag import FlagError, run_flag
+
+from .builders import chat_fixture, flat_rows, write_conversation_jsonl, write_csv, write_orders
+
+HEADER = "conversation_id,buyer_id,shop_id,category,role,text,sent_at"
+
+
+@pytest.fixture()
+def inputs(tmp_path) -> tuple[Path, Path]:
+    return write_csv(flat_rows(), tmp_path / "chats.csv"), write_orders(tmp_path / "orders.csv")
+
+
+def _run(chats, out, orders, bundle, config, **kwargs):
+    return run_flag(chats, out, orders, str(bundle), None, config, progress=False, **kwargs)
+
+
+def _flagged(out: Path) -> dict[str, dict]:
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    return {row["conversation_id"]: row for row in frame.to_dict(orient="records")}
+
+
+def test_lost_rules_policy_and_nudges(tmp_path, inputs, flag_bundle_dir, flag_config):
+    chats, orders = inputs
+    out = tmp_path / "nudges.csv"
+    summary = _run(chats, out, orders, flag_bundle_dir, flag_config())
+    flagged = _flagged(out)
+    # c2 paid exactly 72h after: not lost; c10 paid during the chat: not lost; c6 complained; c8 is the
+    # same buyer and shop as c7 within the window; c11 never wanted to buy.
+    assert set(flagged) == {"c1", "c3", "c4", "c5", "c7", "c9"}
+    assert {cid: flagged[cid]["suggested_nudge"] for cid in ("c1", "c3", "c4", "c5")} == {
+        "c1": "coupon", "c3": "restock_alert", "c4": "size_help", "c5": "shipping_promise",
+    }
+    assert flagged["c5"]["send_after"] == "2024-05-05T08:00:00+08:00"  # 22:31 + 72h is in the quiet hours
+    assert flagged["c1"]["send_after"] == "2024-05-04T10:02:00+08:00"
+    assert flagged["c1"]["category"] == "apparel" and flagged["c1"]["nudge_text"]
+    assert list(pd.read_csv(out).columns) == [
+        "conversation_id", "buyer_id", "shop_id", "category", "purchase_score", "evidence", "open_concern",
+        "suggested_nudge", "nudge_text", "priority", "send_after",
+    ]
+    assert summary["conversations"] == 11
+    assert summary["lost_shoppers"] == 9  # all but c2 and c10
+    assert summary["skipped_complaint_or_refund"] == 1
+    assert summary["suppressed_one_per_window"] == 1
+    assert summary["flagged"] == 6 and summary["flagged_share_of_lost"] == round(6 / 9, 4)
+    assert summary["per_shop"]["s3"] == {"conversations": 2, "lost_shoppers": 2, "flagged": 1, "flagged_share_of_lost": 0.5}
+    assert summary["per_category"]["home"]["flagged"] == 0
+    assert summary["rows"] == {**summary["rows"], "in": 28, "used": 28, "rejected": 0, "balanced": True}
+    written = json.loads(out.with_name("nudges.csv.summary.json").read_text(encoding="utf-8"))
+    assert written == json.loads(json.dumps(summary))
+    assert not (tmp_path / ".nudges.csv.work").exists()  # checkpoints removed after success
+
+
+def test_window_flag_moves_the_edge(tmp_path, inputs, flag_bundle_dir, flag_config):
+    chats, orders = inputs
+    out = tmp_path / "nudges.csv"
+    run_flag(chats, out, orders, str(flag_bundle_dir), 73.0, flag_config(), progress=False)
+    flagged = _flagged(out)
+    assert "c3" not in flagged  # paid 72h + 1s after: inside a 73h window
+    assert flagged["c1"]["send_after"] == "2024-05-04T11:02:00+08:00"
+
+
+def test_output_is_sorted_and_independent_of_input_order_and_format(tmp_path, inputs, flag_bundle_dir, flag_config):
+    chats, orders = inputs
+    reference = tmp_path / "a.csv"
+    _run(chats, reference, orders, flag_bundle_dir, flag_config())
+    shuffled = write_csv(flat_rows().sample(frac=1.0, random_state=3), tmp_path / "shuffled.csv")
+    jsonl = write_conversation_jsonl(tmp_path / "chats.jsonl")
+    parquet = tmp_path / "chats.parquet"
+    flat_rows().sample(frac=1.0, random_state=4).to_parquet(parquet, index=False)
+    typed = flat_rows()  # Parquet with a timestamp column, as the scale generator writes it
+    typed["sent_at"] = pd.to_datetime(typed["sent_at"], format="ISO8601").dt.as_unit("ms")
+    typed_parquet = tmp_path / "typed.parquet"
+    typed.to_parquet(typed_parquet, index=False)
+    for source in (shuffled, jsonl, parquet, typed_parquet):
+        out = tmp_path / f"{source.stem}-{source.suffix[1:]}.csv"
+        _run(source, out, orders, flag_bundle_dir, flag_config())
+        assert out.read_bytes() == reference.read_bytes(), source
+    frame = pd.read_csv(reference)
+    keys = list(zip(frame["priority"], -frame["purchase_score"], frame["send_after"], frame["shop_id"], frame["conversation_id"]))
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_output_formats(tmp_path, inputs, flag_bundle_dir, flag_config, suffix):
+    chats, orders = inputs
+    csv_out, other = tmp_path / "n.csv", tmp_path / f"n.{suffix}"
+    _run(chats, csv_out, orders, flag_bundle_dir, flag_config())
+    _run(chats, other, orders, flag_bundle_dir, flag_config())
+    frame = pd.read_parquet(other) if suffix == "parquet" else pd.read_json(other, lines=True, dtype=False)
+    assert frame["conversation_id"].tolist() == pd.read_csv(csv_out)["conversation_id"].tolist()
+
+
+def test_gb18030_and_utf8_bom_give_the_same_output(tmp_path, flag_bundle_dir, flag_config):
+    orders = write_orders(tmp_path / "orders.csv")
+    outputs = []
+    for encoding in ("utf-8", "utf-8-sig", "gb18030"):
+        chats = write_csv(flat_rows(), tmp_path / f"chats-{encoding}.csv", encoding)
+        out = tmp_path / f"out-{encoding}.csv"
+        summary = _run(chats, out, orders, flag_bundle_dir, flag_config())
+        assert summary["rows"]["rejected"] == 0
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert "能便宜点吗".encode("utf-8") in outputs[0]
+
+
+def test_ordered_column_instead_of_orders(tmp_path, flag_bundle_dir, flag_config):
+    frame = flat_rows()
+    frame["ordered"] = frame["conversation_id"].map(lambda cid: "1" if cid in {"c2", "c10", "c3"} else "0")
+    chats = write_csv(frame, tmp_path / "chats.csv")
+    out = tmp_path / "nudges.csv"
+    summary = _run(chats, out, None, flag_bundle_dir, flag_config())
+    assert set(_flagged(out)) == {"c1", "c4", "c5", "c7", "c9"}
+    assert summary["lost_shoppers"] == 8 and summary["lost_rule"] == "ordered column"
+    with pytest.raises(FlagError, match="no --orders"):
+        _run(write_csv(flat_rows(), tmp_path / "plain.csv"), tmp_path / "x.csv", None, flag_bundle_dir, flag_config())
+
+
+def test_malformed_rows_are_quarantined_and_counted(tmp_path, inputs, flag_bundle_dir, flag_config):
+    _, orders = inputs
+    good = flat_rows().to_csv(index=False, header=False).encode("utf-8")
+    bad_lines = [
+        "c20,,s1,food,buyer,我要了,2024-05-01T10:00:00+08:00\n",  # missing buyer_id
+        "c21,b21,s1,food,buyer,我要了,yesterday\n",  # unparseable sent_at
+        "c22,b22,s1,food,customer service,在吗,2024-05-01T10:00:00+08:00\n",  # unknown role
+        "c23,b23,s1,food,buyer,我要了,2024-05-01T10:00:00+08:00,extra\n",  # wrong number of fields
+        "c24,b24,s1,food,buyer,我要\ufffd了,2024-05-01T10:00:00+08:00\n",  # damaged text
+        "c1,b99,s1,apparel,buyer,我要了 电话13812345678,2024-05-01T10:03:00+08:00\n",  # another buyer in c1
+    ]
+    data = (HEADER + "\n").encode() + good + "".join(bad_lines).encode("utf-8")
+    data += "c25,b25,s1,food,buyer,".encode() + b"\xff\xfe\xfd" + ",2024-05-01T10:00:00+08:00\n".encode()  # bad bytes
+    chats = tmp_path / "chats.csv"
+    chats.write_bytes(data)
+    out = tmp_path / "nudges.csv"
+    summary = _run(chats, out, orders, flag_bundle_dir, flag_config())
+    rows = summary["rows"]
+    assert rows["in"] == 28 + 7 and rows["used"] == 28 and rows["rejected"] == 7 and rows["balanced"]
+    rejected = pd.read_csv(out.with_name("nudges.csv.rejected.csv"), dtype=str, keep_default_na=False)
+    assert len(rejected) == 7
+    reasons = " | ".join(rejected["reason"])
+    for expected in ("missing buyer_id", "unparseable sent_at", "unknown role", "expected 7 fields", "U+FFFD",
+                     "buyer_id differs", "bad encoding"):
+        assert expected in reasons
+    assert "13812345678" not in " ".join(rejected["raw"])  # rejected rows are masked too
+    assert set(_flagged(out)) == {"c1", "c3", "c4", "c5", "c7", "c9"}  # the good rows decide as before
+
+
+def test_missing_columns_and_bad_paths_fail_clearly(tmp_path, inputs, flag_bundle_dir, flag_config):
+    _, orders = inputs
+    chats = tmp_path / "chats.csv"
+    chats.write_text("conversation_id,text\nc1,在吗\n", encoding="utf-8")
+    with pytest.raises(FlagError, match="missing column"):
+        _run(chats, tmp_path / "o.csv", orders, flag_bundle_dir, flag_config())
+    with pytest.raises(FlagError, match="not found"):
+        _run(tmp_path / "nope.csv", tmp_path / "o.csv", orders, flag_bundle_dir, flag_config())
+    with pytest.raises(FlagError, match="unsupported"):
+        _run(chats, tmp_path / "o.xlsx", orders, flag_bundle_dir, flag_config())
+
+
+def test_crash_leaves_no_output_and_rerun_resumes_to_identical_bytes(tmp_path, monkeypatch, flag_bundle_dir, flag_config):
+    conversations = [(f"x{i}", f"b{i % 7}", f"s{i % 3}", "food", turns) for i, (_, _, _, _, turns) in
+                     enumerate(chat_fixture() * 4)]
+    chats = write_csv(flat_rows(conversations).sample(frac=1.0, random_state=1), tmp_path / "chats.csv")
+    orders = write_orders(tmp_path / "orders.csv")
+    config = flag_config(shard_rows=20)  # several shards
+    clean = tmp_path / "clean" / "nudges.csv"
+    _run(chats, clean, orders, flag_bundle_dir, config)
+
+    out = tmp_path / "run" / "nudges.csv"
+    real = flag_module.process_shard
+    calls = []
+
+    def crash_after_first(task):
+        calls.append(task.index)
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        return real(task)
+
+    monkeypatch.setattr(flag_module, "process_shard", crash_after_first)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(chats, out, orders, flag_bundle_dir, config)
+    assert not out.exists() and not list(out.parent.glob(".nudges.csv.*.tmp"))
+    work = next((out.parent / ".nudges.csv.work").iterdir())
+    n_shards = json.loads((work / "partition.json").read_text())["shards"]
+    assert n_shards > 2 and len(list((work / "results").glob("shard-*.json"))) == 1
+
+    resumed = []
+    monkeypatch.setattr(flag_module, "process_shard", lambda task: resumed.append(task.index) or real(task))
+    _run(chats, out, orders, flag_bundle_dir, config)
+    assert len(resumed) == n_shards - 1 and calls[0] not in resumed
+    assert out.read_bytes() == clean.read_bytes()
+    assert out.with_name("nudges.csv.rejected.csv").read_bytes() == clean.with_name("nudges.csv.rejected.csv").read_bytes()
+
+
+def test_changed_input_does_not_reuse_checkpoints(tmp_path, inputs, flag_bundle_dir, flag_config):
+    chats, orders = inputs
+    out = tmp_path / "nudges.csv"
+    config = flag_config(keep_work_dir=True)
+    _run(chats, out, orders, flag_bundle_dir, config)
+    frame = flat_rows()
+    write_csv(frame[frame["conversation_id"] != "c1"], chats)
+    _run(chats, out, orders, flag_bundle_dir, config)
+    assert "c1" not in _flagged(out)
+    assert len(list((tmp_path / ".nudges.csv.work").iterdir())) == 1  # the stale checkpoint was dropped
+
+
+def test_worker_processes_give_the_same_output(tmp_path, flag_bundle_dir, flag_config):
+    conversations = [(f"x{i}", f"b{i % 5}", f"s{i % 3}", "food", turns) for i, (_, _, _, _, turns) in
+                     enumerate(chat_fixture() * 3)]
+    chats = write_csv(flat_rows(conversations), tmp_path / "chats.csv")
+    orders = write_orders(tmp_path / "orders.csv")
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    _run(chats, one, orders, flag_bundle_dir, flag_config(shard_rows=30), workers=1)
+    _run(chats, two, orders, flag_bundle_dir, flag_config(shard_rows=30), workers=2)
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_cli_end_to_end(tmp_path, inputs, flag_bundle_dir):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    chats, orders = inputs
+    out = tmp_path / "nudges.csv"
+    result = CliRunner().invoke(
+        app, ["flag", "--chats", str(chats), "--orders", str(orders), "--out", str(out), "--model", str(flag_bundle_dir), "--window", "72h"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_name("nudges.csv.summary.json").read_text(encoding="utf-8"))
+    assert summary["conversations"] == 11 and summary["rows"]["balanced"]
+    assert set(_flagged(out)) == {"c1", "c3", "c4", "c5", "c7", "c9"}
+    assert '"flagged": 6' in result.output
+
+
+def test_service_decide_matches_the_batch_job(tmp_path, inputs, flag_bundle_dir, flag_config, flag_scorer):
+    """The service imports pipeline.nudge.decide: it must flag exactly what the batch job flags."""
+    from pipeline.conversation import Turn
+    from pipeline.nudge import ConversationInput, NudgePolicy, OrdersIndex, decide, parse_times
+
+    from .builders import orders_fixture
+
+    chats, orders = inputs
+    out = tmp_path / "nudges.csv"
+    config = flag_config()
+    _run(chats, out, orders, flag_bundle_dir, config)
+    batch = _flagged(out)
+    policy = NudgePolicy.from_config(config.flag)
+    index = OrdersIndex.from_arrays([o[1] for o in orders_fixture()], [o[2] for o in orders_fixture()],
+                                    parse_times([o[3] for o in orders_fixture()], policy.tz))
+    conversations = [
+        ConversationInput(cid, buyer, shop, [Turn(r, t, s) for r, t, s in reversed(turns)], category)  # order by time
+        for cid, buyer, shop, category, turns in chat_fixture()
+    ]
+    decisions = {d.conversation_id: d for d in decide(conversations, flag_scorer, policy, orders_index=index)}
+    assert {cid for cid, d in decisions.items() if d.flagged} == set(batch)
+    for cid, row in batch.items():
+        d = decisions[cid]
+        assert (d.evidence, d.open_concern, d.suggested_nudge, d.nudge_text, str(d.priority), d.send_after) == (
+            row["evidence"], row["open_concern"], row["suggested_nudge"], row["nudge_text"], row["priority"], row["send_after"]
+        )
+        assert d.purchase_score == float(row["purchase_score"])
+    assert decisions["c6"].reason == "complaint_or_refund" and decisions["c8"].reason == "duplicate_in_window"
+    assert decisions["c2"].reason == "not_lost" and decisions["c2"].lost is False
+
+
+def test_decide_leaves_out_turns_the_batch_would_reject(flag_scorer):
+    from pipeline.conversation import Turn
+    from pipeline.nudge import ConversationInput, NudgePolicy, decide, usable_turns
+
+    policy = NudgePolicy.from_config({"min_score": 0.0})
+    turns = [Turn("买家", "我要了", "2024-05-01T10:05:00+08:00"), Turn("buyer", "  ", "2024-05-01T10:06:00+08:00"),
+             Turn("customer service", "在的", "2024-05-01T10:07:00+08:00"), Turn("buyer", "在吗", "2024-05-01T10:00:00+08:00"),
+             Turn("buyer", "有货吗", "yesterday")]
+    roles, texts, _ = usable_turns(turns, policy)
+    assert (roles, texts) == (["buyer", "buyer"], ["在吗", "我要了"])
+    clean = [Turn("buyer", "在吗", "2024-05-01T10:00:00+08:00"), Turn("buyer", "我要了", "2024-05-01T10:05:00+08:00")]
+    noisy, plain = decide([ConversationInput("a", "b", "s", turns, ordered=False),
+                           ConversationInput("a", "b", "s", clean, ordered=False)], flag_scorer, policy)
+    assert noisy.purchase_score == plain.purchase_score and noisy.last_message_at == plain.last_message_at
+
+
+def test_a_gbk_line_in_a_utf8_export_is_read_not_lost(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """Exports stitched together from two Excel versions mix encodings: each line is decoded on its own."""
+    _, orders = inputs
+    extra = "c30,b30,s5,food,buyer,便宜点我就买了 能便宜点吗,2024-05-01T10:00:00+08:00\n"
+    chats = tmp_path / "chats.csv"
+    chats.write_bytes(flat_rows().to_csv(index=False).encode("utf-8") + extra.encode("gbk"))
+    out = tmp_path / "nudges.csv"
+    summary = _run(chats, out, orders, flag_bundle_dir, flag_config())
+    assert summary["rows"]["rejected"] == 0 and summary["rows"]["used"] == 29
+    assert _flagged(out)["c30"]["evidence"] == "便宜点我就买了 能便宜点吗"
