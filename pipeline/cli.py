@@ -139,10 +139,16 @@ def flag(
     config: ConfigOption = None,
 ) -> None:
     """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
+    from pipeline.bundle import ModelIntegrityError
     from pipeline.flag import run_flag
+    from pipeline.inference import ModelNotFoundError
+    from pipeline.tables import TableError
 
     _setup_logging()
-    summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {}))
+    try:
+        summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {}))
+    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
+        _fail(exc)
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
