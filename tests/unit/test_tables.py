@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.tables import TableError, detect_encoding, read_table, write_table_atomic
 
-ROWS = [("在吗 亲", "greeting"), ("七天无理由退货吗", "return_refund"), ("546838661718", "provide_info")]
+ROWS = [("在吗 亲", "greeting"), ("七天无理由退货吗", "return_refund"), ("318204957263", "provide_info")]
 
 
 def _csv_text() -> str:
@@ -34,7 +34,7 @@ def test_numeric_looking_text_stays_text(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text(_csv_text(), encoding="utf-8")
     frame, _ = read_table(path)
-    assert frame.loc[2, "text"] == "546838661718"
+    assert frame.loc[2, "text"] == "318204957263"
 
 
 def test_bad_csv_rows_are_rejected_with_reason(tmp_path):
