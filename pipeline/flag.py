@@ -17,7 +17,6 @@ Rows in = rows used + rows rejected, and the summary says so.
 
 from __future__ import annotations
 
-import codecs
 import concurrent.futures
 import hashlib
 import json
@@ -59,7 +58,16 @@ from pipeline.nudge import (
     parse_times,
     score_flat,
 )
-from pipeline.tables import TableError, detect_encoding, iter_table, table_format, write_table_atomic, write_text_atomic
+from pipeline.tables import (
+    TableError,
+    detect_encoding,
+    iter_table,
+    table_format,
+    utf8_copy,
+    whole_file_encoding,
+    write_table_atomic,
+    write_text_atomic,
+)
 from pipeline.text import mask_pii
 
 log = logging.getLogger(__name__)
@@ -149,21 +157,6 @@ def _blank(series: pd.Series) -> np.ndarray:
 # --- encodings --------------------------------------------------------------------------------------
 
 
-def _whole_file_encoding(path: Path) -> str | None:
-    """utf-8 or gb18030 when every byte of the file decodes in it; None for a file with bad rows."""
-    for encoding in ("utf-8", "gb18030"):
-        decoder = codecs.getincrementaldecoder(encoding)()
-        try:
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(8 << 20), b""):
-                    decoder.decode(block)
-            decoder.decode(b"", final=True)
-            return encoding
-        except UnicodeDecodeError:
-            continue
-    return None
-
-
 def readable_copy(path: Path, work: Path, source: str) -> tuple[Path, list[dict], int]:
     """The path iter_table can read, the lines rejected for bad encoding, and how many there were.
 
@@ -172,7 +165,7 @@ def readable_copy(path: Path, work: Path, source: str) -> tuple[Path, list[dict]
     encoding it decodes in), and lines that decode in neither are rejected instead of failing the run."""
     if table_format(path) == "parquet":
         return path, [], 0
-    whole = _whole_file_encoding(path)
+    whole = whole_file_encoding(path)
     try:
         sniffed = detect_encoding(path)
     except TableError:
@@ -180,26 +173,13 @@ def readable_copy(path: Path, work: Path, source: str) -> tuple[Path, list[dict]
     if whole is not None and whole == sniffed:
         return path, [], 0
     copy = work / f"{path.stem}.utf8{path.suffix}"
-    rejected: list[dict] = []
-    tmp = copy.with_name(f".{copy.name}.tmp")
-    with open(path, "rb") as source_handle, open(tmp, "wb") as target:
-        for line_no, line in enumerate(source_handle, start=1):
-            if line_no == 1 and line.startswith(codecs.BOM_UTF8):
-                line = line[len(codecs.BOM_UTF8) :]
-            for encoding in ("utf-8", "gb18030"):
-                try:
-                    target.write(line.decode(encoding).encode("utf-8"))
-                    break
-                except UnicodeDecodeError:
-                    continue
-            else:
-                if line_no == 1:
-                    raise FlagError(f"{path}: the header line is neither UTF-8 nor GB18030")
-                rejected.append(
-                    {"source": source, "row": f"line {line_no}", "reason": "bad encoding: neither UTF-8 nor GB18030",
-                     "raw": mask_pii(line.decode("utf-8", errors="replace").rstrip("\r\n"))}
-                )
-    os.replace(tmp, copy)
+    try:
+        bad_lines = utf8_copy(path, copy)
+    except TableError as exc:
+        raise FlagError(str(exc)) from exc
+    rejected = [
+        {"source": source, "row": f"line {r.row}", "reason": r.reason, "raw": mask_pii(r.raw)} for r in bad_lines
+    ]
     log.info("%s: %d line(s) with bad encoding rejected; reading a UTF-8 copy", path, len(rejected))
     return copy, rejected, len(rejected)
 

@@ -7,6 +7,7 @@ never dropped silently. Everything is read in chunks so the batch jobs stay in b
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -71,6 +72,55 @@ def detect_encoding(path: str | Path) -> str:
         return "gb18030"
     except UnicodeDecodeError as exc:
         raise TableError(f"{path}: neither UTF-8 nor GB18030 ({exc})") from exc
+
+
+def whole_file_encoding(path: str | Path) -> str | None:
+    """utf-8 or gb18030 when every byte of the file decodes in it; None for a file with bad lines."""
+    for encoding in ("utf-8", "gb18030"):
+        decoder = codecs.getincrementaldecoder(encoding)()
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(8 << 20), b""):
+                    decoder.decode(block)
+            decoder.decode(b"", final=True)
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _reads_in_one_encoding(path: Path) -> bool:
+    """True when the encoding sniffed from the start of the file decodes all of it."""
+    whole = whole_file_encoding(path)
+    if whole is None:
+        return False
+    try:
+        return detect_encoding(path) == whole
+    except TableError:
+        return False
+
+
+def utf8_copy(path: str | Path, target: str | Path) -> list[Rejected]:
+    """Copy a text export to UTF-8 line by line, each line in the encoding it decodes in (exports pasted
+    together from UTF-8 and GBK tools exist); lines that decode in neither are returned as rejected."""
+    rejected: list[Rejected] = []
+    with open(path, "rb") as source, atomic_file(target) as out:
+        for line_no, line in enumerate(source, start=1):
+            if line_no == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8) :]
+            for encoding in ("utf-8", "gb18030"):
+                try:
+                    out.write(line.decode(encoding).encode("utf-8"))
+                    break
+                except UnicodeDecodeError:
+                    continue
+            else:
+                if line_no == 1:
+                    raise TableError(f"{path}: the header line is neither UTF-8 nor GB18030")
+                rejected.append(
+                    Rejected(line_no, "bad encoding: neither UTF-8 nor GB18030", line.decode("utf-8", errors="replace").rstrip("\r\n"))
+                )
+    return rejected
 
 
 def _csv_header(path: Path, encoding: str) -> list[str]:
@@ -170,8 +220,22 @@ def iter_table(path: str | Path, chunk_rows: int = 100_000) -> Iterator[Chunk]:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: file not found")
+    fmt = table_format(path)
     readers = {"csv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet}
-    yield from readers[table_format(path)](path, chunk_rows)
+    if fmt == "parquet" or _reads_in_one_encoding(path):
+        yield from readers[fmt](path, chunk_rows)
+        return
+    with tempfile.TemporaryDirectory(prefix="buyer-intent-decoded-") as tmp:
+        copy = Path(tmp) / f"decoded{path.suffix}"
+        bad_lines = utf8_copy(path, copy)
+        first = True
+        for chunk in readers[fmt](copy, chunk_rows):
+            if first:
+                chunk.rejected = bad_lines + chunk.rejected
+                first = False
+            yield chunk
+        if first and bad_lines:
+            yield Chunk(pd.DataFrame(), bad_lines)
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, list[Rejected]]:

@@ -79,3 +79,21 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         write_table_atomic(pd.DataFrame({"a": [2]}), target)
     assert target.read_text() == "a\n1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_a_line_in_neither_encoding_is_rejected_not_the_whole_file(tmp_path):
+    path = tmp_path / "m.csv"
+    good = "text,intent\n在吗,greeting\n".encode("utf-8")
+    gbk_line = "七天无理由退货吗,return_refund\n".encode("gb18030")
+    path.write_bytes(good + gbk_line + b"\xff\xfe\xfa,other\n" + "好的,affirm\n".encode("utf-8"))
+    frame, rejected = read_table(path)
+    assert frame["text"].tolist() == ["在吗", "七天无理由退货吗", "好的"]
+    assert [(r.row, r.reason) for r in rejected] == [(4, "bad encoding: neither UTF-8 nor GB18030")]
+
+
+def test_gb18030_only_after_the_first_megabyte_is_read(tmp_path):
+    path = tmp_path / "m.csv"
+    head = "text,intent\n" + "在吗,greeting\n" * 120_000
+    path.write_bytes(head.encode("utf-8") + "七天无理由退货吗,return_refund\n".encode("gb18030"))
+    frame, rejected = read_table(path)
+    assert frame["text"].iloc[-1] == "七天无理由退货吗" and rejected == []
