@@ -342,17 +342,71 @@ def _ft_predict(model, texts: list[str]) -> tuple[list[str], list[float]]:
     return [label[0][len("__label__"):] for label in labels], [float(p[0]) for p in probs]
 
 
-def fasttext_timing_worker(model_path: Path, texts_path: Path) -> None:
-    """Prints one round of throughput of a saved fastText model (loading excluded), as JSON."""
+def fasttext_timing(model_path: Path, texts_path: Path) -> dict[str, float]:
+    """One round of throughput of a saved fastText model (loading excluded)."""
     import fasttext
 
     model = fasttext.load_model(str(model_path))
     texts = json.loads(Path(texts_path).read_text(encoding="utf-8"))
     batch, single = _throughput(lambda chunk: _ft_predict(model, chunk), texts)
-    print(json.dumps({"msgs_per_s": batch, "msgs_per_s_single": single}))
+    return {"msgs_per_s": batch, "msgs_per_s_single": single}
 
 
-def measure_throughput(task: Task, per_system: dict[str, dict[str, Any]], work: Path, rounds: int = 3) -> None:
+class FastTextProcess:
+    """The separate process that runs every fastText call of a benchmark run (fit, predict, timing).
+
+    One process for the run, so its start-up and imports are paid once; requests and answers are JSON lines.
+    """
+
+    def __init__(self, log_path: Path):
+        self._log = open(log_path, "w", encoding="utf-8")
+        self._process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "fasttext-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._log, text=True, cwd=str(REPO), bufsize=1,
+        )
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self._process.poll() is not None:
+            raise RuntimeError(f"fastText process ended (exit {self._process.returncode})")
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"fastText process ended (exit {self._process.wait()})")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise RuntimeError(answer.get("error", "unknown error"))
+        return answer["result"]
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._log.close()
+
+
+def fasttext_server() -> None:
+    """The loop of `FastTextProcess`: one JSON request per line on stdin, one JSON answer per line on stdout."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["cmd"] == "fit":
+                result = fasttext_worker(Path(request["job"]))
+            elif request["cmd"] == "time":
+                result = fasttext_timing(Path(request["model"]), Path(request["texts"]))
+            else:
+                raise ValueError(f"unknown command {request['cmd']!r}")
+            answer = {"ok": True, "result": result}
+        except Exception as exc:  # reported to the parent, which records the failure
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+def measure_throughput(task: Task, per_system: dict[str, dict[str, Any]], work: Path, rounds: int = 3, fasttext: FastTextProcess | None = None) -> None:
     """Throughput of every fitted system on the test texts, interleaved round by round so that a change of
     load on the machine hits all systems alike; the best round of each is kept."""
     from pipeline.bundle import load_bundle
@@ -369,12 +423,11 @@ def measure_throughput(task: Task, per_system: dict[str, dict[str, Any]], work: 
             if "error" in run:
                 continue
             if name == "fastText":
-                completed = subprocess.run([sys.executable, str(Path(__file__).resolve()), "fasttext-time", run["model_path"], str(texts_path)],
-                                           capture_output=True, text=True, timeout=600, cwd=str(REPO))
-                if completed.returncode != 0:
-                    print(f"[quality] fastText timing failed: {completed.stderr.strip()[-300:]}", file=sys.stderr)
+                try:
+                    timing = fasttext.call({"cmd": "time", "model": run["model_path"], "texts": str(texts_path)})
+                except (RuntimeError, AttributeError) as exc:
+                    print(f"[quality] fastText timing failed: {exc}", file=sys.stderr)
                     continue
-                timing = json.loads(completed.stdout.strip().splitlines()[-1])
                 rates = (timing["msgs_per_s"], timing["msgs_per_s_single"])
             else:
                 rates = _throughput(predictors[name].predict, texts)
@@ -385,8 +438,8 @@ def measure_throughput(task: Task, per_system: dict[str, dict[str, Any]], work: 
             run["msgs_per_s"], run["msgs_per_s_single"] = best.get(name, (float("nan"), float("nan")))
 
 
-def fasttext_worker(job_path: Path) -> None:
-    """Runs in its own process: tune on (tune_train, tune_val), refit on train, predict val and test."""
+def fasttext_worker(job_path: Path) -> dict[str, Any]:
+    """In the fastText process: tune on (tune_train, tune_val), refit on train, predict val and test."""
     import fasttext
 
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
@@ -436,24 +489,19 @@ def fasttext_worker(job_path: Path) -> None:
     for name in ("val", "test"):
         labels, confidence = predict(model, job[name]["texts"])
         result[name] = {"labels": labels, "confidence": confidence}
-    Path(job["result"]).write_text(json.dumps(result), encoding="utf-8")
+    return result
 
 
-def run_fasttext(task: Task, work: Path, grid: dict[str, list], fixed: dict[str, Any] | None = None, timeout: float = 3600) -> dict[str, Any]:
+def run_fasttext(task: Task, work: Path, grid: dict[str, list], fixed: dict[str, Any] | None, process: FastTextProcess) -> dict[str, Any]:
     work = work / f"fasttext-{task.name}"
     work.mkdir(parents=True, exist_ok=True)
     as_dict = lambda split: {"texts": split.texts, "labels": [str(label) for label in split.labels]}  # noqa: E731
-    job = {"work": str(work), "result": str(work / "result.json"), "grid": grid, "fixed": fixed or {},
+    job = {"work": str(work), "grid": grid, "fixed": fixed or {},
            "tune_train": as_dict(task.tune_train), "tune_val": as_dict(task.tune_val), "train": as_dict(task.train),
            "val": as_dict(task.val), "test": as_dict(task.test)}
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job), encoding="utf-8")
-    completed = subprocess.run([sys.executable, str(Path(__file__).resolve()), "fasttext-worker", str(job_path)],
-                               capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
-    if completed.returncode != 0:
-        last = completed.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"worker exit {completed.returncode}: {last[0][:300]}")
-    return json.loads((work / "result.json").read_text(encoding="utf-8"))
+    return process.call({"cmd": "fit", "job": str(job_path)})
 
 
 # ------------------------------------------------------------------------------------- real chats
@@ -763,12 +811,13 @@ def run_benchmark(
     tasks: list[str] | None = None,
     notes: str | None = None,
     throughput_rounds: int = 3,
+    config_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from pipeline.config import load_config
     from pipeline.tracking import resolve_tracking_uri
 
-    best = load_config(best_config)
-    default = load_config(default_config, {"text.language": "en"})
+    best = load_config(best_config, config_overrides)
+    default = load_config(default_config, {"text.language": "en", **(config_overrides or {})})
     grid = fasttext_grid or FASTTEXT_GRID
     fixed = FASTTEXT_FIXED | (fasttext_fixed or {})
     systems = {"ours (best)": best, "ours (default)": default}
@@ -796,30 +845,18 @@ def run_benchmark(
         "tasks": [],
         "results": {},
     }
-    from joblib import Parallel, delayed
-
-    # Start the worker pool the calibration folds use now, so no system's fit time pays for it.
-    Parallel(n_jobs=best.n_jobs)(delayed(abs)(i) for i in range(4))
+    # One small fit first: the worker pool of the calibration folds starts and imports now, so no
+    # system's fit time pays for it.
+    fit_ours(best, Split([f"warm up {i} {word}" for i in range(3) for word in ("a", "b", "c")],
+                         np.asarray([word for _ in range(3) for word in ("a", "b", "c")], dtype=object)))
     with tempfile.TemporaryDirectory(prefix="buyer-intent-bench-") as tmp:
         work = Path(tmp)
-        for task in build_tasks(benchmarks, max_labels, per_label, best.seed):
-            if tasks and task.name not in tasks:
-                continue
-            results["tasks"].append({"name": task.name, "title": task.title, "kind": task.kind,
-                                     "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)}})
-            per_system = results["results"].setdefault(task.name, {})
-            for system, config in systems.items():
-                print(f"[quality] {task.name}: {system} ...", file=sys.stderr, flush=True)
-                run = run_ours(_slug(system), config, task, work)
-                per_system[system] = _finish(task, run)
-            if with_fasttext:
-                print(f"[quality] {task.name}: fastText ({len(_grid(grid))} settings) ...", file=sys.stderr, flush=True)
-                try:
-                    per_system["fastText"] = _finish(task, run_fasttext(task, work, grid, fixed))
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    per_system["fastText"] = {"error": f"fastText failed: {exc}"}
-            print(f"[quality] {task.name}: throughput ...", file=sys.stderr, flush=True)
-            measure_throughput(task, per_system, work, throughput_rounds)
+        fasttext = FastTextProcess(work / "fasttext.log") if with_fasttext else None
+        try:
+            _run_tasks(results, systems, benchmarks, max_labels, per_label, best.seed, tasks, grid, fixed, fasttext, work, throughput_rounds)
+        finally:
+            if fasttext is not None:
+                fasttext.close()
     results["realchat"] = run_realchat(zh_model, realchat)
     results["meta"]["load_end"] = _load()
     results["targets"] = check_targets(results, names[0])
@@ -832,6 +869,27 @@ def run_benchmark(
         uri = mlflow_uri or resolve_tracking_uri(best)
         results["mlflow_run_id"] = log_to_mlflow(results, out, uri, best.mlflow.artifact_root)
     return results
+
+
+def _run_tasks(results, systems, benchmarks, max_labels, per_label, seed, only, grid, fixed, fasttext, work, throughput_rounds) -> None:
+    for task in build_tasks(benchmarks, max_labels, per_label, seed):
+        if only and task.name not in only:
+            continue
+        results["tasks"].append({"name": task.name, "title": task.title, "kind": task.kind,
+                                 "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)}})
+        per_system = results["results"].setdefault(task.name, {})
+        for system, config in systems.items():
+            print(f"[quality] {task.name}: {system} ...", file=sys.stderr, flush=True)
+            run = run_ours(_slug(system), config, task, work)
+            per_system[system] = _finish(task, run)
+        if fasttext is not None:
+            print(f"[quality] {task.name}: fastText ({len(_grid(grid))} settings) ...", file=sys.stderr, flush=True)
+            try:
+                per_system["fastText"] = _finish(task, run_fasttext(task, work, grid, fixed, fasttext))
+            except RuntimeError as exc:
+                per_system["fastText"] = {"error": f"fastText failed: {exc}"}
+        print(f"[quality] {task.name}: throughput ...", file=sys.stderr, flush=True)
+        measure_throughput(task, per_system, work, throughput_rounds, fasttext)
 
 
 def _finish(task: Task, run: dict[str, Any]) -> dict[str, Any]:
@@ -864,11 +922,8 @@ def _describe(config) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["fasttext-worker"]:
-        fasttext_worker(Path(argv[1]))
-        return 0
-    if argv[:1] == ["fasttext-time"]:
-        fasttext_timing_worker(Path(argv[1]), Path(argv[2]))
+    if argv[:1] == ["fasttext-server"]:
+        fasttext_server()
         return 0
     if argv[:1] == ["export"]:
         parser = argparse.ArgumentParser(prog="quality.py export", description="write the benchmark training files as labelled CSVs")

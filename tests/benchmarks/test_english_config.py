@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 ENGLISH = REPO / "configs" / "english.yaml"
 
@@ -30,7 +28,7 @@ def test_english_config_trains_and_predicts(english_csv, tmp_path):
     from pipeline.inference import Predictor
     from pipeline.train import train
 
-    config = load_config(ENGLISH, {"paths.data": str(english_csv)})
+    config = load_config(ENGLISH, {"paths.data": str(english_csv), "n_jobs": 1})
     data = load_labelled(english_csv, None, config.split.min_examples_per_label)
     result = train(config, data)
     assert result.bundle.manifest["language"] == "en"

@@ -64,6 +64,7 @@ def test_benchmark_runs_end_to_end_on_a_slice(tmp_path, monkeypatch):
         benchmarks=BENCHMARKS, out=out, max_labels=4, per_label=10, zh_model=tmp_path / "no-model",
         fasttext_grid={"epoch": [5], "lr": [0.5], "wordNgrams": [1, 2], "char": [[0, 0]]},
         with_fasttext=with_fasttext, mlflow_uri=uri, throughput_rounds=1,
+        config_overrides={"n_jobs": 1},  # no worker pool to start for a few dozen messages
     )
     systems = ["ours (best)", "ours (default)"] + (["fastText"] if with_fasttext else [])
     assert results["systems"] == systems
