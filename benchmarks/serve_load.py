@@ -1,6 +1,7 @@
 """Load benchmark of the live service: `python benchmarks/serve_load.py [--model DIR] [--workers N]`.
 
-(The `serving:` config of configs/default.yaml, with `workers` from --workers.)
+(The `serving:` config of configs/default.yaml, with `workers` from --workers and any
+`--serving KEY=VALUE`, e.g. `--serving keepalive_requests=0` to measure without connection recycling.)
 
 1. The ceiling: the same model called in-process (Predictor.predict, top 3) on the same messages,
    one message per call and 64 per call.
@@ -153,7 +154,7 @@ async def _drive(host: str, port: int, payloads: list[bytes], clients: int, seco
     deadline = measure_from + seconds
 
     async def client(index: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader = writer = None
         k = index
         try:
             while time.perf_counter() < deadline and counter["sent"] < max_requests:
@@ -161,6 +162,8 @@ async def _drive(host: str, port: int, payloads: list[bytes], clients: int, seco
                 payload = payloads[k % len(payloads)]
                 k += clients
                 t0 = time.perf_counter()
+                if writer is None:  # first request, or the server closed the connection: reconnecting is part of the latency
+                    reader, writer = await asyncio.open_connection(host, port)
                 writer.write(payload)
                 await writer.drain()
                 status, close = await _read_response(reader)
@@ -170,9 +173,10 @@ async def _drive(host: str, port: int, payloads: list[bytes], clients: int, seco
                     statuses[status] = statuses.get(status, 0) + 1
                 if close:
                     writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader = writer = None
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = min(time.perf_counter(), deadline) - measure_from
@@ -205,7 +209,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, workers: int, workdir: Path, extra_path: str | None = None) -> subprocess.Popen:
+def start_server(
+    model: Path, port: int, workers: int, workdir: Path, extra_path: str | None = None, overrides: dict | None = None
+) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("BUYER_INTENT_BENTO_MODEL", None)
     env.update({
@@ -216,6 +222,7 @@ def start_server(model: Path, port: int, workers: int, workdir: Path, extra_path
 
     raw = yaml.safe_load((REPO / "configs" / "default.yaml").read_text(encoding="utf-8"))
     raw.setdefault("serving", {})["workers"] = workers  # everything else: the default config
+    raw["serving"].update(overrides or {})
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     env["BUYER_INTENT_CONFIG"] = str(config)
@@ -311,6 +318,10 @@ def main() -> None:
     parser.add_argument("--model", help="model bundle directory (default: models/latest, else /tmp/smoke/model)")
     parser.add_argument("--messages", default=str(REPO / "data" / "messages.csv"), help="CSV with a text column to sample messages from")
     parser.add_argument("--workers", type=int, default=2, help="server processes (serving.workers; default config: 2)")
+    parser.add_argument(
+        "--serving", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of the serving config (YAML value), e.g. keepalive_requests=0; repeatable",
+    )
     parser.add_argument("--clients", type=int, default=32, help="concurrent connections for single-message requests")
     parser.add_argument("--batch-clients", type=int, default=8, help="concurrent connections for 64-message requests")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario")
@@ -341,19 +352,28 @@ def main() -> None:
           f"models.skops {(model / 'models.skops').stat().st_size / 1e6:.1f} MB)")
     print(f"messages: {messages_path or 'built-in list'}; machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
 
+    import yaml
+
+    overrides = {}
+    for item in args.serving:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--serving {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
     messages = load_messages(messages_path)
     print("in-process ceiling (Predictor.predict, top_k=3, one thread) ...", flush=True)
     ceiling = in_process(model, messages, seconds=min(args.duration, 8.0))
 
-    results: dict = {"model": str(model), "workers": args.workers, "server_pythonpath": args.pythonpath, "cpus": os.cpu_count(), "python": platform.python_version(),
+    results: dict = {"model": str(model), "workers": args.workers, "serving_overrides": overrides, "server_pythonpath": args.pythonpath, "cpus": os.cpu_count(), "python": platform.python_version(),
                      "load_average_before": os.getloadavg(), "in_process": ceiling, "http": {}}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         workdir = Path(tmp)
         port = free_port()
-        process = start_server(model, port, args.workers, workdir, args.pythonpath)
+        process = start_server(model, port, args.workers, workdir, args.pythonpath, overrides)
         try:
             results["ready_seconds"] = round(wait_ready(process, port, 300, workdir / "server.log"), 1)
             print(f"server ready in {results['ready_seconds']} s (workers={args.workers}"
+                  f"{''.join(f', {k}={v}' for k, v in overrides.items())}"
                   f"{', extra PYTHONPATH ' + args.pythonpath if args.pythonpath else ''})", flush=True)
             import httpx
 

@@ -12,11 +12,14 @@ import threading
 from importlib import resources
 
 import numpy as np
+from scipy import sparse
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, softmax
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.svm import LinearSVC
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
@@ -144,7 +147,15 @@ class CompactTfidfVectorizer(TfidfVectorizer):
         super().__setstate__(state)
 
 
+_LINEAR = (LogisticRegression, LinearSVC, SGDClassifier)
+
+
 def _scores(estimator, X) -> np.ndarray:
+    if isinstance(estimator, _LINEAR) and sparse.issparse(X) and X.shape[1] == estimator.coef_.shape[1]:
+        # What their decision_function computes, without its per-call input validation (a third of
+        # the time of a one-message batch); X comes from our own vectorizers.
+        scores = np.asarray(X @ estimator.coef_.T + estimator.intercept_, dtype=np.float64)
+        return scores.ravel() if scores.shape[1] == 1 else scores
     if hasattr(estimator, "decision_function"):
         return np.asarray(estimator.decision_function(X), dtype=np.float64)
     return np.asarray(estimator.predict_log_proba(X), dtype=np.float64)
@@ -168,8 +179,6 @@ def _fit_temperature(scores: np.ndarray, y_index: np.ndarray) -> float:
 
 
 def _fit_platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    from sklearn.linear_model import LogisticRegression
-
     platt = LogisticRegression(C=1e6, max_iter=1000)
     platt.fit(scores.reshape(-1, 1), y)
     return float(platt.coef_[0, 0]), float(platt.intercept_[0])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
+from sklearn.pipeline import FeatureUnion
 
 from pipeline.bundle import ModelBundle, load_bundle
 from pipeline.text import normalize
@@ -113,17 +115,20 @@ class Predictor:
 
     def _probabilities(self, normalized: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         intent_steps = self.bundle.intent.steps
-        features = intent_steps[1][1].transform(normalized)
+        features = transform_features(intent_steps[1][1], normalized)
         intent_proba = intent_steps[-1][1].predict_proba(features)
         purchase = None
         if self.bundle.purchase is not None:
             purchase_steps = self.bundle.purchase.steps
-            purchase_features = features if self._shared_features else purchase_steps[1][1].transform(normalized)
+            purchase_features = features if self._shared_features else transform_features(purchase_steps[1][1], normalized)
             purchase = purchase_steps[-1][1].predict_proba(purchase_features)[:, 1]
         return intent_proba, purchase
 
-    def predict(self, texts: Sequence[str], top_k: int = 0) -> pd.DataFrame:
-        """intent, intent_confidence, fallback, purchase_intent, purchase_score (and top-k when asked)."""
+    def predict_arrays(self, texts: Sequence[str], top_k: int = 0) -> dict[str, np.ndarray | list]:
+        """The columns of `predict` as arrays (and `top`: a list of (label, score) lists when top_k).
+
+        The live service calls this directly: building a DataFrame costs more than the model on
+        small batches."""
         normalized = [normalize(text) for text in texts]
         n = len(normalized)
         intents = np.full(n, self.empty_label, dtype=object)
@@ -143,15 +148,40 @@ class Predictor:
                 order = np.argsort(-proba, axis=1)[:, :top_k]
                 for row, i in enumerate(index):
                     top[i] = [(self.labels[j], round(float(proba[row, j]), 6)) for j in order[row]]
-        result = pd.DataFrame(
-            {
-                "intent": intents.astype(str),
-                "intent_confidence": confidence.round(6),
-                "fallback": (confidence < self.fallback_threshold) | ~present,
-                "purchase_intent": ((purchase_score >= self.purchase_threshold) & present).astype(np.int8),
-                "purchase_score": purchase_score.round(6),
-            }
-        )
+        columns: dict[str, np.ndarray | list] = {
+            "intent": intents,
+            "intent_confidence": confidence.round(6),
+            "fallback": (confidence < self.fallback_threshold) | ~present,
+            "purchase_intent": ((purchase_score >= self.purchase_threshold) & present).astype(np.int8),
+            "purchase_score": purchase_score.round(6),
+        }
         if top_k:
-            result["top"] = top
-        return result
+            columns["top"] = top
+        return columns
+
+    def predict(self, texts: Sequence[str], top_k: int = 0) -> pd.DataFrame:
+        """intent, intent_confidence, fallback, purchase_intent, purchase_score (and top-k when asked)."""
+        columns = self.predict_arrays(texts, top_k)
+        columns["intent"] = columns["intent"].astype(str)
+        return pd.DataFrame(columns)
+
+
+def transform_features(step, texts: list[str]):
+    """`FeatureUnion.transform` without its joblib dispatch, which costs more than the vectorizers
+    themselves on the small batches of live traffic; any other step is called as it is."""
+    if not isinstance(step, FeatureUnion) or step.n_jobs not in (None, 1):
+        return step.transform(texts)
+    weights = step.transformer_weights or {}
+    blocks = []
+    for name, transformer in step.transformer_list:
+        if transformer == "drop":
+            continue
+        if transformer == "passthrough":
+            return step.transform(texts)
+        block = transformer.transform(texts)
+        blocks.append(block * weights[name] if name in weights else block)
+    if not blocks:
+        return step.transform(texts)
+    if all(sparse.issparse(block) for block in blocks):
+        return sparse.hstack(blocks, format="csr")
+    return step.transform(texts)

@@ -130,13 +130,13 @@ def message_results(predictor: Predictor, texts: Sequence[str]) -> list[dict[str
     """Per message: intent, confidence, top intents, fallback, purchase intent and score (plain dicts)."""
     if not texts:
         return []
-    frame = predictor.predict(list(texts), top_k=TOP_K)
-    intents = frame["intent"].tolist()
-    confidence = frame["intent_confidence"].tolist()
-    fallback = frame["fallback"].tolist()
-    purchase = frame["purchase_intent"].tolist()
-    score = frame["purchase_score"].tolist()
-    top = frame["top"].tolist()
+    columns = predictor.predict_arrays(list(texts), top_k=TOP_K)
+    intents = columns["intent"].tolist()
+    confidence = columns["intent_confidence"].tolist()
+    fallback = columns["fallback"].tolist()
+    purchase = columns["purchase_intent"].tolist()
+    score = columns["purchase_score"].tolist()
+    top = columns["top"]
     return [
         {
             "intent": intents[i],
@@ -165,7 +165,7 @@ class AdaptiveBatcher:
         predict: Callable[[list[str]], list[Any]],
         executor: ThreadPoolExecutor,
         max_batch_messages: int,
-        on_batch: Callable[[int, int, float], None] | None = None,
+        on_batch: Callable[[int, list[Any], float], None] | None = None,
     ):
         self._predict = predict
         self._executor = executor
@@ -226,7 +226,7 @@ class AdaptiveBatcher:
                             future.set_exception(exc)
                     continue
                 if self._on_batch is not None:
-                    self._on_batch(len(batch), len(flat), time.perf_counter() - started)
+                    self._on_batch(len(batch), results, time.perf_counter() - started)
                 start = 0
                 for texts, future in batch:
                     if not future.done():
@@ -242,7 +242,7 @@ class ModelRuntime:
     the tokenizers are never used concurrently and CPU work is not interleaved with the event loop.
     """
 
-    def __init__(self, source: ModelSource, max_batch_messages: int, on_batch: Callable[[int, int, float], None] | None = None):
+    def __init__(self, source: ModelSource, max_batch_messages: int, on_batch: Callable[[int, list[Any], float], None] | None = None):
         self.source = source
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buyer-intent-model")
         self.batcher = AdaptiveBatcher(self._classify_sync, self.executor, max_batch_messages, on_batch)

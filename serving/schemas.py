@@ -37,6 +37,13 @@ class ServingSettings(BaseModel):
     max_batch_messages: int = Field(1024, ge=1, description="adaptive batching: messages per model call at most")
     workers: int = Field(2, ge=1, description="server processes (each loads the model)")
     port: int = Field(3000, ge=1, le=65535)
+    keepalive_requests: int = Field(
+        100, ge=0, description="API requests per keep-alive connection before the server closes it (spreads clients over workers); 0: no limit"
+    )
+    access_log: bool = Field(
+        False, description="one log line per API request (BentoML's access log); /metrics has the counts and latencies either way"
+    )
+    tracing: bool = Field(False, description="OpenTelemetry spans for the API routes (configure an exporter in BentoML's config)")
 
     @property
     def max_body_bytes(self) -> int:

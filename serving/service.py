@@ -112,11 +112,15 @@ def _metrics() -> dict[str, Any]:
     return _METRICS
 
 
-def _observe_batch(requests: int, messages: int, seconds: float) -> None:
+def _observe_batch(requests: int, results: list[dict[str, Any]], seconds: float) -> None:
+    """Per model call, not per request: at hundreds of requests a second, metric updates add up."""
     metrics = _metrics()
     metrics["batch_requests"].observe(requests)
-    metrics["batch_messages"].observe(messages)
+    metrics["batch_messages"].observe(len(results))
     metrics["batch_seconds"].observe(seconds)
+    counter = metrics["messages"]
+    for (intent, fallback), count in collections.Counter((r["intent"], r["fallback"]) for r in results).items():
+        counter.labels(intent=intent, fallback="true" if fallback else "false").inc(count)
 
 
 # ------------------------------------------------------------------------------- HTTP-level guarding
@@ -173,14 +177,33 @@ class RequestGuard:
     * request bodies: only JSON (415 otherwise), at most `serving.max_body_mb` (413, read no further);
     * 4xx answers get one shape, `{"error": "<field>: <why>", "detail": [...]}` (BentoML answers
       validation errors with a generic title, and its other 4xx errors as a one-element list);
-    * /docs.json: BentoML's OpenAPI document completed with the error responses and nullable fields.
+    * /docs.json: BentoML's OpenAPI document completed with the error responses and nullable fields;
+    * after `keepalive_requests` API requests on one connection, the answer carries `Connection:
+      close` (as nginx's `keepalive_requests`). The workers share one listening socket and a burst of
+      new connections mostly lands on one of them; a client that reconnects is accepted by whichever
+      worker is waiting, so connections drift to the less busy worker.
     """
 
-    def __init__(self, app, max_body_bytes: int, api_routes: tuple[str, ...] = API_ROUTES):
+    def __init__(self, app, max_body_bytes: int, keepalive_requests: int = 0, api_routes: tuple[str, ...] = API_ROUTES):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.keepalive_requests = keepalive_requests
         self.api_routes = frozenset(api_routes)
         self._openapi: bytes | None = None
+        self._served: collections.OrderedDict[Any, int] = collections.OrderedDict()  # requests per client connection
+
+    def _last_on_connection(self, client: Any) -> bool:
+        """Count this request on its connection (the client's address and port); True when the
+        connection has had its share. Connections the client closed are forgotten oldest first."""
+        if not self.keepalive_requests or client is None:
+            return False
+        served = self._served.pop(client, 0) + 1
+        if served >= self.keepalive_requests:
+            return True
+        self._served[client] = served
+        if len(self._served) > 4096:
+            self._served.popitem(last=False)
+        return False
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -223,6 +246,8 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
+        if self._last_on_connection(scope.get("client")):
+            send = _closing(send)
         await self.app(scope, replay, _ErrorReshaper(send))
 
     async def _too_large(self, scope, receive, send):
@@ -240,6 +265,18 @@ class RequestGuard:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self._openapi)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self._openapi if scope["method"] == "GET" else b""})
+
+
+def _closing(send):
+    """`send` with `Connection: close` added to the response head (uvicorn then closes the connection)."""
+
+    async def closing_send(message):
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 class _ErrorReshaper:
@@ -299,6 +336,9 @@ _traffic: dict[str, Any] = {"timeout": SETTINGS.timeout_s, "max_concurrency": SE
     traffic=_traffic,
     workers=SETTINGS.workers,
     http={"port": SETTINGS.port},
+    # Each costs CPU on every request in the event loop; off by default (see `serving.access_log`, `serving.tracing`).
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    **({} if SETTINGS.tracing else {"tracing": {"excluded_urls": list(API_ROUTES)}}),
 )
 class BuyerIntent:
     if not os.environ.get(MODEL_ENV):
@@ -350,10 +390,6 @@ class BuyerIntent:
         if not self.runtime.ready:
             return self._unavailable()
         results = await self.runtime.classify(messages)
-        counts = collections.Counter((r["intent"], r["fallback"]) for r in results)
-        counter = _metrics()["messages"]
-        for (intent, fallback), count in counts.items():
-            counter.labels(intent=intent, fallback="true" if fallback else "false").inc(count)
         return ClassifyResponse.model_construct(model=self.model_info, results=[_message_result(r) for r in results])
 
     @bentoml.api(route="/score_conversation", input_spec=ScoreRequest)
@@ -394,7 +430,9 @@ def _message_result(result: dict[str, Any]) -> MessageResult:
     return MessageResult.model_construct(**{**result, "top_intents": top})
 
 
-BuyerIntent.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.max_body_bytes)
+BuyerIntent.add_asgi_middleware(
+    RequestGuard, max_body_bytes=SETTINGS.max_body_bytes, keepalive_requests=SETTINGS.keepalive_requests
+)
 
 
 # ------------------------------------------------------------------------------------------- OpenAPI

@@ -115,3 +115,14 @@ def test_a_tampered_model_stops_startup_with_the_reason(tampered_server):
     assert "cannot start" in log and "integrity check" in log and "SHA-256" in log, log[-2000:]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{tampered_server.url}/readyz", timeout=2)
+
+
+def test_keepalive_connection_is_closed_after_its_share_of_requests(server):
+    """serving.keepalive_requests (default 100): the 100th answer on one connection says `Connection:
+    close`; the client reconnects and is served (so new connections can land on another worker)."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        headers = [client.post("/classify", json={"messages": ["在吗"]}).headers.get("connection") for _ in range(100)]
+        again = client.post("/classify", json={"messages": ["在吗"]})
+    assert headers[-1] == "close"
+    assert "close" not in headers[:-1]
+    assert again.status_code == 200 and again.headers.get("connection") != "close"
