@@ -238,7 +238,7 @@ def main() -> None:
     from pipeline.inference import Predictor, load_model
 
     config = load_config(args.config, {"flag.keep_work_dir": True})  # to read the shards' CPU times
-    data_dir = args.out_dir / f"data-{n_conversations}-{args.seed}"
+    data_dir = args.out_dir / f"data-{args.source}-{n_conversations}-{args.seed}"  # --source builtin must not reuse synth data
     t = time.perf_counter()
     generated = _existing(data_dir)
     if generated is None and not args.generate_only:

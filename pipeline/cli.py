@@ -162,13 +162,17 @@ def tune(
     n_jobs: Annotated[int, typer.Option(help="parallel workers")] = 2,
 ) -> None:
     """Search features and classifiers by cross-validation on the training split; write the best config."""
-    from pipeline.data import load_labelled
+    from pipeline.data import DataError, load_labelled
+    from pipeline.tables import TableError
     from pipeline.tune import run_tune
 
     _setup_logging()
     cfg = _config(config, {"paths.data": str(data) if data else None})
-    labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label)
-    result = run_tune(cfg, labelled, out, n_trials=trials, folds=folds, n_jobs=n_jobs)
+    try:  # TuneError (a bad search space) is a ValueError: a one-line error naming the key, not a traceback
+        labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label)
+        result = run_tune(cfg, labelled, out, n_trials=trials, folds=folds, n_jobs=n_jobs)
+    except (ConfigError, DataError, TableError, ValueError) as exc:
+        _fail(exc)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
 
 

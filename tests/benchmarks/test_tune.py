@@ -65,3 +65,24 @@ def test_bad_search_space_is_refused(tiny, tmp_path):
     with pytest.raises(TuneError, match="random_forest"):
         run_tune(broken, data, tmp_path / "x.yaml", n_trials=2, folds=2, n_jobs=1)
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_cli_reports_a_bad_search_space_in_one_line(tmp_path):
+    """`buyer-intent tune` with an unknown classifier: exit 2 and a message naming it, no traceback."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    data = tmp_path / "english.csv"
+    english_messages().to_csv(data, index=False)
+    raw = yaml.safe_load(open("configs/english.yaml", encoding="utf-8"))
+    raw["tune"] = {"classifiers": {"random_forest": {}}}
+    raw["mlflow"] = {**raw.get("mlflow", {}), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "a")}
+    raw.setdefault("paths", {})["quarantine"] = str(tmp_path / "quarantine")
+    config = tmp_path / "broken.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    result = CliRunner().invoke(app, ["tune", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "x.yaml"), "--trials", "2"])
+    assert result.exit_code == 2, result.output
+    assert "random_forest" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.yaml").exists()
