@@ -43,6 +43,9 @@ def train(
     eval_data: Annotated[Optional[list[Path]], typer.Option("--eval-data", help="extra labelled sets to evaluate on (repeatable)")] = None,
     model_dir: Annotated[Optional[Path], typer.Option(help="also write the model bundle to this directory")] = None,
     conversations: Annotated[Optional[Path], typer.Option(help="labelled conversations JSONL for the conversation-level detector")] = None,
+    orders: Annotated[
+        Optional[Path], typer.Option(help="orders of those conversations' shops: the nudge list is evaluated on held-out conversations")
+    ] = None,
     promote: Annotated[Optional[bool], typer.Option("--promote/--no-promote", help="force or forbid setting the champion alias")] = None,
     seed: Annotated[Optional[int], typer.Option(help="override the config seed")] = None,
 ) -> None:
@@ -54,8 +57,11 @@ def train(
     cfg = _config(
         config,
         {"paths.data": str(data) if data else None, "paths.model_dir": str(model_dir) if model_dir else None,
-         "paths.conversations": str(conversations) if conversations else None, "seed": seed},
+         "paths.conversations": str(conversations) if conversations else None, "paths.orders": str(orders) if orders else None,
+         "seed": seed},
     )
+    if conversations and not orders:  # the config's orders belong to the config's conversations, not to these
+        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
     try:
         summary = train_and_track(cfg, [str(p) for p in eval_data or []], promote)
     except (DataError, ValueError, FileNotFoundError) as exc:

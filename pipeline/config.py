@@ -24,6 +24,7 @@ class _Strict(BaseModel):
 class Paths(_Strict):
     data: str
     conversations: str | None = None
+    orders: str | None = None  # orders of the labelled conversations: the nudge list is evaluated on held-out ones
     reports: str = "reports"
     quarantine: str = "data/quarantine"
     model_dir: str | None = None

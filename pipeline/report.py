@@ -48,6 +48,7 @@ SECTION_TITLES = {
     "slices": "Slices",
     "purchase": "Purchase intent",
     "conversation": "Conversation-level purchase intent",
+    "flagging": "Lost-shopper flagging (the nudge list)",
     "details": "Run details",
 }
 
@@ -71,6 +72,9 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "conversation_recall": ("Conversation recall", "of conversations with purchase intent, the share flagged"),
     "conversation_f1": ("Conversation F1", "balance of conversation precision and recall"),
     "conversation_average_precision": ("Conversation AP", "area under the conversation precision-recall curve"),
+    "flag_precision": ("Nudge precision", "of flagged lost shoppers, the share who had expressed purchase intent"),
+    "flag_recall": ("Nudge recall", "of lost shoppers who had expressed purchase intent, the share flagged"),
+    "flag_f1": ("Nudge F1", "balance of nudge precision and recall"),
 }
 LOWER_IS_BETTER = frozenset({"intent_ece"})
 # More hand-overs is neither better nor worse by itself: it trades coverage for accepted accuracy.
@@ -899,6 +903,59 @@ def _conversation_section(metrics: dict[str, Any], conversation_test: pd.DataFra
     return section
 
 
+_REASON_NAMES = {
+    "flagged": "flagged (nudge)",
+    "not_lost": "not lost (paid within the window)",
+    "no_purchase_intent": "lost, no purchase intent",
+    "complaint_or_refund": "lost with intent, skipped: complaint or refund",
+    "duplicate_in_window": "skipped: already nudged in the window",
+    "order_unknown": "outcome unknown",
+}
+
+
+def _flagging_section(flagging: dict[str, Any]) -> Section:
+    section = Section(
+        "flagging",
+        SECTION_TITLES["flagging"],
+        "The nudge list `buyer-intent flag` would produce for the held-out test conversations (same decisions and "
+        "policy), against the truth: the shopper was lost (no paid order at that shop within the window, from the "
+        "orders) and had expressed purchase intent (the conversation's label). Buyers the policy skips count as missed.",
+    )
+    rows = [
+        ["precision", _num(flagging.get("precision"))],
+        ["recall", _num(flagging.get("recall"))],
+        ["F1", _num(flagging.get("f1"))],
+        ["flagged share of lost shoppers", _pct(flagging.get("flagged_share_of_lost"))],
+        ["true share of lost shoppers (lost with intent)", _pct(flagging.get("true_share_of_lost"))],
+        ["conversations / lost / lost with intent / flagged",
+         " / ".join(f"{int(flagging.get(k, 0)):,}" for k in ("conversations", "lost_shoppers", "lost_with_intent", "flagged"))],
+        ["conversation score threshold", _num(flagging.get("threshold"))],
+    ]
+    section.blocks.append(Table(["metric", "test conversations"], rows, numeric={1}))
+    reasons = flagging.get("reasons") or {}
+    if reasons:
+        section.blocks.append(Subheading("Decisions"))
+        section.blocks.append(
+            Table(["decision", "conversations"], [[_REASON_NAMES.get(k, k), f"{v:,}"] for k, v in reasons.items()], numeric={1})
+        )
+    by_category = flagging.get("by_category") or {}
+    if by_category:
+        section.blocks.append(Subheading("By category"))
+        section.blocks.append(
+            Table(
+                ["category", "lost", "true share", "flagged share", "precision", "recall"],
+                [
+                    [name, f"{m['lost_shoppers']:,}", _pct(m["true_share_of_lost"]),
+                     Cell(_pct(m["flagged_share_of_lost"]), "bad" if abs(m["flagged_share_of_lost"] - m["true_share_of_lost"]) > 0.15 else ""),
+                     _num(m["precision"]), _num(m["recall"])]
+                    for name, m in by_category.items()
+                ],
+                numeric={1, 2, 3, 4, 5},
+            )
+        )
+    return section
+
+
 def _details_section(extra: dict[str, str]) -> Section:
     section = Section(
         "details",
@@ -1210,6 +1267,8 @@ def write_report(
             )
         if "conversation" in metrics or conversation_test is not None:
             sections.append(_conversation_section(metrics, conversation_test, thresholds))
+        if metrics.get("flagging"):
+            sections.append(_flagging_section(metrics["flagging"]))
         if extra_sections:
             sections.append(_details_section(extra_sections))
     finally:

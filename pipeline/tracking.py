@@ -69,6 +69,9 @@ def log_run_contents(
             scalars.update(flat_metrics("conversation_test", part.get("test", {})))
             scalars.update(flat_metrics("conversation_val", part.get("val", {})))
             continue
+        if split == "flagging":
+            scalars.update(flat_metrics("flagging_test", part))
+            continue
         for task in ("intent", "purchase"):
             if task in part:
                 scalars.update(flat_metrics(f"{split.replace(':', '_')}_{task}", part[task]))

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,7 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
     val_scores = scorer.score_features([features[i] for i in val_idx])
     threshold, _ = choose_precision_threshold(y[val_idx], val_scores, settings.target_precision)
     test_scores = scorer.score_features([features[i] for i in test_idx])
-    test = frame.iloc[test_idx].drop(columns=["turns"]).copy()
+    test = frame.iloc[test_idx].copy()
     test["purchase_score"] = test_scores
     test["flag"] = test_scores >= threshold
     metrics = {
@@ -133,6 +134,27 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
     base_threshold, _ = choose_precision_threshold(y[val_idx], max_val, settings.target_precision)
     metrics["test_max_message_baseline"] = conversation_metrics(y[test_idx], max_test, base_threshold)
     return metrics, test
+
+
+def _evaluate_flagging(config: Config, predictor: Predictor, test: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
+    """The nudge list the flag job would produce for the test conversations, against the truth."""
+    from pipeline.flag_eval import evaluate_flagging, load_orders_index
+    from pipeline.nudge import NudgePolicy, load_flag_settings
+
+    settings = load_flag_settings(config.flag)
+    policy = NudgePolicy.from_settings(settings)
+    orders, info = load_orders_index(config.paths.orders, settings, policy)
+    metrics, table = evaluate_flagging(test, ConversationScorer(predictor), policy, orders)
+    if table["order_unknown"].all():
+        log.warning("nudge list not evaluated: no test conversation has the message times needed to tell lost shoppers")
+        return None, table
+    metrics["orders"] = {"rows_used": info["rows_used"], "rows_rejected": info["rows_rejected"]}
+    log.info(
+        "flagging on %d test conversations: precision %.3f recall %.3f, flagged %.1f%% of lost (true %.1f%%)",
+        metrics["conversations"], metrics["precision"], metrics["recall"],
+        100 * metrics["flagged_share_of_lost"], 100 * metrics["true_share_of_lost"],
+    )
+    return metrics, table
 
 
 def train(config: Config, data: LabelledData, conversations: ConversationData | None = None) -> TrainResult:
@@ -198,6 +220,20 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
             "source": conversations.source,
         }
         timings["conversation_model_s"] = time.perf_counter() - conversation_started
+        missing = {"buyer_id", "shop_id"} - set(conversation_test.columns)
+        if config.paths.orders and missing:
+            log.warning("nudge list not evaluated: the labelled conversations have no %s", ", ".join(sorted(missing)))
+        elif config.paths.orders and Path(config.paths.orders).is_file():
+            flag_started = time.perf_counter()
+            flagging, flag_table = _evaluate_flagging(config, predictor, conversation_test)
+            if flagging is not None:
+                metrics["flagging"] = flagging
+                conversation_test = conversation_test.merge(
+                    flag_table[["conversation_id", "lost", "flagged", "reason"]], on="conversation_id", how="left"
+                )
+                fingerprints["orders"] = {"source": config.paths.orders, **flagging.pop("orders")}
+            timings["flag_evaluation_s"] = time.perf_counter() - flag_started
+        conversation_test = conversation_test.drop(columns=["turns"])
     manifest["fingerprints"] = fingerprints
     manifest["headline"] = headline_metrics(metrics)
     timings["total_s"] = time.perf_counter() - started
@@ -242,6 +278,9 @@ def headline_metrics(metrics: dict[str, Any], split: str = "test") -> dict[str, 
                 "conversation_average_precision": conversation["average_precision"],
             }
         )
+    if split == "test" and "flagging" in metrics:
+        flagging = metrics["flagging"]
+        headline.update({"flag_precision": flagging["precision"], "flag_recall": flagging["recall"], "flag_f1": flagging["f1"]})
     return {key: float(value) for key, value in headline.items()}
 
 

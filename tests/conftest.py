@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MESSAGES = REPO / "data" / "messages.csv"
 CONVERSATIONS = REPO / "data" / "conversations.jsonl"
+ORDERS = REPO / "data" / "orders.csv"
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,7 @@ def corpus_training(tmp_path_factory):
 
     if not MESSAGES.exists():
         pytest.skip("data/messages.csv is not built")
-    config = load_config(overrides={"paths.data": str(MESSAGES)})
+    config = load_config(overrides={"paths.data": str(MESSAGES), "paths.orders": str(ORDERS) if ORDERS.exists() else None})
     data = load_labelled(MESSAGES, None, config.split.min_examples_per_label)
     conversations = None
     if CONVERSATIONS.exists():
