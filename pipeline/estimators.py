@@ -64,7 +64,8 @@ class JiebaTokenizer:
         self.user_words = tuple(user_words)
 
     def _segmenter(self):
-        """(jieba tokenizer with the user words, its memoised block cutter), built once per dictionary."""
+        """(jieba tokenizer with the user words, its memoised run cutter, jieba's word-run and whitespace
+        patterns), built once per dictionary."""
         key = hashlib.sha256("\n".join(self.user_words).encode("utf-8")).hexdigest()
         segmenter = _JIEBA_CACHE.get(key)
         if segmenter is None:
@@ -80,7 +81,7 @@ class JiebaTokenizer:
                         freq = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
                         tokenizer.add_word(parts[0], freq=freq)
                     cut_block = functools.lru_cache(maxsize=BLOCK_CACHE_SIZE)(functools.partial(_cut_block, tokenizer))
-                    segmenter = _JIEBA_CACHE[key] = (tokenizer, cut_block)
+                    segmenter = _JIEBA_CACHE[key] = (tokenizer, cut_block, jieba.re_han_default, jieba.re_skip_default)
         return segmenter
 
     def warm_up(self) -> None:
@@ -92,18 +93,16 @@ class JiebaTokenizer:
         jieba cuts each run of word characters on its own (`jieba.re_han_default`); chat messages repeat
         the same runs endlessly (在吗, 包邮吗, 有货吗), so cut runs are memoised: 2.5-3x faster on the
         corpus and the flagging benchmark (`tests/unit/test_tokenize.py` checks the tokens are jieba's)."""
-        import jieba
-
-        _, cut_block = self._segmenter()
+        _, cut_block, word_runs, skips = self._segmenter()
         tokens: list[str] = []
-        for block in jieba.re_han_default.split(text):
+        for block in word_runs.split(text):
             if not block:
                 continue
-            if jieba.re_han_default.match(block):
+            if word_runs.match(block):
                 tokens.extend(cut_block(block))
             else:  # what jieba.cut yields for the runs between: whitespace runs and single characters
-                for piece in jieba.re_skip_default.split(block):
-                    if jieba.re_skip_default.match(piece):
+                for piece in skips.split(block):
+                    if skips.match(piece):
                         tokens.append(piece)
                     else:
                         tokens.extend(piece)
