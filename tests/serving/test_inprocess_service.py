@@ -361,3 +361,10 @@ def test_bento_model_versions_name_the_registered_version_and_checksum():
     assert bento_version("7", sha) == "7-2298584e4b4e"
     assert bento_version("local", sha) == "local-2298584e4b4e"
     assert bento_version("Weird Version/1", sha) == "weird-version-1-2298584e4b4e"
+
+
+def test_access_log_and_api_tracing_are_off_unless_configured(service_module):
+    """serving.access_log / serving.tracing default to false: no per-request log line or span on the API routes."""
+    config = service_module.BuyerIntent.config
+    assert config["logging"]["access"]["enabled"] is False
+    assert set(service_module.API_ROUTES) <= set(config["tracing"]["excluded_urls"])
