@@ -49,6 +49,7 @@ from pipeline.nudge import (
     FlagSettings,
     NudgePolicy,
     OrdersIndex,
+    ShareAlertSettings,
     apply_one_per_window,
     buyer_shop_keys,
     decide_table,
@@ -57,6 +58,7 @@ from pipeline.nudge import (
     normalize_roles,
     parse_times,
     score_flat,
+    share_warnings,
 )
 from pipeline.tables import (
     TableError,
@@ -654,7 +656,7 @@ def _group_summary(counts: pd.DataFrame, flagged: pd.DataFrame, key: str) -> dic
 
 def merge_results(
     work: Path, out: Path, chats: Path, orders: Path | None, partition: dict, orders_info: dict | None,
-    policy: NudgePolicy, threshold_info: dict[str, Any],
+    policy: NudgePolicy, threshold_info: dict[str, Any], share_alert: ShareAlertSettings | None = None,
 ) -> dict[str, Any]:
     """Phase 3: one nudge per buyer/shop/window, deterministic order, atomic output, rejected rows, summary."""
     results = work / "results"
@@ -714,6 +716,7 @@ def merge_results(
         "order_status_unknown": int(totals["order_unknown"]),
         "flagged": int(len(flagged)),
         "flagged_share_of_lost": _share(len(flagged), lost),
+        "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings()),
         "messages": {
             "buyer": sum(d["buyer_messages"] for d in done),
             "distinct_buyer_texts": sum(d["unique_buyer_texts"] for d in done),
@@ -722,6 +725,8 @@ def merge_results(
         "per_category": _group_summary(counts, flagged, "category") if partition["has_category"] else {},
         "output": str(out),
     }
+    for warning in summary["warnings"]:
+        log.warning("%s", warning)
     if not summary["rows"]["balanced"]:
         log.error("rows in (%d) != used (%d) + rejected (%d)", partition["rows_in"], rows_used, rows_rejected)
     _write_json_atomic(summary, out.with_name(f"{out.name}.summary.json"))
@@ -851,7 +856,7 @@ def run_flag(
         "threshold": settings.min_score if settings.min_score is not None else model_threshold,
         "model": {"name": resolved.name, "version": resolved.version, "sha256": model_identity["sha256"]},
     }
-    summary = merge_results(work, out, chats, orders, partition, orders_info, policy, threshold_info)
+    summary = merge_results(work, out, chats, orders, partition, orders_info, policy, threshold_info, settings.share_alert)
     if not settings.keep_work_dir:
         shutil.rmtree(work, ignore_errors=True)
         if base.is_dir() and not any(base.iterdir()):

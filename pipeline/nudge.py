@@ -72,6 +72,31 @@ class PrioritySettings(BaseModel):
     unanswered_boost: bool = True  # the buyer spoke last and got no reply: one level up
 
 
+class ShareAlertSettings(BaseModel):
+    """A drift alarm: the flagged share of lost shoppers far from what the field shows means the model's
+    threshold (chosen on the training data) may not fit these chats."""
+
+    model_config = ConfigDict(extra="forbid")
+    expected: float | None = Field(0.2, gt=0, le=1)  # lost shoppers who expressed purchase intent, in the field; null: no check
+    factor: float = Field(2.0, gt=1)  # warn below expected / factor or above expected * factor
+    min_lost: int = Field(200, ge=1)  # only with at least this many lost shoppers (fewer are too noisy)
+
+
+def share_warnings(flagged: int, lost: int, alert: ShareAlertSettings) -> list[str]:
+    """Warnings for the summary when the flagged share of lost shoppers is implausible."""
+    if alert.expected is None or lost < alert.min_lost:
+        return []
+    share, low, high = flagged / lost, alert.expected / alert.factor, min(1.0, alert.expected * alert.factor)
+    if low <= share <= high:
+        return []
+    direction = "below" if share < low else "above"
+    return [
+        f"flagged {share:.1%} of {lost:,} lost shoppers, {direction} the expected range {low:.0%}-{high:.0%} "
+        f"(flag.share_alert): the conversation threshold may not fit these chats; check a sample of the "
+        f"{'unflagged lost shoppers' if share < low else 'flagged ones'} before sending, or set flag.min_score"
+    ]
+
+
 class FlagSettings(BaseModel):
     """The `flag:` section of the config (policy for batch and service, plus batch-only resources).
     Defaults mirror configs/default.yaml, so a partial section still decides the same way."""
@@ -101,6 +126,7 @@ class FlagSettings(BaseModel):
     }
     priority: PrioritySettings = PrioritySettings()
     evidence_max_chars: int = Field(120, ge=10)
+    share_alert: ShareAlertSettings = ShareAlertSettings()
     roles: dict[str, list[str]] = {
         "buyer": ["buyer", "买家", "顾客", "customer", "user"],
         "agent": ["agent", "客服", "seller", "staff", "卖家"],

@@ -300,3 +300,17 @@ def test_a_gbk_line_in_a_utf8_export_is_read_not_lost(tmp_path, inputs, flag_bun
     summary = _run(chats, out, orders, flag_bundle_dir, flag_config())
     assert summary["rows"]["rejected"] == 0 and summary["rows"]["used"] == 29
     assert _flagged(out)["c30"]["evidence"] == "便宜点我就买了 能便宜点吗"
+
+
+def test_implausible_flagged_share_is_a_warning_in_the_summary(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """flag.share_alert: 6 of 9 lost shoppers flagged is far above the field's ~20%: the summary says so
+    (and only when there are enough lost shoppers to judge)."""
+    chats, orders = inputs
+    quiet = _run(chats, tmp_path / "a.csv", orders, flag_bundle_dir, flag_config())
+    assert quiet["warnings"] == []  # 9 lost shoppers: below the default min_lost of 200
+    alert = {"expected": 0.2, "factor": 2.0, "min_lost": 5}
+    loud = _run(chats, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config(share_alert=alert))
+    assert len(loud["warnings"]) == 1 and "66.7% of 9 lost shoppers, above the expected range 10%-40%" in loud["warnings"][0]
+    assert loud["flagged"] == quiet["flagged"]  # a warning, not a different decision
+    off = _run(chats, tmp_path / "c.csv", orders, flag_bundle_dir, flag_config(share_alert={**alert, "expected": None}))
+    assert off["warnings"] == []

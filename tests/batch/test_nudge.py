@@ -277,3 +277,12 @@ def test_code_defaults_mirror_the_default_config():
     from pipeline.nudge import FlagSettings, load_flag_settings
 
     assert FlagSettings() == load_flag_settings(load_config(overrides={"paths.data": "x"}).flag)
+
+
+def test_share_warnings_bounds():
+    from pipeline.nudge import ShareAlertSettings, share_warnings
+
+    alert = ShareAlertSettings(expected=0.2, factor=2.0, min_lost=100)
+    assert share_warnings(20, 100, alert) == [] and share_warnings(10, 100, alert) == [] and share_warnings(40, 100, alert) == []
+    assert "below" in share_warnings(9, 100, alert)[0] and "above" in share_warnings(41, 100, alert)[0]
+    assert share_warnings(0, 99, alert) == []
