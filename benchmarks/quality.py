@@ -557,6 +557,11 @@ def _cost(r: dict[str, Any]) -> str:
     return f"{r['fit_s']:.1f} | {_rate(r['msgs_per_s'])} | {_rate(r['msgs_per_s_single'])} | {_size(r['size_bytes'])}"
 
 
+def _not_run_row(system: str, r: dict[str, Any] | None) -> str:
+    """A results-table row for a system that failed or was not run (8 columns, as every table here)."""
+    return f"| {system} | {r.get('error', 'not run') if r else 'not run'} | | | | | | |"
+
+
 def render_report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     systems = results["systems"]
@@ -594,7 +599,7 @@ def render_report(results: dict[str, Any]) -> str:
             for system in systems:
                 r = results["results"].get(name, {}).get(system)
                 if r is None or "error" in r:
-                    lines.append(f"| {system} | {r.get('error', 'not run') if r else 'not run'} | | | | | | |")
+                    lines.append(_not_run_row(system, r))
                     continue
                 m = r["metrics"]
                 lines.append(f"| {system} | {_pct(m['accuracy'])} | {_pct(m['macro_f1'])} | {m['ece']:.3f} | {_cost(r)} |")
@@ -603,7 +608,7 @@ def render_report(results: dict[str, Any]) -> str:
         for system in systems:
             r = results["results"].get(name, {}).get(system)
             if r is None or "error" in r:
-                lines.append(f"| {system} | {r.get('error', 'not run') if r else 'not run'} | | | | | | |")
+                lines.append(_not_run_row(system, r))
                 continue
             m = r["metrics"]
             label = system if kind == "oos_train" else f"{system} (threshold {m['threshold']:.3f})"

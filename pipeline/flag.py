@@ -62,6 +62,7 @@ from pipeline.nudge import (
 )
 from pipeline.tables import (
     TableError,
+    atomic_file,
     detect_encoding,
     iter_table,
     table_format,
@@ -116,9 +117,8 @@ def _write_json_atomic(data: dict, path: Path) -> None:
 
 
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        pq.write_table(table, handle)
 
 
 def _file_identity(path: Path | None) -> dict | None:
