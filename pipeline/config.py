@@ -49,6 +49,7 @@ class SplitSettings(_Strict):
 class TextSettings(_Strict):
     language: Literal["zh", "en"] = "zh"
     user_dict: str | None = None
+    max_chars: int = Field(4000, ge=1)  # a message is cut to this before any pattern runs
 
 
 class FeatureSettings(_Strict):

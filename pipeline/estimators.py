@@ -24,7 +24,7 @@ from sklearn.svm import LinearSVC
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from pipeline.text import normalize
+from pipeline.text import MAX_CHARS, normalize
 
 _JIEBA_CACHE: dict[str, object] = {}
 _JIEBA_LOCK = threading.Lock()
@@ -134,12 +134,16 @@ class EnglishTokenizer:
 class TextNormalizer(TransformerMixin, BaseEstimator):
     """The first step of every model: `pipeline.text.normalize`, so training and serving cannot diverge."""
 
+    def __init__(self, max_chars: int = MAX_CHARS):
+        self.max_chars = max_chars
+
     def fit(self, X, y=None):
         self.n_features_in_ = 1
         return self
 
     def transform(self, X):
-        return [normalize(text) for text in X]
+        max_chars = getattr(self, "max_chars", MAX_CHARS)  # models saved before the setting existed
+        return [normalize(text, max_chars) for text in X]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -17,7 +17,6 @@ from scipy import sparse
 from sklearn.pipeline import FeatureUnion
 
 from pipeline.bundle import ModelBundle, load_bundle
-from pipeline.text import normalize
 
 DEFAULT_MODEL_NAME = "buyer-intent"
 DEFAULT_ALIAS = "champion"
@@ -129,7 +128,7 @@ class Predictor:
 
         The live service calls this directly: building a DataFrame costs more than the model on
         small batches."""
-        normalized = [normalize(text) for text in texts]
+        normalized = self.bundle.intent.named_steps["normalize"].transform(texts)
         n = len(normalized)
         intents = np.full(n, self.empty_label, dtype=object)
         confidence = np.zeros(n)

@@ -85,7 +85,7 @@ def build_intent_pipeline(config: Config) -> Pipeline:
     )
     return Pipeline(
         [
-            ("normalize", TextNormalizer()),
+            ("normalize", TextNormalizer(max_chars=config.text.max_chars)),
             ("features", make_features(config.features, make_tokenizer(config))),
             ("classifier", CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed, n_jobs=config.n_jobs)),
         ]

@@ -60,27 +60,32 @@ _MASK = {
 }
 
 _PLACEHOLDER_RE = re.compile(r"\[([\u4e00-\u9fff]{1,4}|[a-z_]{1,12})x?\d*\]")
+# Every pattern below runs in time linear in the text: a repeated class may only start where a run of
+# that class starts (a negative look-behind), and runs are consumed possessively, so no position is
+# rescanned. A domain label is at most 63 characters (RFC 1035), which also bounds the backtracking of
+# the domain branch. `tests/unit/test_text.py` normalises a megabyte of hostile text to hold this.
 _URL_RE = re.compile(
-    r"(?:https?://|www\.)[^\s\u4e00-\u9fff，。！？]+"
-    r"|(?:[a-z0-9-]+\.)+(?:com|cn|net|tb\.cn)(?:/[^\s\u4e00-\u9fff，。！？]*)?"
+    r"(?:https?://|www\.)[^\s\u4e00-\u9fff，。！？]++"
+    r"|(?<![a-z0-9.-])(?:[a-z0-9-]{1,63}\.){1,8}(?:com|cn|net|tb\.cn)(?![a-z0-9-])(?:/[^\s\u4e00-\u9fff，。！？]*+)?"
     r"|¥[a-z0-9]{8,14}¥",  # Taobao share code (淘口令)
     re.IGNORECASE,
 )
-_EMAIL_RE = re.compile(r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}", re.IGNORECASE)
+_EMAIL_RE = re.compile(r"(?<![a-z0-9._%+-])[a-z0-9._%+-]{1,64}+@(?:[a-z0-9-]{1,63}+\.){1,8}+[a-z]{2,24}+", re.IGNORECASE)
 _ID_CARD_RE = re.compile(
     r"(?<![0-9a-z])\d{6}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dx](?![0-9a-z])",
     re.IGNORECASE,
 )
+# A mobile number may follow letters (weixin13812345678, phone:138...) and use spaces, dashes or dots.
 _PHONE_RE = re.compile(
-    r"(?<![0-9a-z])(?:\+?86[- ]?)?1[3-9]\d(?:[- ]?\d{4}){2}(?!\d)"
-    r"|(?<![0-9a-z])1[3-9]\d\*{4}\d{4}(?!\d)"
-    r"|(?<![0-9a-z])0\d{2,3}-\d{7,8}(?!\d)"
+    r"(?<!\d)(?:\+?86[- .]?)?1[3-9]\d(?:[- .]?\d{4}){2}(?!\d)"
+    r"|(?<!\d)1[3-9]\d\*{4}\d{4}(?!\d)"
+    r"|(?<!\d)0\d{2,3}-\d{7,8}(?!\d)"
 )
 # Order, waybill and similar identifiers: long digit runs, optionally with a courier prefix (sf, yt ...).
-_ORDER_RE = re.compile(r"(?<![0-9a-z])(?:[a-z]{1,4})?\d{10,}(?![0-9])", re.IGNORECASE)
+_ORDER_RE = re.compile(r"(?<![0-9a-z])(?:[a-z]{1,4})?\d{10,}+(?![0-9])", re.IGNORECASE)
 _MONEY_RE = re.compile(
-    r"[¥$]\s?\d+(?:\.\d+)?"
-    r"|\d+(?:\.\d+)?\s?(?:元|块钱|块|rmb|刀)"
+    r"[¥$]\s?\d++(?:\.\d+)?"
+    r"|(?<![\d.])\d++(?:\.\d++)?\s?(?:元|块钱|块|rmb|刀)"
 )
 _DATE_RE = re.compile(
     r"\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}[日号]?"
@@ -91,12 +96,12 @@ _DATE_RE = re.compile(
     r"|(?<!\d)\d{1,2}点(?:\d{1,2}分?|半)?"
 )
 _ADDRESS_RE = re.compile(
-    r"[\u4e00-\u9fff]{2,3}(?:省|自治区)[\u4e00-\u9fff]{0,10}(?:市|州|盟)?[\u4e00-\u9fff0-9]*"
+    r"[\u4e00-\u9fff]{2,3}(?:省|自治区)[\u4e00-\u9fff]{0,10}(?:市|州|盟)?[\u4e00-\u9fff0-9]*+"
     r"|[\u4e00-\u9fff]{2,3}市[\u4e00-\u9fff]{1,8}(?:区|县)[\u4e00-\u9fff0-9]*"
-    r"|[\u4e00-\u9fff]{1,10}(?:路|街|大道|巷|弄)\d+号[\u4e00-\u9fff0-9\-#]*"
+    r"|[\u4e00-\u9fff]{1,10}(?:路|街|大道|巷|弄)\d++号[\u4e00-\u9fff0-9\-#]*"
 )
 _NAME_RE = re.compile(r"(?<=收货人|收件人|联系人)[:：\s]?[\u4e00-\u9fff]{2,3}|(?<=姓名)[:：\s]?[\u4e00-\u9fff]{2,3}")
-_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER_RE = re.compile(r"\d++(?:\.\d++)?")
 _SPACE_RE = re.compile(r"\s+")
 _REPEAT_RE = re.compile(r"(.)\1{3,}")
 
@@ -113,11 +118,17 @@ def _token(kind: str):
     return lambda _match: replacement
 
 
-def normalize(text: str) -> str:
-    """Canonical form of a buyer message: what every model of this project is fitted on and fed."""
+MAX_CHARS = 4000  # default cut of a message before normalisation (config: text.max_chars)
+
+
+def normalize(text: str, max_chars: int = MAX_CHARS) -> str:
+    """Canonical form of a buyer message: what every model of this project is fitted on and fed.
+
+    Only the first `max_chars` characters are read: no real chat message is longer, and the cut bounds
+    the work an untrusted message can cause."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    text = unicodedata.normalize("NFKC", text).lower()
+    text = unicodedata.normalize("NFKC", text[:max_chars]).lower()
     text = _PLACEHOLDER_RE.sub(_placeholder_token, text)
     text = _EMAIL_RE.sub(_token("link"), text)
     text = _URL_RE.sub(_token("link"), text)
@@ -134,7 +145,9 @@ def normalize(text: str) -> str:
 
 
 def mask_pii(text: str) -> str:
-    """Readable text with phones, order numbers, addresses, names, links and e-mails masked."""
+    """Readable text with phones, order numbers, addresses, names, links and e-mails masked.
+
+    Linear in the length of the text (see the patterns above), so it needs no cut of its own."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     text = unicodedata.normalize("NFKC", text)
