@@ -1,5 +1,7 @@
 # Two commands on a fresh machine with only Python 3.11 and make: `make demo` and `make test`.
-PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+# The real interpreter, not a pyenv shim: uv treats a shim as a new interpreter on every call and would
+# rebuild .venv each time (under a running server).
+PYTHON ?= $(shell $$(command -v python3.11 2>/dev/null || command -v python3) -c 'import sys; print(sys.executable)')
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
@@ -18,6 +20,7 @@ export BENTOML_DO_NOT_TRACK := true
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	mkdir -p $(TOOLS)/path && ln -sf ../bin/uv $(TOOLS)/path/uv
 
 install: $(UV)
 	$(UV) sync --frozen --all-groups --python $(PYTHON)
@@ -40,8 +43,9 @@ serve: install
 
 ## A Bento with the service, the package and the champion (then: bentoml containerize buyer_intent:latest).
 bento: install
+	@test -e $(TOOLS)/path/uv || { mkdir -p $(TOOLS)/path && ln -sf ../bin/uv $(TOOLS)/path/uv; }
 	$(BIN)/buyer-intent export-bento
-	$(BIN)/bentoml build
+	PATH="$(CURDIR)/$(TOOLS)/path:$$PATH" $(BIN)/bentoml build
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .bentoml mlflow.db mlartifacts reports/* models/*
