@@ -44,6 +44,11 @@ class SplitSettings(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     min_examples_per_label: int = Field(6, ge=3)
+    # Validation by author: rows whose `holdout_column` value is listed form the validation split, so
+    # thresholds and settings are chosen on text written unlike the training text. Data without the
+    # column (or none of the values) falls back to the grouped random validation split.
+    holdout_column: str | None = "writer"
+    val_holdout: list[str] = Field(default_factory=list)
 
 
 class TextSettings(_Strict):
@@ -87,6 +92,9 @@ class IntentModelSettings(_Strict):
     alpha: float = Field(1e-4, gt=0)
     class_weight: Literal["balanced"] | None = "balanced"
     calibration_folds: int = Field(3, ge=2)
+    # train_folds: temperature from out-of-fold scores of the training split; validation: from the
+    # validation split (held-out writers), whose text is unlike the training text, as real chats are
+    calibrate_on: Literal["train_folds", "validation"] = "train_folds"
     max_iter: int = Field(2000, ge=100)
     fallback: FallbackSettings = FallbackSettings()
 
@@ -96,6 +104,7 @@ class PurchaseModelSettings(_Strict):
     class_weight: Literal["balanced"] | None = "balanced"
     target_precision: float = Field(0.9, gt=0, le=1)
     calibration_folds: int = Field(3, ge=2)
+    calibrate_on: Literal["train_folds", "validation"] = "train_folds"
 
 
 class ConversationModelSettings(_Strict):

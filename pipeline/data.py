@@ -164,8 +164,14 @@ def assign_splits(
     seed: int,
     label_column: str = "intent",
     group_column: str = "group",
+    holdout_column: str | None = None,
+    val_holdout: list[str] | tuple[str, ...] = (),
 ) -> pd.Series:
-    """'train' / 'val' / 'test' per row: grouped, stratified by each group's majority label, seeded."""
+    """'train' / 'val' / 'test' per row: grouped, stratified by each group's majority label, seeded.
+
+    With `holdout_column` and `val_holdout`, validation is every group with a row whose holdout value
+    is listed (a held-out writer), and test is drawn from the other groups; without them (or when no
+    row matches) validation is drawn like test."""
     normalized = frame["normalized"] if "normalized" in frame.columns else frame["text"].map(normalize)
     groups = (
         frame[group_column].astype(str)
@@ -173,9 +179,15 @@ def assign_splits(
         else pd.Series([f"row-{i}" for i in range(len(frame))], index=frame.index)
     )
     merged = merged_groups(groups, normalized)
-    sizes = merged.value_counts()
-    majority = frame.groupby(merged)[label_column].agg(lambda s: s.value_counts().index[0])
     split_of_group: dict[str, str] = {}
+    if holdout_column and val_holdout and holdout_column in frame.columns:
+        held = frame[holdout_column].astype(str).isin([str(v) for v in val_holdout])
+        split_of_group = dict.fromkeys(merged[held].unique(), "val")
+    if split_of_group:
+        val_fraction = 0.0
+    rest = ~merged.isin(split_of_group)
+    sizes = merged[rest].value_counts()
+    majority = frame[rest].groupby(merged[rest])[label_column].agg(lambda s: s.value_counts().index[0])
     for _label, members in majority.groupby(majority):
         ordered = sorted(members.index, key=lambda g: _stable_rank(seed, g))
         total = sizes[ordered].sum()
@@ -192,6 +204,18 @@ def assign_splits(
             else:
                 split_of_group[group] = "train"
     return merged.map(split_of_group).rename("split")
+
+
+def split_by_settings(frame: pd.DataFrame, settings, seed: int) -> np.ndarray:
+    """`assign_splits` with a run's `split` settings (fractions, held-out writers)."""
+    return assign_splits(
+        frame,
+        val_fraction=settings.val_fraction,
+        test_fraction=settings.test_fraction,
+        seed=seed,
+        holdout_column=settings.holdout_column,
+        val_holdout=settings.val_holdout,
+    ).to_numpy()
 
 
 def fingerprint(frame: pd.DataFrame, columns: list[str]) -> dict[str, object]:

@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from pipeline.bundle import ModelBundle
 from pipeline.config import Config
 from pipeline.conversation import ConversationScorer, Turn
-from pipeline.data import LabelledData, assign_splits, fingerprint
+from pipeline.data import LabelledData, assign_splits, fingerprint, split_by_settings
 from pipeline.evaluate import (
     choose_fallback_threshold,
     choose_precision_threshold,
@@ -84,6 +84,22 @@ def _fit_message_models(config: Config, train: pd.DataFrame, has_purchase: bool)
         # The same fitted feature steps: features are computed once for both models at prediction time.
         purchase_pipeline = Pipeline([("normalize", normalizer), ("features", features), ("classifier", classifier)])
     return intent_pipeline, purchase_pipeline
+
+
+def _recalibrate_on_validation(config: Config, intent_pipeline: Pipeline, purchase_pipeline: Pipeline | None, val: pd.DataFrame) -> None:
+    wanted = [
+        (pipeline, labels)
+        for pipeline, labels, where in (
+            (intent_pipeline, "intent", config.intent_model.calibrate_on),
+            (purchase_pipeline, "purchase_intent", config.purchase_model.calibrate_on),
+        )
+        if pipeline is not None and where == "validation"
+    ]
+    if not wanted:
+        return
+    matrix = intent_pipeline.named_steps["features"].transform(val["normalized"].tolist())
+    for pipeline, labels in wanted:
+        pipeline.named_steps["classifier"].recalibrate(matrix, val[labels].to_numpy())
 
 
 def _conversation_split(frame: pd.DataFrame, config: Config) -> pd.Series:
@@ -162,9 +178,7 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     frame = data.frame.copy()
-    frame["split"] = assign_splits(
-        frame, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction, seed=config.seed
-    ).to_numpy()
+    frame["split"] = split_by_settings(frame, config.split, config.seed)
     train_part, val_part, test_part = (frame[frame["split"] == name] for name in ("train", "val", "test"))
     if val_part.empty or test_part.empty:
         raise ValueError("validation or test split is empty: the data set is too small to train and evaluate honestly")
@@ -188,7 +202,8 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
     bundle = ModelBundle(intent_pipeline, purchase_pipeline, None, manifest)
     predictor = Predictor(bundle)
 
-    # Validation choices.
+    # Validation choices: calibration (when configured), then the thresholds on calibrated scores.
+    _recalibrate_on_validation(config, intent_pipeline, purchase_pipeline, val_part)
     _, val_scored = score_labelled(predictor, val_part)
     fallback = config.intent_model.fallback
     manifest["thresholds"]["fallback"] = choose_fallback_threshold(

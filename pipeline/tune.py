@@ -40,7 +40,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.config import Config, ConfigError
-from pipeline.data import LabelledData, assign_splits, fingerprint, merged_groups
+from pipeline.data import LabelledData, fingerprint, merged_groups, split_by_settings
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ def _fold_score(config_tree: dict[str, Any], texts: list[str], labels: np.ndarra
 
 def _training_split(config: Config, data: LabelledData):
     frame = data.frame.copy()
-    frame["split"] = assign_splits(
-        frame, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction, seed=config.seed
-    ).to_numpy()
+    frame["split"] = split_by_settings(frame, config.split, config.seed)
     return frame[frame["split"] == "train"].reset_index(drop=True)
 
 

@@ -69,3 +69,48 @@ def test_identical_normalised_texts_never_straddle_splits():
     frame.loc[frame.index[::7], "normalized"] = "好的"
     split = assign_splits(frame, val_fraction=0.2, test_fraction=0.2, seed=2)
     assert split[frame["normalized"] == "好的"].nunique() == 1
+
+
+def test_validation_holds_out_whole_writers():
+    frame = _frame(n_groups=90)
+    frame["writer"] = [f"w{(g // 3) % 6}" for g in range(90) for _ in range(3)]
+    frame.loc[0, "normalized"] = frame.loc[frame["writer"] == "w5", "normalized"].iloc[0]  # shared text: joins w5's group
+    split = assign_splits(frame, val_fraction=0.15, test_fraction=0.15, seed=1, holdout_column="writer", val_holdout=["w5"])
+    assert (split[frame["writer"] == "w5"] == "val").all()
+    assert set(split[frame["writer"] != "w5"]) >= {"train", "test"}
+    assert (split[frame["group"] == "g0"] == "val").all()  # identical texts never straddle, even across writers
+    assert ((split == "val") == ((frame["writer"] == "w5") | (frame["group"] == "g0"))).all()
+
+
+def test_validation_falls_back_to_random_groups_without_the_writer_column():
+    frame = _frame()
+    split = assign_splits(frame, val_fraction=0.15, test_fraction=0.15, seed=1, holdout_column="writer", val_holdout=["w5"])
+    assert split.equals(assign_splits(frame, val_fraction=0.15, test_fraction=0.15, seed=1))
+
+
+def test_eval_sets_are_named_after_their_folder_or_explicitly():
+    from pipeline.workflows import eval_set_spec
+
+    assert eval_set_spec("../shared/realchat-dev/messages.csv") == ("realchat-dev", "../shared/realchat-dev/messages.csv")
+    assert eval_set_spec("dev=/tmp/x/messages.csv") == ("dev", "/tmp/x/messages.csv")
+    assert eval_set_spec("messages.csv") == ("messages", "messages.csv")
+
+
+def test_eval_sets_with_a_source_column_are_also_scored_per_source():
+    from types import SimpleNamespace
+
+    from pipeline.workflows import per_source_metrics
+
+    scored = pd.DataFrame(
+        {
+            "intent": ["a", "b", "a", "b"], "pred_intent": ["a", "b", "b", "b"], "confidence": [0.9, 0.8, 0.6, 0.7],
+            "fallback": [False] * 4, "purchase_intent": [1, 0, 0, 1], "purchase_score": [0.9, 0.1, 0.2, 0.3],
+            "source": ["jd", "jd", "taobao", "taobao"],
+        }
+    )
+    parts = per_source_metrics("eval:dev", scored, SimpleNamespace(has_purchase=True, purchase_threshold=0.5))
+    assert set(parts) == {"eval:dev/jd", "eval:dev/taobao"}
+    assert parts["eval:dev/jd"]["intent"]["accuracy"] == 1.0
+    assert parts["eval:dev/taobao"]["intent"]["accuracy"] == 0.5
+    assert parts["eval:dev/taobao"]["purchase"]["recall"] == 0.0
+    assert per_source_metrics("eval:dev", scored.drop(columns="source"), None) == {}
