@@ -40,7 +40,10 @@ def _fail(exc: Exception) -> None:
 def train(
     config: ConfigOption = None,
     data: Annotated[Optional[Path], typer.Option(help="labelled messages (CSV/JSONL/Parquet)")] = None,
-    eval_data: Annotated[Optional[list[Path]], typer.Option("--eval-data", help="extra labelled sets to evaluate on (repeatable)")] = None,
+    eval_data: Annotated[
+        Optional[list[str]],
+        typer.Option("--eval-data", help="extra labelled sets to evaluate on, PATH or NAME=PATH (default name: the file's folder); repeatable"),
+    ] = None,
     model_dir: Annotated[Optional[Path], typer.Option(help="also write the model bundle to this directory")] = None,
     conversations: Annotated[Optional[Path], typer.Option(help="labelled conversations JSONL for the conversation-level detector")] = None,
     orders: Annotated[
@@ -63,7 +66,7 @@ def train(
     if conversations and not orders:  # the config's orders belong to the config's conversations, not to these
         cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
     try:
-        summary = train_and_track(cfg, [str(p) for p in eval_data or []], promote)
+        summary = train_and_track(cfg, list(eval_data or []), promote)
     except (DataError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"run id: {summary['run_id']}")

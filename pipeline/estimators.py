@@ -264,6 +264,20 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
             self.temperature_ = _fit_temperature(oof, y_index)
         return self
 
+    def recalibrate(self, X, y):
+        """Refit only the calibration (temperature or Platt) on held-out data, keeping the linear model:
+        probabilities then reflect how the model does on text unlike its training text."""
+        check_is_fitted(self, "estimator_")
+        y = np.asarray(y)
+        known = np.isin(y, self.classes_)  # a label the model never saw cannot be calibrated for
+        y_index = np.searchsorted(self.classes_, y[known])
+        scores = self.decision_function(X[np.flatnonzero(known)])
+        if len(self.classes_) == 2:
+            self.platt_ = _fit_platt(scores, y_index)
+        else:
+            self.temperature_ = _fit_temperature(scores, y_index)
+        return self
+
     def decision_function(self, X) -> np.ndarray:
         check_is_fitted(self, "estimator_")
         scores = _scores(self.estimator_, X)

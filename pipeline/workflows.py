@@ -15,12 +15,36 @@ from pipeline import tracking
 from pipeline.bundle import ModelBundle, save_bundle
 from pipeline.config import Config
 from pipeline.data import LabelledData, load_labelled, load_labelled_conversations
+from pipeline.evaluate import intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
 from pipeline.tables import iter_table, rejected_frame, write_table_atomic, write_text_atomic
 from pipeline.train import ConversationData, TrainResult, headline_metrics, score_labelled, train
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score")
+
+
+def eval_set_spec(spec: str) -> tuple[str, str]:
+    """`NAME=PATH`, or a path named after its folder (../shared/realchat-dev/messages.csv -> realchat-dev)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name.strip(), path
+    path = Path(spec)
+    return (path.parent.name or path.stem) if path.parent.name not in ("", ".") else path.stem, spec
+
+
+def per_source_metrics(name: str, scored: pd.DataFrame, predictor: Predictor) -> dict[str, Any]:
+    """`<name>/<source>` metrics for an eval set with a `source` column (e.g. JD after-sales vs Taobao
+    pre-sales): a mean over sources hides that one of them is failing."""
+    if "source" not in scored.columns or scored["source"].nunique() < 2:
+        return {}
+    parts = {}
+    for source, part in scored.groupby(scored["source"].astype(str)):
+        metrics = {"intent": intent_metrics(part["intent"], part["pred_intent"], part["confidence"], part["fallback"])}
+        if "purchase_intent" in part.columns and predictor.has_purchase:
+            metrics["purchase"] = purchase_metrics(part["purchase_intent"], part["purchase_score"], predictor.purchase_threshold)
+        parts[f"{name}/{source}"] = metrics
+    return parts
 
 
 def _write_report(out_dir: Path, **kwargs) -> dict[str, Any]:
@@ -52,11 +76,12 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
     result = train(config, data, conversations)
     predictor = Predictor(result.bundle)
     eval_scored: dict[str, pd.DataFrame] = {}
-    for path in eval_data or []:
+    for set_name, path in map(eval_set_spec, eval_data or []):
         eval_set = load_labelled(path, config.paths.quarantine)
-        name = f"eval:{Path(path).stem}"
+        name = f"eval:{set_name}"
         result.metrics[name], eval_scored[name] = score_labelled(predictor, eval_set.frame)
         result.fingerprints[name] = {"rows": len(eval_set.frame), "rejected": len(eval_set.rejected), "source": path}
+        result.metrics.update(per_source_metrics(name, eval_scored[name], predictor))
 
     tracking.setup(config)
     headline = headline_metrics(result.metrics)

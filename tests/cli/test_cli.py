@@ -37,7 +37,7 @@ def first_run(env, workspace, small_messages_csv):
     result = runner.invoke(
         app,
         ["train", "--config", CONFIG, "--data", str(small_messages_csv), "--model-dir", str(workspace / "model"),
-         "--eval-data", str(small_messages_csv)],
+         "--eval-data", f"corpus-sample={small_messages_csv}"],
     )
     assert result.exit_code == 0, result.output
     return result.output
@@ -53,7 +53,7 @@ def test_train_registers_a_champion_and_writes_the_report(first_run, env, worksp
     assert champion.run_id == run_id
     run = client.get_run(run_id)
     assert "test_intent_macro_f1" in run.data.metrics
-    assert "eval_messages_intent_accuracy" in run.data.metrics
+    assert "eval_corpus-sample_intent_accuracy" in run.data.metrics
     assert run.data.params["split.test_fraction"] == "0.15"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report", "data", "model_inputs"} <= artifacts
