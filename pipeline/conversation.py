@@ -1,7 +1,8 @@
 """Conversation-level purchase intent: features over message-level outputs, and scoring.
 
-Used identically by training, `buyer-intent flag` and the service's `/score_conversation`, so a
-conversation gets the same score wherever it is scored.
+Conversations reach these features through one path, `pipeline.nudge.flat_features` (roles mapped,
+turns in time order, blank turns left out), used by training, `buyer-intent flag` and the service's
+`/score_conversation`, so a conversation gets the same score wherever it is scored.
 """
 
 from __future__ import annotations
@@ -88,33 +89,9 @@ class ConversationScorer:
         self.pre_sales_intents = tuple(pre_sales_intents or manifest.get("pre_sales_intents", DEFAULT_PRE_SALES))
         self.concern_intents = tuple(concern_intents or manifest.get("concern_intents", DEFAULT_CONCERNS))
 
-    def features_for(self, conversations: Sequence[Sequence[Turn]]) -> tuple[list[dict[str, float]], list[pd.DataFrame]]:
-        """Features and buyer-turn predictions per conversation; all buyer turns are classified in one batch."""
-        buyer_texts: list[str] = []
-        bounds: list[tuple[int, int]] = []
-        for turns in conversations:
-            start = len(buyer_texts)
-            buyer_texts.extend(t.text for t in turns if t.role == BUYER)
-            bounds.append((start, len(buyer_texts)))
-        predictions = self.predictor.predict(buyer_texts)
-        features, per_conversation = [], []
-        for turns, (start, end) in zip(conversations, bounds, strict=True):
-            part = predictions.iloc[start:end].reset_index(drop=True)
-            per_conversation.append(part)
-            features.append(
-                conversation_features(
-                    [t.role for t in turns], part, self.predictor.purchase_threshold, self.pre_sales_intents, self.concern_intents
-                )
-            )
-        return features, per_conversation
-
     def score_features(self, features: list[dict[str, float]]) -> np.ndarray:
         if not features:
             return np.zeros(0)
         if self.model is None:
             return np.array([f["purchase_max"] for f in features])
         return self.model.predict_proba(features)[:, 1]
-
-    def score(self, conversations: Sequence[Sequence[Turn]]) -> tuple[np.ndarray, list[pd.DataFrame]]:
-        features, predictions = self.features_for(conversations)
-        return self.score_features(features), predictions

@@ -466,11 +466,59 @@ class _PredictionsView:
 
 def _features(roles: list[str], flat: Mapping[str, np.ndarray], start: int, end: int, scorer: ConversationScorer):
     args = (scorer.predictor.purchase_threshold, scorer.pre_sales_intents, scorer.concern_intents)
-    try:
-        return conversation_features(roles, _PredictionsView(flat, start, end), *args)
-    except (AttributeError, TypeError):  # conversation_features started using more of pandas: the slow, sure way
-        part = pd.DataFrame({name: flat[name][start:end] for name in ("intent", "intent_confidence", "purchase_score")})
-        return conversation_features(roles, part, *args)
+    return conversation_features(roles, _PredictionsView(flat, start, end), *args)
+
+
+@dataclass
+class FlatFeatures:
+    """The conversation features of messages laid out flat, and the buyer-turn predictions they came from."""
+
+    features: list[dict[str, float]]
+    predictions: dict[str, np.ndarray]  # per buyer row: intent, intent_confidence, purchase_score ...
+    buyer_rows: np.ndarray  # row of each buyer message in the flat layout
+    conversation_of_buyer: np.ndarray
+    buyer_starts: np.ndarray  # conversation c's buyer messages: buyer_starts[c]:buyer_starts[c+1]
+
+
+def flat_features(roles: np.ndarray, texts: np.ndarray, starts: np.ndarray, scorer: ConversationScorer, predict_batch: int = 20_000) -> FlatFeatures:
+    """The one function that turns conversations into the conversation model's features: training,
+    the batch job and the service all come through here (`features_from_turns`, `score_flat`)."""
+    roles = np.asarray(roles, dtype=object)
+    texts = np.asarray(texts, dtype=object)
+    starts = np.asarray(starts, dtype=np.int64)
+    n_conv = len(starts) - 1
+    buyer_rows = np.flatnonzero(roles == BUYER)
+    conv_of_row = np.repeat(np.arange(n_conv), np.diff(starts))
+    conv_of_buyer = conv_of_row[buyer_rows]
+    flat = predict_messages(scorer.predictor, texts[buyer_rows], predict_batch)
+    buyer_starts = np.searchsorted(conv_of_buyer, np.arange(n_conv + 1), side="left")
+    roles_list = roles.tolist()
+    features = [
+        _features(roles_list[starts[c] : starts[c + 1]], flat, int(buyer_starts[c]), int(buyer_starts[c + 1]), scorer)
+        for c in range(n_conv)
+    ]
+    return FlatFeatures(features, flat, buyer_rows, conv_of_buyer, buyer_starts)
+
+
+def lay_flat(conversations: Sequence[Sequence[Turn]], policy: NudgePolicy) -> tuple[list[str], list[str], list[int], list[np.ndarray]]:
+    """Roles, texts and conversation starts of the usable turns (`usable_turns`), and each conversation's times."""
+    roles: list[str] = []
+    texts: list[str] = []
+    starts, times = [0], []
+    for turns in conversations:
+        turn_roles, turn_texts, turn_times = usable_turns(list(turns), policy)
+        roles.extend(turn_roles)
+        texts.extend(turn_texts)
+        times.append(turn_times)
+        starts.append(starts[-1] + len(turn_roles))
+    return roles, texts, starts, times
+
+
+def features_from_turns(conversations: Sequence[Sequence[Turn]], scorer: ConversationScorer, policy: NudgePolicy) -> list[dict[str, float]]:
+    """Conversation features exactly as `decide` (the service) and the batch job compute them: roles mapped
+    through the aliases, turns in time order, blank and unusable turns left out."""
+    roles, texts, starts, _ = lay_flat(conversations, policy)
+    return flat_features(np.asarray(roles, dtype=object), np.asarray(texts, dtype=object), np.asarray(starts), scorer).features
 
 
 def score_flat(
@@ -491,16 +539,9 @@ def score_flat(
     texts = np.asarray(texts, dtype=object)
     starts = np.asarray(starts, dtype=np.int64)
     n_conv = len(starts) - 1
-    buyer_rows = np.flatnonzero(roles == BUYER)
-    conv_of_row = np.repeat(np.arange(n_conv), np.diff(starts))
-    conv_of_buyer = conv_of_row[buyer_rows]
-    flat = predict_messages(scorer.predictor, texts[buyer_rows], predict_batch)
-    buyer_starts = np.searchsorted(conv_of_buyer, np.arange(n_conv + 1), side="left")
-    roles_list = roles.tolist()
-    features = [
-        _features(roles_list[starts[c] : starts[c + 1]], flat, int(buyer_starts[c]), int(buyer_starts[c + 1]), scorer)
-        for c in range(n_conv)
-    ]
+    computed = flat_features(roles, texts, starts, scorer, predict_batch)
+    features, flat, buyer_rows = computed.features, computed.predictions, computed.buyer_rows
+    conv_of_buyer, buyer_starts = computed.conversation_of_buyer, computed.buyer_starts
     scores = np.concatenate(
         [scorer.score_features(features[i : i + predict_batch]) for i in range(0, n_conv, predict_batch)] or [np.zeros(0)]
     )
@@ -721,16 +762,12 @@ def decide(
     """One Decision per conversation, in input order, exactly as `buyer-intent flag` decides."""
     if not conversations:
         return []
-    roles, texts, starts = [], [], [0]
+    roles, texts, starts, times = lay_flat([c.turns for c in conversations], policy)
     first, last = [], []
-    for conversation in conversations:
-        turn_roles, turn_texts, turn_times = usable_turns(list(conversation.turns), policy)
-        roles.extend(turn_roles)
-        texts.extend(turn_texts)
+    for turn_times in times:
         all_known = len(turn_times) and not (turn_times == MISSING_TIME).any()
         first.append(int(turn_times.min()) if all_known else MISSING_TIME)
         last.append(int(turn_times.max()) if all_known else MISSING_TIME)
-        starts.append(starts[-1] + len(turn_roles))
     scored, _ = score_flat(np.asarray(roles, dtype=object), np.asarray(texts, dtype=object), np.asarray(starts), scorer, policy)
     table = pd.concat(
         [

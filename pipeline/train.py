@@ -26,6 +26,7 @@ from pipeline.evaluate import (
     purchase_metrics,
 )
 from pipeline.inference import Predictor
+from pipeline.nudge import NudgePolicy, features_from_turns, load_flag_settings
 from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
     frame["split"] = _conversation_split(frame, config)
     settings = config.conversation_model
     scorer = ConversationScorer(predictor, settings.pre_sales_intents or None, settings.concern_intents or None)
-    features, _ = scorer.features_for(frame["turns"].tolist())
+    policy = NudgePolicy.from_settings(load_flag_settings(config.flag))
+    features = features_from_turns(frame["turns"].tolist(), scorer, policy)
     y = frame["expressed_purchase_intent"].to_numpy(dtype=int)
     train_idx = np.flatnonzero(frame["split"] == "train")
     val_idx = np.flatnonzero(frame["split"] == "val")
@@ -155,7 +157,6 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
 def _evaluate_flagging(config: Config, predictor: Predictor, test: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     """The nudge list the flag job would produce for the test conversations, against the truth."""
     from pipeline.flag_eval import evaluate_flagging, load_orders_index
-    from pipeline.nudge import NudgePolicy, load_flag_settings
 
     settings = load_flag_settings(config.flag)
     policy = NudgePolicy.from_settings(settings)

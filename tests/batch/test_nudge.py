@@ -23,6 +23,7 @@ from pipeline.nudge import (
     choose_nudges,
     decide,
     format_times,
+    features_from_turns,
     lost_status,
     next_allowed_time,
     parse_times,
@@ -218,14 +219,14 @@ def test_deduplicated_predictions_equal_plain_predict(flag_scorer):
 
 
 def test_flat_scores_equal_the_conversation_scorer(flag_scorer, policy):
-    """score_flat's fast path must give exactly ConversationScorer's features and scores."""
+    """score_flat's fast path must give exactly the features training uses, and their scores."""
     conversations = [
         [Turn("buyer", "在吗"), Turn("agent", "在的"), Turn("buyer", "有货我就要"), Turn("buyer", "什么时候发货")],
         [Turn("agent", "您好")],
         [Turn("buyer", "收到是坏的 给你差评")],
         [Turn("buyer", "能便宜点吗"), Turn("bot", "亲 可以领券"), Turn("buyer", "好的谢谢"), Turn("agent", "不客气")],
     ]
-    expected_scores, _ = flag_scorer.score(conversations)
+    expected_scores = flag_scorer.score_features(features_from_turns(conversations, flag_scorer, policy))
     roles = np.array([t.role for c in conversations for t in c], dtype=object)
     texts = np.array([t.text for c in conversations for t in c], dtype=object)
     starts = np.cumsum([0] + [len(c) for c in conversations])
@@ -286,3 +287,20 @@ def test_share_warnings_bounds():
     assert share_warnings(20, 100, alert) == [] and share_warnings(10, 100, alert) == [] and share_warnings(40, 100, alert) == []
     assert "below" in share_warnings(9, 100, alert)[0] and "above" in share_warnings(41, 100, alert)[0]
     assert share_warnings(0, 99, alert) == []
+
+
+def test_training_and_serving_see_the_same_conversation_features(flag_scorer, policy):
+    """One chat as exported (Chinese role names, turns out of time order, blank turns) and as the service
+    receives it cleaned up: the same features and score on the training path and the serving path."""
+    at = "2024-05-01T10:0{}:00+08:00".format
+    exported = [
+        Turn("客服", "亲 在的", at(1)), Turn("买家", "有货我就要", at(2)), Turn("买家", "  ", at(3)),
+        Turn("买家", "在吗", at(0)), Turn("机器人", "您好 请问有什么可以帮您", at(4)),
+    ]
+    clean = [Turn("buyer", "在吗", at(0)), Turn("agent", "亲 在的", at(1)), Turn("buyer", "有货我就要", at(2)),
+             Turn("bot", "您好 请问有什么可以帮您", at(4))]
+    trained, served = features_from_turns([exported, clean], flag_scorer, policy)
+    assert trained == served
+    assert trained["n_buyer_log"] == pytest.approx(np.log1p(2)) and trained["last_turn_is_buyer"] == 0.0
+    decisions = decide([ConversationInput("c", "b", "s", exported), ConversationInput("c2", "b", "s", clean)], flag_scorer, policy)
+    assert decisions[0].purchase_score == decisions[1].purchase_score == pytest.approx(flag_scorer.score_features([trained])[0], abs=1e-6)
