@@ -287,7 +287,7 @@ def main() -> None:
     for i in range(0, len(sample), 20_000):
         predictor.predict(sample[i : i + 20_000])
     predict_seconds, predict_cpu = time.perf_counter() - t, time.process_time() - cpu
-    workers = args.workers if args.workers is not None else (config.flag.get("workers") or os.cpu_count())
+    workers = args.workers if args.workers is not None else (config.flag.workers or os.cpu_count())
     result = {
         "conversations": summary["conversations"],
         "messages": n_messages,

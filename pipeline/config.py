@@ -7,12 +7,16 @@ with the key named.
 from __future__ import annotations
 
 import copy
+import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.times import parse_clock, parse_timezone
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -23,47 +27,47 @@ class _Strict(BaseModel):
 
 class Paths(_Strict):
     data: str
-    conversations: str | None = None
-    orders: str | None = None  # orders of the labelled conversations: the nudge list is evaluated on held-out ones
-    reports: str = "reports"
-    quarantine: str = "data/quarantine"
-    model_dir: str | None = None
+    conversations: str | None
+    orders: str | None  # orders of the labelled conversations: the nudge list is evaluated on held-out ones
+    reports: str
+    quarantine: str
+    model_dir: str | None
 
 
 class MlflowSettings(_Strict):
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str = "mlartifacts"
-    experiment: str = "buyer-intent"
-    registered_model: str = "buyer-intent"
-    alias: str = "champion"
-    promote: Literal["auto", "always", "never"] = "auto"
-    primary_metric: str = "intent_macro_f1"
+    tracking_uri: str
+    artifact_root: str
+    experiment: str
+    registered_model: str
+    alias: str
+    promote: Literal["auto", "always", "never"]
+    primary_metric: str
 
 
 class SplitSettings(_Strict):
-    val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0, lt=0.5)
-    min_examples_per_label: int = Field(6, ge=3)
+    val_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
+    min_examples_per_label: int = Field(ge=3)
     # Validation by author: rows whose `holdout_column` value is listed form the validation split, so
     # thresholds and settings are chosen on text written unlike the training text. Data without the
     # column (or none of the values) falls back to the grouped random validation split.
-    holdout_column: str | None = "writer"
-    val_holdout: list[str] = Field(default_factory=list)
+    holdout_column: str | None
+    val_holdout: list[str]
 
 
 class TextSettings(_Strict):
-    language: Literal["zh", "en"] = "zh"
-    user_dict: str | None = None
-    max_chars: int = Field(4000, ge=1)  # a message is cut to this before any pattern runs
+    language: Literal["zh", "en"]
+    user_dict: str | None
+    max_chars: int = Field(ge=1)  # a message is cut to this before any pattern runs
 
 
 class FeatureSettings(_Strict):
-    word_ngram_range: tuple[int, int] = (1, 2)
-    char_ngram_range: tuple[int, int] = (1, 3)
-    char_analyzer: Literal["char", "char_wb"] = "char"
-    min_df: int = Field(1, ge=1)
-    max_features: int | None = Field(None, ge=1)
-    sublinear_tf: bool = True
+    word_ngram_range: tuple[int, int]
+    char_ngram_range: tuple[int, int]
+    char_analyzer: Literal["char", "char_wb"]
+    min_df: int = Field(ge=1)
+    max_features: int | None = Field(ge=1)
+    sublinear_tf: bool
 
     @model_validator(mode="after")
     def _ranges(self) -> "FeatureSettings":
@@ -75,9 +79,9 @@ class FeatureSettings(_Strict):
 
 
 class FallbackSettings(_Strict):
-    target: Literal["accepted_accuracy", "oos_recall"] = "accepted_accuracy"
-    value: float = Field(0.9, gt=0, le=1)
-    oos_label: str | None = None
+    target: Literal["accepted_accuracy", "oos_recall"]
+    value: float = Field(gt=0, le=1)
+    oos_label: str | None
 
     @model_validator(mode="after")
     def _oos_label(self) -> "FallbackSettings":
@@ -87,56 +91,163 @@ class FallbackSettings(_Strict):
 
 
 class IntentModelSettings(_Strict):
-    classifier: Literal["logreg", "linear_svc", "sgd", "complement_nb"] = "logreg"
-    C: float = Field(10.0, gt=0)
-    alpha: float = Field(1e-4, gt=0)
-    class_weight: Literal["balanced"] | None = "balanced"
-    calibration_folds: int = Field(3, ge=2)
+    classifier: Literal["logreg", "linear_svc", "sgd", "complement_nb"]
+    C: float = Field(gt=0)
+    alpha: float = Field(gt=0)
+    class_weight: Literal["balanced"] | None
+    calibration_folds: int = Field(ge=2)
     # train_folds: temperature from out-of-fold scores of the training split; validation: from the
     # validation split (held-out writers), whose text is unlike the training text, as real chats are
-    calibrate_on: Literal["train_folds", "validation"] = "train_folds"
-    max_iter: int = Field(2000, ge=100)
-    fallback: FallbackSettings = FallbackSettings()
+    calibrate_on: Literal["train_folds", "validation"]
+    max_iter: int = Field(ge=100)
+    fallback: FallbackSettings
 
 
 class PurchaseModelSettings(_Strict):
-    C: float = Field(4.0, gt=0)
-    class_weight: Literal["balanced"] | None = "balanced"
-    target_precision: float = Field(0.9, gt=0, le=1)
-    calibration_folds: int = Field(3, ge=2)
-    calibrate_on: Literal["train_folds", "validation"] = "train_folds"
+    C: float = Field(gt=0)
+    class_weight: Literal["balanced"] | None
+    target_precision: float = Field(gt=0, le=1)
+    calibration_folds: int = Field(ge=2)
+    calibrate_on: Literal["train_folds", "validation"]
 
 
 class ConversationModelSettings(_Strict):
-    C: float = Field(1.0, gt=0)
-    target_precision: float = Field(0.9, gt=0, le=1)
-    val_fraction: float = Field(0.2, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    pre_sales_intents: list[str] = []
-    concern_intents: list[str] = []
+    C: float = Field(gt=0)
+    target_precision: float = Field(gt=0, le=1)
+    val_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
+    pre_sales_intents: list[str]
+    concern_intents: list[str]
+
+
+ROLES = ("buyer", "agent", "bot")
+
+
+class FlagSettingsError(ValueError):
+    """The `flag:` config section cannot be used (the message names the key)."""
+
+
+class PrioritySettings(_Strict):
+    high: float = Field(ge=0, le=1)  # purchase score for priority 1
+    medium: float = Field(ge=0, le=1)  # purchase score for priority 2; below: 3
+    unanswered_boost: bool  # the buyer spoke last and got no reply: one level up
+
+
+class ShareAlertSettings(_Strict):
+    """A drift alarm: the flagged share of lost shoppers far from what the field shows means the model's
+    threshold (chosen on the training data) may not fit these chats."""
+
+    expected: float | None = Field(gt=0, le=1)  # lost shoppers who expressed purchase intent, in the field; null: no check
+    factor: float = Field(gt=1)  # warn below expected / factor or above expected * factor
+    min_lost: int = Field(ge=1)  # only with at least this many lost shoppers (fewer are too noisy)
+
+
+class FlagSettings(_Strict):
+    """The `flag:` section (policy for the batch job and the service, plus batch-only resources)."""
+
+    window_hours: float = Field(gt=0)
+    attribution_start: Literal["first_message", "last_message"]
+    quiet_hours: tuple[str, str] | None
+    timezone: str
+    send_delay_hours: float | None = Field(ge=0)
+    min_score: float | None = Field(ge=0, le=1)
+    skip_intents: list[str]
+    one_per_buyer_shop: bool
+    concern_intents: list[str]
+    nudges: dict[str, str]
+    default_nudge: str
+    nudge_texts: dict[str, str]
+    priority: PrioritySettings
+    evidence_max_chars: int = Field(ge=10)
+    share_alert: ShareAlertSettings
+    roles: dict[str, list[str]]
+    # Batch resources (pipeline/flag.py).
+    chunk_rows: int = Field(ge=1)
+    shard_rows: int = Field(ge=1)
+    predict_batch: int = Field(ge=1)
+    workers: int = Field(ge=0)
+    work_dir: str | None
+    keep_work_dir: bool
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _clock(cls, value):
+        if value is not None:
+            for text in value:
+                parse_clock(text)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value):
+        parse_timezone(value)
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value):
+        unknown = set(value) - set(ROLES)
+        if unknown:
+            raise ValueError(f"roles may only map {ROLES}, got {sorted(unknown)}")
+        return value
+
+
+class ServingSettings(_Strict):
+    """The `serving:` section: limits of the live service (they also appear in its OpenAPI document)."""
+
+    max_messages: int = Field(ge=1, description="messages per /classify request")
+    max_chars: int = Field(ge=1, description="characters per message or turn")
+    max_turns: int = Field(ge=1, description="turns per conversation")
+    max_conversations: int = Field(ge=1, description="conversations per /flag request")
+    max_body_mb: float = Field(gt=0, description="request body size limit (MiB); larger bodies get 413")
+    timeout_s: float = Field(gt=0, description="per-request timeout; past it the client gets 504")
+    max_concurrency: int = Field(ge=1, description="requests in flight (split across workers); past it new requests get 429")
+    max_batch_messages: int = Field(ge=1, description="adaptive batching: messages per model call at most")
+    workers: int = Field(ge=1, description="server processes (each loads the model)")
+    port: int = Field(ge=1, le=65535)
+    keepalive_requests: int = Field(
+        ge=0, description="API requests per keep-alive connection before the server closes it (spreads clients over workers); 0: no limit"
+    )
+    access_log: bool = Field(description="one log line per API request (BentoML's access log); /metrics has the counts and latencies either way")
+    tracing: bool = Field(description="OpenTelemetry spans for the API routes (configure an exporter in BentoML's config)")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+class TuneSettings(_Strict):
+    """The `tune:` section: the search of `buyer-intent tune` (pipeline/tune.py explains the space)."""
+
+    experiment: str
+    metric: Literal["accuracy", "macro_f1"]
+    space: dict[str, Any]  # dotted key -> list of choices | {log_uniform: [low, high]} | {uniform: [low, high]}
+    classifiers: dict[Literal["logreg", "linear_svc", "sgd", "complement_nb"], dict[str, Any] | None] = Field(min_length=1)
 
 
 class ReportSettings(_Strict):
-    top_confusions: int = Field(10, ge=1)
-    examples_per_confusion: int = Field(3, ge=0)
+    top_confusions: int = Field(ge=1)
+    examples_per_confusion: int = Field(ge=0)
 
 
 class Config(_Strict):
-    seed: int = 13
-    n_jobs: int = Field(2, ge=1)
+    """Every setting of a run. No field has a default here: `configs/default.yaml` is the one source of
+    defaults, and another config file only states what it changes (`load_config` lays it over)."""
+
+    seed: int
+    n_jobs: int = Field(ge=1)
     paths: Paths
-    mlflow: MlflowSettings = MlflowSettings()
-    split: SplitSettings = SplitSettings()
-    text: TextSettings = TextSettings()
-    features: FeatureSettings = FeatureSettings()
-    intent_model: IntentModelSettings = IntentModelSettings()
-    purchase_model: PurchaseModelSettings = PurchaseModelSettings()
-    conversation_model: ConversationModelSettings = ConversationModelSettings()
-    report: ReportSettings = ReportSettings()
-    # Free-form sections owned by other stages (flagging policy, serving limits, tuning search space).
-    flag: dict[str, Any] = {}
-    serving: dict[str, Any] = {}
-    tune: dict[str, Any] = {}
+    mlflow: MlflowSettings
+    split: SplitSettings
+    text: TextSettings
+    features: FeatureSettings
+    intent_model: IntentModelSettings
+    purchase_model: PurchaseModelSettings
+    conversation_model: ConversationModelSettings
+    report: ReportSettings
+    flag: FlagSettings
+    serving: ServingSettings
+    tune: TuneSettings
 
 
 class ConfigError(ValueError):
@@ -153,28 +264,68 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config (the packaged default when None) and apply dotted-key overrides."""
-    config_path = Path(path) if path else DEFAULT_CONFIG
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {config_path}") from exc
+        raise ConfigError(f"config file not found: {path}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {config_path} must be a mapping at the top level")
-    tree = copy.deepcopy(raw)
+        raise ConfigError(f"config file {path} must be a mapping at the top level")
+    return raw
+
+
+@functools.lru_cache(maxsize=1)
+def _default_tree() -> dict[str, Any]:
+    return _read_yaml(DEFAULT_CONFIG)
+
+
+def default_tree() -> dict[str, Any]:
+    """configs/default.yaml as a plain tree (a fresh copy)."""
+    return copy.deepcopy(_default_tree())
+
+
+def layered(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` laid over `base`: a section's keys replace the base's one by one; a key's value (a
+    list, a mapping such as `tune.space`) replaces the base's value whole."""
+    tree = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            tree[key] = {**tree[key], **copy.deepcopy(value)}
+        else:
+            tree[key] = copy.deepcopy(value)
+    return tree
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> str:
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config laid over configs/default.yaml (the packaged default when None), apply dotted-key
+    overrides, and validate every section, so a typo anywhere fails here with the key named."""
+    config_path = Path(path) if path else DEFAULT_CONFIG
+    tree = default_tree() if config_path.resolve() == DEFAULT_CONFIG.resolve() else layered(_default_tree(), _read_yaml(config_path))
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid config {config_path}: {problems}") from exc
+        raise ConfigError(f"invalid config {config_path}: {_problems(exc)}") from exc
+
+
+def load_flag_settings(section: FlagSettings | Mapping[str, Any] | None, window_hours: float | None = None) -> FlagSettings:
+    """Flag settings from a validated section or a partial mapping laid over configs/default.yaml's `flag:`;
+    `window_hours` (the --window flag) overrides."""
+    raw = section.model_dump() if isinstance(section, FlagSettings) else {**_default_tree()["flag"], **dict(section or {})}
+    if window_hours is not None:
+        raw["window_hours"] = window_hours
+    try:
+        return FlagSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise FlagSettingsError(f"invalid flag settings: {_problems(exc, 'flag.')}") from exc
 
 
 def config_as_flat_dict(config: Config) -> dict[str, str]:

@@ -32,23 +32,20 @@ Timestamps inside are int64 epoch milliseconds (UTC); `MISSING_TIME` (NaT's int6
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.config import ROLES, FlagSettings, FlagSettingsError, PrioritySettings, ShareAlertSettings, load_flag_settings  # noqa: F401 (re-exported)
 from pipeline.conversation import BUYER, ConversationScorer, Turn, conversation_features
+from pipeline.times import MS_PER_DAY, parse_clock, parse_timezone  # noqa: F401 (re-exported)
 from pipeline.text import mask_pii
 
 MISSING_TIME = np.iinfo(np.int64).min
 MS_PER_HOUR = 3_600_000
-MS_PER_DAY = 86_400_000
-ROLES = ("buyer", "agent", "bot")
 
 # Why a conversation is or is not on the nudge list (first that applies, in this order).
 REASON_ORDER_UNKNOWN = "order_unknown"
@@ -59,27 +56,6 @@ REASON_DUPLICATE = "duplicate_in_window"
 REASON_FLAGGED = "flagged"
 
 ORDERED_UNKNOWN, ORDERED_NO, ORDERED_YES = -1, 0, 1
-
-
-class FlagSettingsError(ValueError):
-    """The `flag:` config section cannot be used (the message names the key)."""
-
-
-class PrioritySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    high: float = Field(0.9, ge=0, le=1)  # purchase score for priority 1
-    medium: float = Field(0.7, ge=0, le=1)  # purchase score for priority 2; below: 3
-    unanswered_boost: bool = True  # the buyer spoke last and got no reply: one level up
-
-
-class ShareAlertSettings(BaseModel):
-    """A drift alarm: the flagged share of lost shoppers far from what the field shows means the model's
-    threshold (chosen on the training data) may not fit these chats."""
-
-    model_config = ConfigDict(extra="forbid")
-    expected: float | None = Field(0.2, gt=0, le=1)  # lost shoppers who expressed purchase intent, in the field; null: no check
-    factor: float = Field(2.0, gt=1)  # warn below expected / factor or above expected * factor
-    min_lost: int = Field(200, ge=1)  # only with at least this many lost shoppers (fewer are too noisy)
 
 
 def share_warnings(flagged: int, lost: int, alert: ShareAlertSettings) -> list[str]:
@@ -95,104 +71,6 @@ def share_warnings(flagged: int, lost: int, alert: ShareAlertSettings) -> list[s
         f"(flag.share_alert): the conversation threshold may not fit these chats; check a sample of the "
         f"{'unflagged lost shoppers' if share < low else 'flagged ones'} before sending, or set flag.min_score"
     ]
-
-
-class FlagSettings(BaseModel):
-    """The `flag:` section of the config (policy for batch and service, plus batch-only resources).
-    Defaults mirror configs/default.yaml, so a partial section still decides the same way."""
-
-    model_config = ConfigDict(extra="forbid")
-    window_hours: float = Field(72, gt=0)
-    attribution_start: Literal["first_message", "last_message"] = "first_message"
-    quiet_hours: tuple[str, str] | None = ("22:00", "08:00")
-    timezone: str = "+08:00"
-    send_delay_hours: float | None = Field(None, ge=0)
-    min_score: float | None = Field(None, ge=0, le=1)
-    skip_intents: list[str] = ["complaint", "return_refund"]
-    one_per_buyer_shop: bool = True
-    concern_intents: list[str] = [
-        "price_promo", "shipping_time", "stock", "size_fit", "product_spec", "logistics", "payment", "place_order",
-    ]
-    nudges: dict[str, str] = {
-        "price_promo": "coupon", "shipping_time": "shipping_promise", "stock": "restock_alert", "size_fit": "size_help",
-    }
-    default_nudge: str = "reminder"
-    nudge_texts: dict[str, str] = {
-        "coupon": "亲，您刚才看中的宝贝给您申请了一张专属优惠券，现在下单就能用，数量有限哦~",
-        "shipping_promise": "亲，您咨询的宝贝现在下单，我们会优先为您安排发货，尽快送到您手上~",
-        "restock_alert": "亲，您关注的宝贝已经为您登记了到货提醒，一到货第一时间通知您，也可以看看同款其他现货哦~",
-        "size_help": "亲，尺码拿不准的话告诉我您的身高体重，帮您推荐最合适的码数~",
-        "reminder": "亲，您之前咨询的宝贝还在等您哦，有任何问题随时找我~",
-    }
-    priority: PrioritySettings = PrioritySettings()
-    evidence_max_chars: int = Field(120, ge=10)
-    share_alert: ShareAlertSettings = ShareAlertSettings()
-    roles: dict[str, list[str]] = {
-        "buyer": ["buyer", "买家", "顾客", "customer", "user"],
-        "agent": ["agent", "客服", "seller", "staff", "卖家"],
-        "bot": ["bot", "机器人", "robot"],
-    }
-    # Batch resources (pipeline/flag.py).
-    chunk_rows: int = Field(100_000, ge=1)
-    shard_rows: int = Field(150_000, ge=1)
-    predict_batch: int = Field(20_000, ge=1)
-    workers: int = Field(0, ge=0)
-    work_dir: str | None = None
-    keep_work_dir: bool = False
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _clock(cls, value):
-        if value is not None:
-            for text in value:
-                parse_clock(text)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value):
-        parse_timezone(value)
-        return value
-
-    @field_validator("roles")
-    @classmethod
-    def _roles(cls, value):
-        unknown = set(value) - set(ROLES)
-        if unknown:
-            raise ValueError(f"roles may only map {ROLES}, got {sorted(unknown)}")
-        return value
-
-
-def load_flag_settings(section: Mapping[str, Any] | None, window_hours: float | None = None) -> FlagSettings:
-    """Validated settings from `config.flag`; `window_hours` (the --window flag) overrides the config."""
-    raw = dict(section or {})
-    if window_hours is not None:
-        raw["window_hours"] = window_hours
-    try:
-        return FlagSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"flag.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise FlagSettingsError(f"invalid flag settings: {problems}") from exc
-
-
-def parse_clock(text: str) -> int:
-    """'22:00' -> milliseconds after midnight."""
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(text).strip())
-    if not match or int(match.group(1)) > 24 or int(match.group(2)) > 59:
-        raise ValueError(f"expected HH:MM, got {text!r}")
-    return (int(match.group(1)) * 60 + int(match.group(2))) * 60_000 % MS_PER_DAY
-
-
-def parse_timezone(text: str) -> dt.tzinfo:
-    """'+08:00' (fixed offset) or an IANA name such as 'Asia/Shanghai'."""
-    match = re.fullmatch(r"(?:UTC)?([+-])(\d{2}):?(\d{2})", str(text).strip())
-    if match:
-        sign = 1 if match.group(1) == "+" else -1
-        return dt.timezone(sign * dt.timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
-    try:
-        return ZoneInfo(str(text))
-    except Exception as exc:  # ZoneInfoNotFoundError, ValueError
-        raise ValueError(f"unknown timezone {text!r} (use +08:00 or an IANA name)") from exc
 
 
 @dataclass(frozen=True)

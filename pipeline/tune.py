@@ -5,7 +5,7 @@ unseen); folds are grouped the way the split is (a group, and every row sharing 
 with it, stays in one fold). Every trial is a nested MLflow run under one parent run, and the best
 setting is written as a complete YAML config that `buyer-intent train --config` accepts.
 
-The search space lives in the config's free-form `tune:` section:
+The search space lives in the config's `tune:` section (defaults in configs/default.yaml):
 
     tune:
       experiment: buyer-intent-tune      # MLflow experiment of the search
@@ -46,23 +46,6 @@ log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "macro_f1")
 
-DEFAULT_SPACE: dict[str, Any] = {
-    "features.char_analyzer": ["char_wb", "char"],
-    "features.char_ngram_range": [[1, 3], [1, 4], [2, 4], [2, 5], [1, 5]],
-    "features.word_ngram_range": [[1, 1], [1, 2], [1, 3]],
-    "features.min_df": [1, 2],
-    "features.max_features": [None, 100000, 300000],
-    "features.sublinear_tf": [True, False],
-    "intent_model.class_weight": ["balanced", None],
-}
-DEFAULT_CLASSIFIERS: dict[str, dict[str, Any]] = {
-    "logreg": {"intent_model.C": {"log_uniform": [1.0, 100.0]}},
-    "linear_svc": {"intent_model.C": {"log_uniform": [0.1, 10.0]}},
-    "sgd": {"intent_model.alpha": {"log_uniform": [1e-6, 1e-3]}},
-    "complement_nb": {"intent_model.alpha": {"log_uniform": [0.01, 1.0]}},
-}
-
-
 class TuneError(ValueError):
     """A search space that cannot be used; the message names the key."""
 
@@ -89,18 +72,8 @@ def _sample_value(spec: Any, rng: np.random.Generator, key: str) -> Any:
 
 
 def search_space(config: Config) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(shared space, per-classifier spaces) from `config.tune`, with the defaults where absent."""
-    section = config.tune or {}
-    space = section.get("space", DEFAULT_SPACE)
-    classifiers = section.get("classifiers", DEFAULT_CLASSIFIERS)
-    if not isinstance(space, dict) or not isinstance(classifiers, dict) or not classifiers:
-        raise TuneError("tune.space must be a mapping and tune.classifiers a non-empty mapping")
-    for name, sub in classifiers.items():
-        if name not in ("logreg", "linear_svc", "sgd", "complement_nb"):
-            raise TuneError(f"tune.classifiers: unknown classifier {name!r}")
-        if sub is not None and not isinstance(sub, dict):
-            raise TuneError(f"tune.classifiers.{name} must be a mapping of dotted keys to choices")
-    return space, {name: (sub or {}) for name, sub in classifiers.items()}
+    """(shared space, per-classifier spaces) from `config.tune` (validated when the config was loaded)."""
+    return dict(config.tune.space), {name: dict(sub or {}) for name, sub in config.tune.classifiers.items()}
 
 
 def sample_params(space: dict[str, Any], classifiers: dict[str, dict[str, Any]], rng: np.random.Generator) -> dict[str, Any]:
@@ -210,10 +183,7 @@ def run_tune(config: Config, data: LabelledData, out: Path, n_trials: int = 20, 
         raise TuneError("n_trials must be at least 1")
     if folds < 2:
         raise TuneError("folds must be at least 2")
-    section = config.tune or {}
-    metric = str(section.get("metric", "accuracy"))
-    if metric not in METRICS:
-        raise TuneError(f"tune.metric must be one of {METRICS}, got {metric!r}")
+    metric = config.tune.metric
     space, classifiers = search_space(config)
     rng = np.random.default_rng(config.seed)
 
@@ -238,7 +208,7 @@ def run_tune(config: Config, data: LabelledData, out: Path, n_trials: int = 20, 
     splits = cv_folds(train_part, folds, config.seed)
     log.info("tune: %d trials x %d folds on %d training messages (%d intents)", len(candidates), folds, len(texts), len(np.unique(labels)))
 
-    experiment = str(section.get("experiment", f"{config.mlflow.experiment}-tune"))
+    experiment = config.tune.experiment
     experiment_id = _setup_mlflow(config, experiment)
     tasks = [
         delayed(_fold_score)(trial_config.model_dump(mode="json"), texts, labels, train_idx, held_idx)

@@ -14,56 +14,20 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ServingSettings, load_config  # noqa: F401 (ServingSettings re-exported)
 from pipeline.nudge import NudgePolicy
 
 CONFIG_ENV = "BUYER_INTENT_CONFIG"
-
-
-class ServingSettings(BaseModel):
-    """The `serving:` section of the run configuration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_messages: int = Field(1000, ge=1, description="messages per /classify request")
-    max_chars: int = Field(2000, ge=1, description="characters per message or turn")
-    max_turns: int = Field(500, ge=1, description="turns per conversation")
-    max_conversations: int = Field(200, ge=1, description="conversations per /flag request")
-    max_body_mb: float = Field(16.0, gt=0, description="request body size limit (MiB); larger bodies get 413")
-    timeout_s: float = Field(10.0, gt=0, description="per-request timeout; past it the client gets 504")
-    max_concurrency: int = Field(64, ge=1, description="requests in flight (split across workers); past it new requests get 429")
-    max_batch_messages: int = Field(1024, ge=1, description="adaptive batching: messages per model call at most")
-    workers: int = Field(2, ge=1, description="server processes (each loads the model)")
-    port: int = Field(3000, ge=1, le=65535)
-    keepalive_requests: int = Field(
-        100, ge=0, description="API requests per keep-alive connection before the server closes it (spreads clients over workers); 0: no limit"
-    )
-    access_log: bool = Field(
-        False, description="one log line per API request (BentoML's access log); /metrics has the counts and latencies either way"
-    )
-    tracing: bool = Field(False, description="OpenTelemetry spans for the API routes (configure an exporter in BentoML's config)")
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
 
 
 def config_path() -> str | None:
     return os.environ.get(CONFIG_ENV) or None
 
 
-def serving_settings(config: Config) -> ServingSettings:
-    try:
-        return ServingSettings.model_validate(config.serving)
-    except ValidationError as exc:
-        problems = "; ".join(f"serving.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"invalid serving settings in {config_path() or 'configs/default.yaml'}: {problems}") from exc
-
-
 CONFIG = load_config(config_path())
-SETTINGS = serving_settings(CONFIG)
+SETTINGS = CONFIG.serving
 # The lost-shopper policy of `buyer-intent flag`, from the same config's `flag:` section.
 POLICY = NudgePolicy.from_config(CONFIG.flag)
 ROLE_NAMES = tuple(sorted(POLICY.role_aliases))

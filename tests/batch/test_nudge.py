@@ -272,12 +272,15 @@ def test_decide_threshold_and_orders_index(flag_scorer, policy):
     assert decide([], flag_scorer, policy) == []
 
 
-def test_code_defaults_mirror_the_default_config():
-    """The service may pass a partial `flag:` section: it must then decide like the default config."""
+def test_a_partial_flag_section_decides_like_the_default_config():
+    """A partial `flag:` section is laid over configs/default.yaml's: the rest decides as the default does."""
     from pipeline.config import load_config
-    from pipeline.nudge import FlagSettings, load_flag_settings
+    from pipeline.nudge import load_flag_settings
 
-    assert FlagSettings() == load_flag_settings(load_config(overrides={"paths.data": "x"}).flag)
+    default = load_config().flag
+    partial = load_flag_settings({"min_score": 0.5})
+    assert partial.min_score == 0.5
+    assert partial.model_copy(update={"min_score": default.min_score}) == default
 
 
 def test_share_warnings_bounds():

@@ -14,7 +14,8 @@ def test_english_config_is_valid_and_english():
     config = load_config(ENGLISH)
     assert config.text.language == "en"
     assert config.mlflow.registered_model != load_config().mlflow.registered_model  # never the Chinese champion
-    assert config.tune["space"] and config.tune["classifiers"]
+    assert config.tune.space and config.tune.classifiers
+    assert "features.char_ngram_range" in config.tune.space and config.tune.space != load_config().tune.space  # replaced whole
     from pipeline.tune import search_space
 
     space, classifiers = search_space(config)

@@ -11,6 +11,7 @@ TINY_SPACE = {
     "space": {"features.char_ngram_range": [[1, 3], [2, 4]], "features.word_ngram_range": [[1, 1], [1, 2]]},
     "classifiers": {"linear_svc": {"intent_model.C": {"log_uniform": [0.3, 3.0]}}, "complement_nb": {"intent_model.alpha": [0.1, 0.5]}},
     "experiment": "tune-test",
+    "metric": "accuracy",
 }
 
 
@@ -57,14 +58,11 @@ def test_run_tune_writes_a_loadable_config_and_nested_runs(tiny, tmp_path, monke
     assert parent[0].data.metrics["best_cv_accuracy"] == pytest.approx(result["best_score"])
 
 
-def test_bad_search_space_is_refused(tiny, tmp_path):
-    from pipeline.tune import TuneError, run_tune
+def test_bad_search_space_is_refused_when_the_config_is_read():
+    from pipeline.config import ConfigError, load_config
 
-    config, data = tiny
-    broken = config.model_copy(update={"tune": {"classifiers": {"random_forest": {}}}})
-    with pytest.raises(TuneError, match="random_forest"):
-        run_tune(broken, data, tmp_path / "x.yaml", n_trials=2, folds=2, n_jobs=1)
-    assert not (tmp_path / "x.yaml").exists()
+    with pytest.raises(ConfigError, match="random_forest"):
+        load_config("configs/english.yaml", {"tune.classifiers": {"random_forest": {}}})
 
 
 def test_cli_reports_a_bad_search_space_in_one_line(tmp_path):

@@ -36,3 +36,41 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_flat_dict_for_mlflow_params():
     flat = config_as_flat_dict(load_config())
     assert flat["intent_model.classifier"] == "logreg"
+
+
+def test_the_yaml_is_the_only_source_of_defaults():
+    """No setting has a default in code (main had C 10 vs 4, min_df 1 vs 2 between code and YAML)."""
+    from pydantic import BaseModel
+
+    from pipeline.config import Config
+
+    def walk(model: type[BaseModel], prefix: str):
+        for name, field in model.model_fields.items():
+            assert field.is_required(), f"{prefix}{name} has a default in code"
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+
+    walk(Config, "")
+
+
+def test_another_config_states_only_what_it_changes(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 5\nintent_model: {C: 2.0}\nmlflow: {registered_model: other}\n", encoding="utf-8")
+    config, default = load_config(path), load_config()
+    assert config.seed == 5 and config.intent_model.C == 2.0 and config.mlflow.registered_model == "other"
+    assert config.intent_model.fallback == default.intent_model.fallback  # untouched keys of a section stay
+    assert config.features == default.features and config.flag == default.flag
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("flag: {windw_hours: 3}", "flag.windw_hours"), ("serving: {max_chars: 0}", "serving.max_chars"),
+     ("tune: {metric: recall}", "tune.metric"), ("flag: {quiet_hours: ['25:00', '08:00']}", "flag.quiet_hours")],
+)
+def test_every_section_is_validated_at_load_time(tmp_path, section, key):
+    """A typo under flag:, serving: or tune: fails when the config is read, not after training."""
+    path = tmp_path / "c.yaml"
+    path.write_text(section + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)
