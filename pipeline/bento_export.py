@@ -33,7 +33,7 @@ def bento_version(mlflow_version: str, models_sha256: str) -> str:
     return f"{version[:40]}-{models_sha256[:12]}"
 
 
-def export_bento(reference: str | None, tracking_uri: str | None) -> str:
+def export_bento(reference: str | None, registry) -> str:
     """Store the verified bundle behind `reference` as a BentoML model; returns its tag (`name:version`)."""
     import tempfile
 
@@ -41,7 +41,7 @@ def export_bento(reference: str | None, tracking_uri: str | None) -> str:
     from bentoml.exceptions import NotFound
 
     with tempfile.TemporaryDirectory(prefix="buyer-intent-export-") as download_dir:
-        resolved = resolve_model(reference, tracking_uri, download_dir=download_dir)
+        resolved = resolve_model(reference, registry, download_dir=download_dir)
         manifest = verify_bundle(resolved.directory, resolved.expected_sha256)
         models_sha256 = manifest["sha256"][MODELS_FILE]
         tag = f"{BENTO_MODEL_NAME}:{bento_version(resolved.version, models_sha256)}"

@@ -189,14 +189,14 @@ def tune(
 def export_bento(model: ModelOption = None, config: ConfigOption = None) -> None:
     """Copy a verified registered model into the BentoML model store for serving."""
     from pipeline.bento_export import export_bento as export
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.config import Registry
 
     from pipeline.bundle import ModelIntegrityError
     from pipeline.inference import ModelNotFoundError
 
     _setup_logging()
     try:
-        tag = export(model, resolve_tracking_uri(_config(config, {})))
+        tag = export(model, Registry.from_config(_config(config, {})))
     except (ModelNotFoundError, ModelIntegrityError) as exc:
         _fail(exc)
     typer.echo(f"bentoml model: {tag}")

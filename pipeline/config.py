@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -341,6 +342,20 @@ def config_as_flat_dict(config: Config) -> dict[str, str]:
 
     walk("", config.model_dump(mode="json"))
     return flat
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Where registered models live and which one a bare reference means: the config's model name and
+    alias with the tracking URI (`MLFLOW_TRACKING_URI` first). Resolved here only."""
+
+    tracking_uri: str
+    name: str
+    alias: str
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "Registry":
+        return cls(resolve_tracking_uri(config), config.mlflow.registered_model, config.mlflow.alias)
 
 
 def resolve_tracking_uri(config: Config) -> str:

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, Registry
 from pipeline.nudge import (
     MISSING_TIME,
     ORDERED_UNKNOWN,
@@ -798,7 +798,7 @@ def run_flag(
     except TableError as exc:
         raise FlagError(f"--out {exc}") from exc
 
-    resolved = resolve_model(model, os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri)
+    resolved = resolve_model(model, Registry.from_config(config))
     manifest = read_manifest(resolved.directory)
     thresholds = manifest.get("thresholds", {})
     model_threshold = float(thresholds.get("conversation", thresholds.get("purchase", 0.5)))

@@ -16,10 +16,8 @@ import pandas as pd
 from scipy import sparse
 from sklearn.pipeline import FeatureUnion
 
-from pipeline.bundle import ModelBundle, load_bundle
+from pipeline.bundle import ModelBundle, load_bundle, read_manifest
 
-DEFAULT_MODEL_NAME = "buyer-intent"
-DEFAULT_ALIAS = "champion"
 BUNDLE_ARTIFACT = "bundle"
 
 
@@ -42,20 +40,28 @@ def _find_bundle_dir(root: Path) -> Path:
     raise ModelNotFoundError(f"{root}: no model bundle (manifest.json) found")
 
 
-def resolve_model(reference: str | None, tracking_uri: str | None = None, download_dir: str | Path | None = None) -> ResolvedModel:
-    """A local bundle directory, `models:/name@alias`, `models:/name/version`, a bare version number,
-    or None for `models:/buyer-intent@champion`."""
+def default_registry():
+    """The registry of configs/default.yaml (or BUYER_INTENT_CONFIG), for callers that pass none."""
+    from pipeline.config import Registry, load_config
+
+    return Registry.from_config(load_config(os.environ.get("BUYER_INTENT_CONFIG") or None))
+
+
+def resolve_model(reference: str | None, registry=None, download_dir: str | Path | None = None) -> ResolvedModel:
+    """A local bundle directory, `models:/name@alias`, `models:/name/version`, a bare version number of
+    the registry's model, or None for the registry's `name@alias` (`pipeline.config.Registry`: the
+    config's `mlflow.registered_model` and `mlflow.alias`, so an English config means its own model)."""
     if reference and Path(reference).exists():
         directory = _find_bundle_dir(Path(reference))
-        return ResolvedModel(directory, DEFAULT_MODEL_NAME, "local")
+        return ResolvedModel(directory, read_manifest(directory).get("name", "local"), "local")
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    reference = reference or f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
+    registry = registry or default_registry()
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    reference = reference or f"models:/{registry.name}@{registry.alias}"
     if reference.isdigit():
-        reference = f"models:/{DEFAULT_MODEL_NAME}/{reference}"
+        reference = f"models:/{registry.name}/{reference}"
     if not reference.startswith("models:/"):
         raise ModelNotFoundError(f"{reference!r} is neither an existing directory nor a models:/ URI")
     client = mlflow.MlflowClient()
@@ -80,9 +86,8 @@ def resolve_model(reference: str | None, tracking_uri: str | None = None, downlo
     )
 
 
-def load_model(reference: str | None = None, tracking_uri: str | None = None) -> ModelBundle:
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    resolved = resolve_model(reference, tracking_uri)
+def load_model(reference: str | None = None, registry=None) -> ModelBundle:
+    resolved = resolve_model(reference, registry)
     bundle = load_bundle(resolved.directory, resolved.expected_sha256)
     if resolved.version != "local":
         bundle.manifest["version"] = resolved.version

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.bundle import ModelBundle, save_bundle
-from pipeline.config import Config
+from pipeline.config import Config, Registry
 from pipeline.data import LabelledData, load_labelled, load_labelled_conversations
 from pipeline.evaluate import intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
@@ -56,7 +56,7 @@ def _write_report(out_dir: Path, **kwargs) -> dict[str, Any]:
 def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, float] | None, str | None]:
     """The current champion's headline metrics on this run's test split (None when there is none)."""
     try:
-        champion = load_model(None, tracking.resolve_tracking_uri(config))
+        champion = load_model(None, Registry.from_config(config))
     except ModelNotFoundError:
         return None, None
     test = result.messages[result.messages["split"] == "test"]
@@ -140,7 +140,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
 
 
 def _load_for_use(model: str | None, config: Config) -> ModelBundle:
-    return load_model(model, tracking.resolve_tracking_uri(config))
+    return load_model(model, Registry.from_config(config))
 
 
 def predict_file(input_path: str | Path, output_path: str | Path, model: str | None, config: Config, chunk_rows: int = 100_000) -> dict[str, int]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.bundle import MODELS_FILE, TRUSTED_TYPES, ModelBundle, ModelIntegrityError, load_bundle, verify_bundle
-from pipeline.inference import ModelNotFoundError, Predictor, resolve_model
+from pipeline.inference import ModelNotFoundError, Predictor, default_registry, resolve_model
 
 log = logging.getLogger("bentoml.buyer_intent")  # under "bentoml": the server's log handlers and levels apply
 
@@ -51,10 +51,6 @@ class ModelSource:
     origin: str  # what was asked for: a path, a models:/ URI or a BentoML tag
 
 
-def _tracking_uri() -> str:
-    from pipeline.config import load_config, resolve_tracking_uri
-
-    return resolve_tracking_uri(load_config(os.environ.get("BUYER_INTENT_CONFIG") or None))
 
 
 def source_from_bento_model(stored: Any) -> ModelSource:
@@ -79,7 +75,7 @@ def locate_model() -> ModelSource:
     reference = os.environ.get(MODEL_ENV)
     if reference:
         try:
-            resolved = resolve_model(reference, _tracking_uri())
+            resolved = resolve_model(reference, default_registry())
         except ModelNotFoundError as exc:
             raise ServingStartupError(f"{MODEL_ENV}={reference}: {exc}") from exc
         return ModelSource(resolved.directory, resolved.name, resolved.version, resolved.expected_sha256, reference)

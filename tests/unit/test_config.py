@@ -74,3 +74,19 @@ def test_every_section_is_validated_at_load_time(tmp_path, section, key):
     path.write_text(section + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(path)
+
+
+def test_model_name_alias_and_tracking_uri_come_from_the_config(tmp_path, monkeypatch):
+    """An English run's champion comparison, predict and flag mean buyer-intent-en@champion, not the
+    Chinese champion (main hard-coded buyer-intent@champion)."""
+    from pipeline.config import Registry
+    from pipeline.inference import ModelNotFoundError, resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    registry = Registry.from_config(load_config("configs/english.yaml"))
+    assert (registry.name, registry.alias) == ("buyer-intent-en", "champion")
+    assert registry.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(ModelNotFoundError, match="buyer-intent-en@champion"):
+        resolve_model(None, registry)
+    with pytest.raises(ModelNotFoundError, match="models:/buyer-intent-en/3"):
+        resolve_model("3", registry)
