@@ -2,9 +2,10 @@
 
 `buyer-intent export-bento [--model MODEL]` resolves the MLflow reference (the `champion` alias by
 default), checks every file of the bundle against the checksums recorded at training time and the
-models file against the `models_sha256` tag of the registered version, and stores the directory as
-the BentoML model `buyer-intent:<version>-<sha>` with the MLflow name, version and SHA-256 in its
-metadata. The service checks the copy against that SHA-256 again when it starts.
+bundle's seal (SHA-256 of its manifest) against the `bundle_seal` tag of the registered version, and
+stores the directory as the BentoML model `buyer-intent:<version>-<seal>` with the MLflow name, version
+and seal in its metadata. The service checks the copy against that seal again when it starts, so a
+changed threshold in the stored manifest is refused.
 
 Exporting the same model twice does not make a second copy: when the tag already exists and is the
 latest `buyer-intent`, its tag is returned; when it exists but an other model was exported since, it
@@ -18,7 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.bundle import MODELS_FILE, ModelIntegrityError, verify_bundle
+from pipeline.bundle import ModelIntegrityError, bundle_seal, verify_bundle
 from pipeline.inference import resolve_model
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,10 @@ BENTO_MODEL_NAME = "buyer-intent"
 BUNDLE_SUBDIR = "bundle"
 
 
-def bento_version(mlflow_version: str, models_sha256: str) -> str:
+def bento_version(mlflow_version: str, seal: str) -> str:
     """`3-2298584e4b4e` for registered version 3, `local-2298584e4b4e` for a bundle directory."""
     version = re.sub(r"[^a-z0-9_.-]", "-", str(mlflow_version).lower()).strip("-._") or "local"
-    return f"{version[:40]}-{models_sha256[:12]}"
+    return f"{version[:40]}-{seal[:12]}"
 
 
 def export_bento(reference: str | None, registry) -> str:
@@ -42,9 +43,9 @@ def export_bento(reference: str | None, registry) -> str:
 
     with tempfile.TemporaryDirectory(prefix="buyer-intent-export-") as download_dir:
         resolved = resolve_model(reference, registry, download_dir=download_dir)
-        manifest = verify_bundle(resolved.directory, resolved.expected_sha256)
-        models_sha256 = manifest["sha256"][MODELS_FILE]
-        tag = f"{BENTO_MODEL_NAME}:{bento_version(resolved.version, models_sha256)}"
+        manifest = verify_bundle(resolved.directory, resolved.expected_seal)
+        seal = resolved.expected_seal or bundle_seal(resolved.directory)
+        tag = f"{BENTO_MODEL_NAME}:{bento_version(resolved.version, seal)}"
 
         try:
             existing = bentoml.models.get(tag)
@@ -52,8 +53,8 @@ def export_bento(reference: str | None, registry) -> str:
             existing = None
         if existing is not None:
             latest = bentoml.models.get(f"{BENTO_MODEL_NAME}:latest")
-            if latest.tag == existing.tag and existing.info.metadata.get("models_sha256") == models_sha256:
-                verify_bundle(Path(existing.path) / BUNDLE_SUBDIR, models_sha256)
+            if latest.tag == existing.tag and existing.info.metadata.get("bundle_seal") == seal:
+                verify_bundle(Path(existing.path) / BUNDLE_SUBDIR, seal)
                 log.info("%s is already the latest %s in the BentoML store", tag, BENTO_MODEL_NAME)
                 return str(existing.tag)
             bentoml.models.delete(tag)
@@ -61,7 +62,7 @@ def export_bento(reference: str | None, registry) -> str:
         metadata = {
             "mlflow_name": resolved.name,
             "mlflow_version": str(resolved.version),
-            "models_sha256": models_sha256,
+            "bundle_seal": seal,
             "source": reference or "models:/buyer-intent@champion",
             "created_at": str(manifest.get("created_at", "")),
             "package_version": str(manifest.get("package_version", "")),
@@ -73,9 +74,9 @@ def export_bento(reference: str | None, registry) -> str:
             target = Path(model.path) / BUNDLE_SUBDIR
             shutil.copytree(resolved.directory, target)
             try:
-                verify_bundle(target, models_sha256)  # the copy, before it is committed to the store
+                verify_bundle(target, seal)  # the copy, before it is committed to the store
             except ModelIntegrityError:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
-        log.info("exported %s version %s (models sha256 %s...) as BentoML model %s", resolved.name, resolved.version, models_sha256[:12], tag)
+        log.info("exported %s version %s (seal %s...) as BentoML model %s", resolved.name, resolved.version, seal[:12], tag)
         return str(model.tag)

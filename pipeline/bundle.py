@@ -3,6 +3,12 @@
 Nothing here unpickles. skops only rebuilds the types we allow, and every file's SHA-256 recorded in
 `manifest.json` at training time is checked before anything is loaded: a changed byte means the model
 is refused with a `ModelIntegrityError`, and the service refuses to start.
+
+The manifest itself decides predictions (labels, the fallback, purchase and conversation thresholds),
+so the bundle is *sealed*: its seal is the SHA-256 of `manifest.json`, which lists the SHA-256 of every
+other file, and it is recorded outside the bundle (the registered version's `bundle_seal` tag, the
+BentoML model's metadata). A bundle loaded from the registry or the BentoML store whose manifest, model
+file or user dictionary changed by one byte is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,9 +117,22 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ModelIntegrityError(f"{path}: manifest is not valid JSON ({exc})") from exc
 
 
-def verify_bundle(directory: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
-    """Check every recorded checksum (and, when given, the models file against an externally recorded one)."""
+def bundle_seal(directory: str | Path) -> str:
+    """The SHA-256 of the manifest, which records every other file's SHA-256: one digest for the bundle."""
+    return sha256_file(Path(directory) / MANIFEST)
+
+
+def verify_bundle(directory: str | Path, expected_seal: str | None = None) -> dict[str, Any]:
+    """Check every recorded checksum and, when given, the seal recorded outside the bundle."""
     directory = Path(directory)
+    if expected_seal is not None and (directory / MANIFEST).is_file():
+        actual = bundle_seal(directory)
+        if actual != expected_seal:
+            raise ModelIntegrityError(
+                f"{directory / MANIFEST}: SHA-256 {actual[:12]}... differs from the seal {expected_seal[:12]}... recorded "
+                "when the model was registered (the thresholds, labels or file checksums were changed); refusing to "
+                "load. Re-register or re-export the model from its training run"
+            )
     manifest = read_manifest(directory)
     recorded = manifest.get("sha256") or {}
     if MODELS_FILE not in recorded:
@@ -126,18 +146,17 @@ def verify_bundle(directory: str | Path, expected_sha256: str | None = None) -> 
             raise ModelIntegrityError(
                 f"{path}: SHA-256 {actual[:12]}... does not match the recorded {digest[:12]}...; refusing to load"
             )
-    if expected_sha256 and recorded[MODELS_FILE] != expected_sha256:
-        raise ModelIntegrityError(
-            f"{directory}: models file checksum differs from the one recorded in the registry; refusing to load"
-        )
     return manifest
 
 
-def load_bundle(directory: str | Path, expected_sha256: str | None = None) -> ModelBundle:
+def load_bundle(directory: str | Path, expected_seal: str | None = None) -> ModelBundle:
     directory = Path(directory)
-    manifest = verify_bundle(directory, expected_sha256)
+    manifest = verify_bundle(directory, expected_seal)
     path = directory / MODELS_FILE
-    untrusted = set(sio.get_untrusted_types(file=path))
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:  # a pickle, or a corrupt file
+        raise ModelIntegrityError(f"{path}: not a skops model file ({exc}); refusing to load it. Retrain, or restore the model") from exc
     unknown = untrusted - TRUSTED_TYPES
     if unknown:
         raise ModelIntegrityError(f"{path}: contains types that are not allowed: {sorted(unknown)}")

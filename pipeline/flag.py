@@ -474,14 +474,14 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(model_dir: str, expected_sha256: str | None, settings_json: str, orders_path: str | None) -> None:
+def _init_worker(model_dir: str, expected_seal: str | None, settings_json: str, orders_path: str | None) -> None:
     """Load the model and the orders index once per worker process."""
     from pipeline.bundle import load_bundle
     from pipeline.conversation import ConversationScorer
     from pipeline.inference import Predictor
 
     settings = FlagSettings.model_validate_json(settings_json)
-    predictor = Predictor(load_bundle(model_dir, expected_sha256))
+    predictor = Predictor(load_bundle(model_dir, expected_seal))
     predictor.warm_up()
     _STATE.update(
         settings=settings,
@@ -841,7 +841,7 @@ def run_flag(
         log.info("shards: %d of %d already done, resuming", partition["shards"] - len(tasks), partition["shards"])
     init_args = (
         str(resolved.directory),
-        resolved.expected_sha256,
+        resolved.expected_seal,
         settings.model_dump_json(),
         str(work / "orders.npz") if orders is not None else None,
     )

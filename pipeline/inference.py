@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import sparse
 from sklearn.pipeline import FeatureUnion
 
-from pipeline.bundle import ModelBundle, load_bundle, read_manifest
+from pipeline.bundle import ModelBundle, ModelIntegrityError, load_bundle, read_manifest
 
 BUNDLE_ARTIFACT = "bundle"
 
@@ -30,7 +30,7 @@ class ResolvedModel:
     directory: Path
     name: str
     version: str
-    expected_sha256: str | None = None
+    expected_seal: str | None = None  # the bundle's seal recorded outside it (registry tag); None for a local directory
 
 
 def _find_bundle_dir(root: Path) -> Path:
@@ -81,14 +81,18 @@ def resolve_model(reference: str | None, registry=None, download_dir: str | Path
         )
     except MlflowException as exc:
         raise ModelNotFoundError(f"cannot resolve {reference}: {exc.message}") from exc
-    return ResolvedModel(
-        _find_bundle_dir(Path(local)), name, str(version.version), (version.tags or {}).get("models_sha256")
-    )
+    seal = (version.tags or {}).get("bundle_seal")
+    if not seal:
+        raise ModelIntegrityError(
+            f"{reference}: version {version.version} has no `bundle_seal` tag (registered before bundles were sealed, "
+            "or the tag was removed); refusing to load an unsealed model. Retrain, or register it again"
+        )
+    return ResolvedModel(_find_bundle_dir(Path(local)), name, str(version.version), seal)
 
 
 def load_model(reference: str | None = None, registry=None) -> ModelBundle:
     resolved = resolve_model(reference, registry)
-    bundle = load_bundle(resolved.directory, resolved.expected_sha256)
+    bundle = load_bundle(resolved.directory, resolved.expected_seal)
     if resolved.version != "local":
         bundle.manifest["version"] = resolved.version
         bundle.manifest["name"] = resolved.name

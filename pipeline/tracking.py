@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 
-from pipeline.bundle import MODELS_FILE, save_bundle
+from pipeline.bundle import MODELS_FILE, bundle_seal, save_bundle
 from pipeline.config import Config, config_as_flat_dict, resolve_tracking_uri
 from pipeline.evaluate import flat_metrics
 from pipeline.text import mask_pii
@@ -85,11 +85,12 @@ def log_run_contents(
 
 
 def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_texts: list[str]) -> tuple[str, str]:
-    """Log the bundle as a models-from-code pyfunc, register it; returns (version, models sha256)."""
+    """Log the bundle as a models-from-code pyfunc, register it with its seal; returns (version, seal)."""
     from pipeline.inference import Predictor
 
     with tempfile.TemporaryDirectory(prefix="buyer-intent-bundle-") as tmp:
         bundle_dir = save_bundle(bundle, Path(tmp) / "bundle", user_dict_text)
+        seal = bundle_seal(bundle_dir)
         example = pd.DataFrame({"text": [mask_pii(text) for text in sample_texts[:5]] or ["在吗"]})
         output = Predictor(bundle).predict(example["text"].tolist())
         info = mlflow.pyfunc.log_model(
@@ -101,11 +102,11 @@ def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_t
             pip_requirements=_pip_requirements(),
             registered_model_name=config.mlflow.registered_model,
         )
-    sha = bundle.manifest["sha256"][MODELS_FILE]
     model_version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(config.mlflow.registered_model, model_version, "models_sha256", sha)
-    return model_version, sha
+    client.set_model_version_tag(config.mlflow.registered_model, model_version, "bundle_seal", seal)
+    client.set_model_version_tag(config.mlflow.registered_model, model_version, "models_sha256", bundle.manifest["sha256"][MODELS_FILE])
+    return model_version, seal
 
 
 def current_champion_version(config: Config) -> str | None:

@@ -129,7 +129,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
     return {
         "run_id": run_id,
         "model_version": version,
-        "models_sha256": sha,
+        "bundle_seal": sha,
         "promoted": promoted,
         "promotion_reason": reason,
         "headline": headline,

@@ -47,7 +47,7 @@ class ModelSource:
     directory: Path
     name: str  # registered MLflow name
     version: str  # registered MLflow version ("local" for a bundle directory)
-    expected_sha256: str | None  # models file checksum recorded outside the bundle (registry tag / export)
+    expected_seal: str | None  # the bundle's seal recorded outside it (registry tag / BentoML metadata)
     origin: str  # what was asked for: a path, a models:/ URI or a BentoML tag
 
 
@@ -56,7 +56,7 @@ class ModelSource:
 def source_from_bento_model(stored: Any) -> ModelSource:
     """A BentoML stored model written by `pipeline.bento_export.export_bento`."""
     metadata = stored.info.metadata
-    missing = [key for key in ("mlflow_name", "mlflow_version", "models_sha256") if key not in metadata]
+    missing = [key for key in ("mlflow_name", "mlflow_version", "bundle_seal") if key not in metadata]
     if missing:
         raise ServingStartupError(
             f"BentoML model {stored.tag} was not written by `buyer-intent export-bento` (metadata lacks {', '.join(missing)})"
@@ -65,7 +65,7 @@ def source_from_bento_model(stored: Any) -> ModelSource:
         Path(stored.path) / BUNDLE_SUBDIR,
         str(metadata["mlflow_name"]),
         str(metadata["mlflow_version"]),
-        str(metadata["models_sha256"]),
+        str(metadata["bundle_seal"]),
         str(stored.tag),
     )
 
@@ -78,7 +78,7 @@ def locate_model() -> ModelSource:
             resolved = resolve_model(reference, default_registry())
         except ModelNotFoundError as exc:
             raise ServingStartupError(f"{MODEL_ENV}={reference}: {exc}") from exc
-        return ModelSource(resolved.directory, resolved.name, resolved.version, resolved.expected_sha256, reference)
+        return ModelSource(resolved.directory, resolved.name, resolved.version, resolved.expected_seal, reference)
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -96,7 +96,7 @@ def locate_model() -> ModelSource:
 def preflight(source: ModelSource) -> dict[str, Any]:
     """Check the model files without loading them; returns the manifest. Raises ServingStartupError."""
     try:
-        manifest = verify_bundle(source.directory, source.expected_sha256)
+        manifest = verify_bundle(source.directory, source.expected_seal)
         import skops.io as sio
 
         unknown = set(sio.get_untrusted_types(file=source.directory / MODELS_FILE)) - TRUSTED_TYPES
@@ -111,7 +111,7 @@ def preflight(source: ModelSource) -> dict[str, Any]:
 
 def load_verified(source: ModelSource) -> ModelBundle:
     try:
-        bundle = load_bundle(source.directory, source.expected_sha256)
+        bundle = load_bundle(source.directory, source.expected_seal)
     except ModelIntegrityError as exc:
         raise ServingStartupError(f"model {source.origin} failed its integrity check, not serving it: {exc}") from exc
     bundle.manifest["name"] = source.name

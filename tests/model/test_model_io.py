@@ -39,10 +39,33 @@ def test_a_changed_byte_is_refused(small_result, tmp_path):
         load_bundle(directory)
 
 
-def test_a_registry_checksum_mismatch_is_refused(small_result, tmp_path):
+def test_a_registry_seal_mismatch_is_refused(small_result, tmp_path):
     directory = save_bundle(small_result.bundle, tmp_path / "m", small_result.user_dict_text)
-    with pytest.raises(ModelIntegrityError, match="registry"):
-        load_bundle(directory, expected_sha256="0" * 64)
+    with pytest.raises(ModelIntegrityError, match="seal"):
+        load_bundle(directory, expected_seal="0" * 64)
+
+
+@pytest.mark.parametrize("edit", ["purchase threshold", "fallback threshold", "labels", "user dictionary"])
+def test_any_change_to_what_decides_a_prediction_breaks_the_seal(small_result, tmp_path, edit):
+    """main accepted thresholds.purchase = 0 in manifest.json (在吗 became purchase intent)."""
+    from pipeline.bundle import USER_DICT_FILE, bundle_seal, sha256_file
+
+    directory = save_bundle(small_result.bundle, tmp_path / "m", small_result.user_dict_text)
+    seal = bundle_seal(directory)
+    load_bundle(directory, expected_seal=seal)
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    if edit == "purchase threshold":
+        manifest["thresholds"]["purchase"] = 0.0
+    elif edit == "fallback threshold":
+        manifest["thresholds"]["fallback"] = 0.0
+    elif edit == "labels":
+        manifest["labels"] = list(reversed(manifest["labels"]))
+    else:  # a changed dictionary whose new checksum is written into the manifest too
+        (directory / USER_DICT_FILE).write_text("在吗 100000\n", encoding="utf-8")
+        manifest["sha256"][USER_DICT_FILE] = sha256_file(directory / USER_DICT_FILE)
+    (directory / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(ModelIntegrityError, match="seal"):
+        load_bundle(directory, expected_seal=seal)
 
 
 def test_a_file_with_foreign_types_is_refused_even_with_a_matching_checksum(tmp_path):
@@ -74,3 +97,17 @@ def test_fallback_threshold_meets_its_validation_target(small_result):
     val = small_result.metrics["val"]["intent"]
     assert 0.0 <= small_result.bundle.thresholds["fallback"] < 1.0
     assert val["accepted_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04\x95 a pickle, not a zip", b"PK\x03\x04 truncated zip"])
+def test_a_pickled_or_corrupt_models_file_is_a_clear_error(small_result, tmp_path, content):
+    """main raised a BadZipFile traceback when models.skops was a pickle with a matching manifest."""
+    from pipeline.bundle import sha256_file
+
+    directory = save_bundle(small_result.bundle, tmp_path / "m", small_result.user_dict_text)
+    (directory / MODELS_FILE).write_bytes(content)
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    manifest["sha256"][MODELS_FILE] = sha256_file(directory / MODELS_FILE)
+    (directory / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ModelIntegrityError, match="not a skops model file"):
+        load_bundle(directory)

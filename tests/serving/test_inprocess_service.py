@@ -332,7 +332,10 @@ def test_readiness_waits_for_model_and_jieba(model_dir):
 def test_a_tampered_model_is_refused_before_serving(model_dir, tmp_path):
     from types import SimpleNamespace
 
-    from pipeline.bundle import MODELS_FILE, read_manifest
+    import json
+    import shutil
+
+    from pipeline.bundle import bundle_seal
     from serving.runtime import ModelSource, ServingStartupError, preflight, source_from_bento_model
     from tests.serving.conftest import tampered_copy
 
@@ -342,15 +345,24 @@ def test_a_tampered_model_is_refused_before_serving(model_dir, tmp_path):
     # A BentoML store copy is checked against the SHA-256 recorded at export, too.
     (tmp_path / "stored").mkdir()
     tampered_copy(model_dir, tmp_path / "stored" / "bundle")
-    sha = read_manifest(model_dir)["sha256"][MODELS_FILE]
+    seal = bundle_seal(model_dir)
     stored = SimpleNamespace(
         tag="buyer-intent:local-x", path=str(tmp_path / "stored"),
-        info=SimpleNamespace(metadata={"mlflow_name": "buyer-intent", "mlflow_version": "3", "models_sha256": sha}),
+        info=SimpleNamespace(metadata={"mlflow_name": "buyer-intent", "mlflow_version": "3", "bundle_seal": seal}),
     )
     with pytest.raises(ServingStartupError, match="integrity check"):
         preflight(source_from_bento_model(stored))
-    # An intact bundle whose models file is not the one registered is refused as well.
-    with pytest.raises(ServingStartupError, match="registry"):
+    # A stored copy whose manifest thresholds were edited (files intact) is refused by its seal.
+    shutil.copytree(model_dir, tmp_path / "edited" / "bundle")
+    manifest_path = tmp_path / "edited" / "bundle" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["thresholds"]["purchase"] = 0.0
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    stored_edited = SimpleNamespace(tag="buyer-intent:3-x", path=str(tmp_path / "edited"), info=stored.info)
+    with pytest.raises(ServingStartupError, match="seal"):
+        preflight(source_from_bento_model(stored_edited))
+    # An intact bundle that is not the one registered is refused as well.
+    with pytest.raises(ServingStartupError, match="seal"):
         preflight(ModelSource(model_dir, "buyer-intent", "3", "0" * 64, "models:/buyer-intent/3"))
 
 
