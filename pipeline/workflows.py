@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from pipeline import tracking
@@ -143,23 +144,41 @@ def _load_for_use(model: str | None, config: Config) -> ModelBundle:
     return load_model(model, Registry.from_config(config))
 
 
+def buyer_rows(frame: pd.DataFrame, config: Config) -> np.ndarray | None:
+    """Which rows a buyer wrote, when the table has a `role` column (role names mapped through
+    `flag.roles`, so 买家/客服 work); None when it has none (every row is a buyer message)."""
+    if "role" not in frame.columns:
+        return None
+    aliases = {alias.strip().lower(): role for role, names in config.flag.roles.items() for alias in names}
+    return frame["role"].astype(str).str.strip().str.lower().map(aliases).eq("buyer").to_numpy()
+
+
 def predict_file(input_path: str | Path, output_path: str | Path, model: str | None, config: Config, chunk_rows: int = 100_000) -> dict[str, int]:
-    """Score every row of a table with a `text` column; every input column is kept."""
+    """Score every buyer row of a table with a `text` column; every input column and row is kept. With a
+    `role` column, agent and bot rows are not scored: `scored` is false and the prediction columns empty."""
     predictor = Predictor(_load_for_use(model, config))
     parts, rejected = [], []
+    skipped = 0
     for chunk in iter_table(input_path, chunk_rows):
         rejected.extend(chunk.rejected)
         frame = chunk.frame.drop(columns=["_line"], errors="ignore")
         if "text" not in frame.columns:
             raise ValueError(f"{input_path}: no `text` column (found {list(frame.columns)})")
-        frame = frame.rename(columns={c: f"{c}_input" for c in PREDICTION_COLUMNS if c in frame.columns})
-        predictions = predictor.predict(frame["text"].fillna("").astype(str).tolist())
-        parts.append(pd.concat([frame.reset_index(drop=True), predictions], axis=1))
+        frame = frame.rename(columns={c: f"{c}_input" for c in (*PREDICTION_COLUMNS, "scored") if c in frame.columns}).reset_index(drop=True)
+        buyers = buyer_rows(frame, config)
+        if buyers is None:
+            predictions = predictor.predict(frame["text"].fillna("").astype(str).tolist())
+        else:
+            scored = predictor.predict(frame.loc[buyers, "text"].fillna("").astype(str).tolist()).set_index(np.flatnonzero(buyers))
+            predictions = scored.reindex(range(len(frame))).assign(scored=buyers)
+            skipped += int((~buyers).sum())
+        parts.append(pd.concat([frame, predictions], axis=1))
     output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", *PREDICTION_COLUMNS])
     write_table_atomic(output, output_path)
     if rejected:
         write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv")
-    return {"rows_in": len(output) + len(rejected), "rows_scored": len(output), "rows_rejected": len(rejected)}
+    return {"rows_in": len(output) + len(rejected), "rows_scored": len(output) - skipped, "rows_not_buyer": skipped,
+            "rows_rejected": len(rejected)}
 
 
 def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None, config: Config) -> dict[str, Any]:

@@ -82,6 +82,19 @@ def test_predict_keeps_columns_and_adds_predictions(first_run, workspace, model)
     assert scored.loc[2, "intent"] == "other" and bool(scored.loc[2, "fallback"])
 
 
+def test_predict_scores_only_buyer_rows_when_there_is_a_role_column(first_run, workspace):
+    """main scored 客服 rows too (47 agent messages came out with purchase_intent=1)."""
+    source = workspace / "roles.csv"
+    pd.DataFrame({"text": ["在吗", "亲 在的 我要了吗", "有货我就拍", "好的"], "role": ["买家", "客服", "buyer", "机器人"]}).to_csv(source, index=False)
+    out = workspace / "roles-out.csv"
+    result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out, encoding="utf-8-sig")
+    assert len(scored) == 4 and scored["scored"].tolist() == [True, False, True, False]
+    assert scored.loc[[1, 3], "intent"].isna().all() and scored.loc[[1, 3], "purchase_intent"].isna().all()
+    assert scored.loc[[0, 2], "intent"].notna().all()
+
+
 def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages_csv):
     out = workspace / "eval"
     result = runner.invoke(app, ["evaluate", "--data", str(small_messages_csv), "--out", str(out)])
