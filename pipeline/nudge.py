@@ -142,33 +142,66 @@ class NudgePolicy:
 # --- time -------------------------------------------------------------------------------------------
 
 _OFFSET_RE = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
+# Dates as shops export them: 2024-09-02T05:00:00+08:00, 2024-09-02 05:00, 2024/9/2 5:00, 2024.9.2,
+# 2024年9月2日 05:00 (all rebuilt as zero-padded ISO 8601), and epoch seconds (10 digits) or ms (13).
+_DATE_FORM = (
+    r"^(?P<y>\d{4})[-/.年](?P<m>\d{1,2})[-/.月](?P<d>\d{1,2})[日号]?"
+    r"(?:[T\s]*(?P<H>\d{1,2})[:时点](?P<M>\d{1,2})(?:[:分](?P<S>\d{1,2}(?:\.\d{1,9})?)秒?)?)?"
+    r"\s*(?P<z>[zZ]|[+-]\d{2}:?\d{2})?$"
+)
+_EPOCH_FORM = r"^\d{10}(?:\d{3})?$"
+# The one date rule of every path (batch, service, training): outside this range a time is not a time
+# (9999-12-31 overflowed the window arithmetic; 0001-01-01 wrote a year-1 send time).
+EARLIEST_MS = int(pd.Timestamp("2000-01-01", tz="UTC").value // 1_000_000)
+LATEST_MS = int(pd.Timestamp("2100-01-01", tz="UTC").value // 1_000_000)
+
+
+def _canonical_times(text: pd.Series) -> pd.Series:
+    """Each value on its own as zero-padded ISO 8601 (so no value's reading depends on its neighbours),
+    epoch values as '@<ms>', anything else (now, today, words) as ''."""
+    parts = text.str.extract(_DATE_FORM)
+    iso = (
+        parts["y"] + "-" + parts["m"].str.zfill(2) + "-" + parts["d"].str.zfill(2)
+        + ("T" + parts["H"].str.zfill(2) + ":" + parts["M"].str.zfill(2) + ":" + parts["S"].fillna("00").str.zfill(2)).fillna("T00:00:00")
+        + parts["z"].fillna("")
+    )
+    epoch = text.where(text.str.fullmatch(_EPOCH_FORM))
+    epoch_ms = "@" + epoch.where(epoch.str.len() == 13, epoch + "000")
+    return iso.fillna(epoch_ms).fillna("")
 
 
 def parse_times(values: Sequence[Any] | pd.Series, tz: dt.tzinfo) -> np.ndarray:
-    """ISO 8601 strings (or datetimes) -> int64 epoch ms; values without an offset are read in `tz`;
-    unparseable -> MISSING_TIME. Exports mix '2024-05-01T10:00:00+08:00', '2024-05-01 10:00' and '2024/05/01 10:00'."""
+    """Export times -> int64 epoch ms; values without an offset are read in `tz`. Unparseable values and
+    times outside [2000-01-01, 2100-01-01) -> MISSING_TIME (the caller rejects the row with a reason).
+    Accepted forms: see `_DATE_FORM` and `_EPOCH_FORM`, and datetime columns of Parquet/Excel."""
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
     series = series.reset_index(drop=True)
     if isinstance(series.dtype, pd.DatetimeTZDtype):
-        return series.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64).copy()
-    if pd.api.types.is_datetime64_dtype(series.dtype):
+        result = series.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64).copy()
+    elif pd.api.types.is_datetime64_dtype(series.dtype):
         local = series.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
-        return local.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64).copy()
-    result = np.full(len(series), MISSING_TIME, dtype=np.int64)
-    present = series.notna().to_numpy()
-    if not present.any():
-        return result
-    text = series[present].astype(str).str.strip()
-    aware = text.str.contains(_OFFSET_RE, regex=True).to_numpy()
-    positions = np.flatnonzero(present)
-    if aware.any():
-        parsed = pd.to_datetime(text[aware], format="ISO8601", utc=True, errors="coerce")
-        result[positions[aware]] = parsed.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64)
-    if (~aware).any():
-        parsed = pd.to_datetime(text[~aware], format="ISO8601", errors="coerce")
-        if not isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            parsed = parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
-        result[positions[~aware]] = parsed.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64)
+        result = local.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64).copy()
+    else:
+        result = np.full(len(series), MISSING_TIME, dtype=np.int64)
+        present = series.notna().to_numpy()
+        if not present.any():
+            return result
+        text = _canonical_times(series[present].astype(str).str.strip())
+        positions = np.flatnonzero(present)
+        epoch = text.str.startswith("@").to_numpy()
+        if epoch.any():
+            result[positions[epoch]] = text[epoch].str[1:].astype(np.int64).to_numpy()
+        aware = text.str.contains(_OFFSET_RE, regex=True).to_numpy() & ~epoch
+        naive = (text != "").to_numpy() & ~aware & ~epoch
+        if aware.any():
+            parsed = pd.to_datetime(text[aware], format="ISO8601", utc=True, errors="coerce")
+            result[positions[aware]] = parsed.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64)
+        if naive.any():
+            parsed = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
+            parsed = parsed.where((parsed.dt.year >= 1999) & (parsed.dt.year <= 2100))  # before localising: no overflow
+            local = parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+            result[positions[naive]] = local.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64)
+    result[(result < EARLIEST_MS) | (result >= LATEST_MS)] = MISSING_TIME
     return result
 
 

@@ -307,3 +307,19 @@ def test_training_and_serving_see_the_same_conversation_features(flag_scorer, po
     assert trained["n_buyer_log"] == pytest.approx(np.log1p(2)) and trained["last_turn_is_buyer"] == 0.0
     decisions = decide([ConversationInput("c", "b", "s", exported), ConversationInput("c2", "b", "s", clean)], flag_scorer, policy)
     assert decisions[0].purchase_score == decisions[1].purchase_score == pytest.approx(flag_scorer.score_features([trained])[0], abs=1e-6)
+
+
+def test_one_date_rule_for_every_value_whatever_its_neighbours():
+    """Out-of-range years, now/today and words are not times; Chinese and slash forms and epoch values are;
+    a value is read the same alone or among others (main's reading depended on the chunk)."""
+    import datetime as dt
+
+    tz = dt.timezone(dt.timedelta(hours=8))
+    expected = parse_times(["2024-09-02T05:00:00+08:00"], tz)[0]
+    for form in ("2024-09-02 05:00", "2024/9/2 5:00", "2024年9月2日 05:00", "2024.9.2 05:00:00", "1725224400", "1725224400000"):
+        assert parse_times([form], tz)[0] == expected, form
+    for bad in ("9999-12-31", "0001-01-01 10:00", "now", "today", "下午三点", "2024-13-01", ""):
+        assert parse_times([bad], tz)[0] == MISSING_TIME, bad
+    mixed = ["2024/9/2 5:00", "9999-12-31T00:00:00+08:00", "now", "2024-09-02T05:00:00+08:00", "1725224400"]
+    together = parse_times(mixed, tz)
+    assert together.tolist() == [parse_times([v], tz)[0] for v in mixed]

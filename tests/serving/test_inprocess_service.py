@@ -234,6 +234,9 @@ def test_score_conversation_unknown_order_is_never_a_nudge(app_client):
     [
         (lambda c: c["messages"][0].update(role="boss"), "conversation.messages.0.role"),
         (lambda c: c["messages"][1].update(sent_at="yesterday evening"), "conversation.messages.1.sent_at"),
+        (lambda c: c["messages"][1].update(sent_at="9999-12-31T23:59:59+08:00"), "conversation.messages.1.sent_at"),  # was a 500
+        (lambda c: c["messages"][1].update(sent_at="0001-01-01T10:00:00+08:00"), "conversation.messages.1.sent_at"),
+        (lambda c: c["messages"][1].update(sent_at="now"), "conversation.messages.1.sent_at"),
         (lambda c: c["messages"][1].pop("sent_at"), "conversation.messages.1.sent_at"),
         (lambda c: c.update(messages=[]), "conversation.messages"),
         (lambda c: c.update(messages=c["messages"] * 7), "conversation.messages"),  # 21 > 20 turns
