@@ -202,6 +202,7 @@ class ServingSettings(_Strict):
     max_conversations: int = Field(ge=1, description="conversations per /flag request")
     max_body_mb: float = Field(gt=0, description="request body size limit (MiB); larger bodies get 413")
     timeout_s: float = Field(gt=0, description="per-request timeout; past it the client gets 504")
+    body_timeout_s: float = Field(gt=0, description="the whole request body must arrive within this; else 408 (before it takes a slot)")
     max_concurrency: int = Field(ge=1, description="requests in flight (split across workers); past it new requests get 429")
     max_batch_messages: int = Field(ge=1, description="adaptive batching: messages per model call at most")
     workers: int = Field(ge=1, description="server processes (each loads the model)")

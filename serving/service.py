@@ -17,6 +17,7 @@ its integrity check and says why; loading and warm-up then run in the background
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -184,10 +185,21 @@ class RequestGuard:
       worker is waiting, so connections drift to the less busy worker.
     """
 
-    def __init__(self, app, max_body_bytes: int, keepalive_requests: int = 0, api_routes: tuple[str, ...] = API_ROUTES):
+    def __init__(
+        self,
+        app,
+        max_body_bytes: int,
+        keepalive_requests: int = 0,
+        api_routes: tuple[str, ...] = API_ROUTES,
+        max_in_flight: int = 0,
+        body_timeout_s: float = 0.0,
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.keepalive_requests = keepalive_requests
+        self.max_in_flight = max_in_flight
+        self.body_timeout_s = body_timeout_s
+        self._slots: asyncio.Semaphore | None = None  # made in the worker's event loop, on first use
         self.api_routes = frozenset(api_routes)
         self._openapi: bytes | None = None
         self._served: collections.OrderedDict[Any, int] = collections.OrderedDict()  # requests per client connection
@@ -225,8 +237,16 @@ class RequestGuard:
             if int(declared) > self.max_body_bytes:
                 return await self._too_large(scope, receive, send)
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s if self.body_timeout_s else None
         while True:
-            message = await receive()
+            try:
+                if deadline is None:
+                    message = await receive()
+                else:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:  # a slow or stalled body: it never holds a model slot
+                response = _json_error(408, f"request body not received within {self.body_timeout_s:g} s", {"Connection": "close"})
+                return await response(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -248,7 +268,14 @@ class RequestGuard:
 
         if self._last_on_connection(scope.get("client")):
             send = _closing(send)
-        await self.app(scope, replay, _ErrorReshaper(send))
+        if not self.max_in_flight:
+            return await self.app(scope, replay, _ErrorReshaper(send))
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        if self._slots.locked():  # a slot is taken only once the whole body is here
+            return await _json_error(429, "too many requests in flight (serving.max_concurrency)", {"Retry-After": "1"})(scope, replay, send)
+        async with self._slots:
+            await self.app(scope, replay, _ErrorReshaper(send))
 
     async def _too_large(self, scope, receive, send):
         limit = self.max_body_bytes / (1024 * 1024)
@@ -280,7 +307,8 @@ def _closing(send):
 
 
 class _ErrorReshaper:
-    """Rewrites 4xx JSON bodies into `{"error": ..., "detail": [...]}`; everything else passes."""
+    """Rewrites 4xx JSON bodies into `{"error": ..., "detail": [...]}` and gives 429/503 a `Retry-After`;
+    everything else passes."""
 
     def __init__(self, send):
         self.send = send
@@ -290,6 +318,9 @@ class _ErrorReshaper:
     async def __call__(self, message):
         if message["type"] == "http.response.start":
             status = message["status"]
+            if status in (429, 503) and not any(k.lower() == b"retry-after" for k, _ in message.get("headers", [])):
+                # back-pressure tells the client when to come back (a load balancer or SDK retries then)
+                message = {**message, "headers": [*message.get("headers", []), (b"retry-after", b"1")]}
             content_type = dict(message.get("headers", [])).get(b"content-type", b"")
             if 400 <= status < 500 and content_type.startswith(b"application/json"):
                 self.start = message
@@ -327,7 +358,9 @@ def _reshape_error(raw: bytes) -> bytes:
 
 # --------------------------------------------------------------------------------------- the service
 
-_traffic: dict[str, Any] = {"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency}
+# Concurrency is limited in RequestGuard (per worker, after the body is read), not by BentoML's own
+# limiter, which counts a request from its first byte: slow bodies held every slot (#16).
+_traffic: dict[str, Any] = {"timeout": SETTINGS.timeout_s}
 
 
 @bentoml.service(
@@ -431,7 +464,11 @@ def _message_result(result: dict[str, Any]) -> MessageResult:
 
 
 BuyerIntent.add_asgi_middleware(
-    RequestGuard, max_body_bytes=SETTINGS.max_body_bytes, keepalive_requests=SETTINGS.keepalive_requests
+    RequestGuard,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    keepalive_requests=SETTINGS.keepalive_requests,
+    max_in_flight=max(1, SETTINGS.max_concurrency // SETTINGS.workers),
+    body_timeout_s=SETTINGS.body_timeout_s,
 )
 
 

@@ -211,9 +211,9 @@ def _server_process(model_dir, serving_workdir, one_worker_config):
     serve it from there (BUYER_INTENT_BENTO_MODEL); both run in the server's process group, so this
     process's BentoML configuration is left alone and the export overlaps the in-process tests."""
     from pipeline.bento_export import bento_version
-    from pipeline.bundle import MODELS_FILE, read_manifest
+    from pipeline.bundle import bundle_seal
 
-    tag = f"buyer-intent:{bento_version('local', read_manifest(model_dir)['sha256'][MODELS_FILE])}"
+    tag = f"buyer-intent:{bento_version('local', bundle_seal(model_dir))}"
     env = base_env(serving_workdir / "bentoml")
     env["BUYER_INTENT_BENTO_MODEL"] = tag
     env["BUYER_INTENT_CONFIG"] = str(one_worker_config)

@@ -184,12 +184,14 @@ def test_past_max_concurrency_requests_get_429(app_client, slow_model):
 
     def call(_):
         barrier.wait()
-        return post(app_client, "/classify", {"messages": ["在吗"]}).status_code
+        return post(app_client, "/classify", {"messages": ["在吗"]})
 
     with ThreadPoolExecutor(12) as pool:
-        statuses = list(pool.map(call, range(12)))
+        responses = list(pool.map(call, range(12)))
+    statuses = [r.status_code for r in responses]
     assert statuses.count(429) >= 1, statuses
     assert set(statuses) <= {200, 429}
+    assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 429)  # main sent none
     slow_model[0] = 0.0
     assert post(app_client, "/classify", {"messages": ["在吗"]}).status_code == 200
     assert app_client.get("/livez").status_code == 200  # probes are never refused
@@ -383,3 +385,49 @@ def test_access_log_and_api_tracing_are_off_unless_configured(service_module):
     config = service_module.BuyerIntent.config
     assert config["logging"]["access"]["enabled"] is False
     assert set(service_module.API_ROUTES) <= set(config["tracing"]["excluded_urls"])
+
+
+def test_a_slow_body_gets_408_and_never_holds_a_slot(service_module):
+    """main let 100 sockets that sent headers and 12 body bytes hold every slot for 10 s (32/32 got 429)."""
+    import asyncio
+
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(await receive())
+        await service_module._json_error(200, "ok")(scope, receive, send)
+
+    guard = service_module.RequestGuard(app, max_body_bytes=1 << 20, max_in_flight=1, body_timeout_s=0.2)
+    scope = {"type": "http", "path": "/classify", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+
+    async def stalled_receive():
+        if not getattr(stalled_receive, "sent", False):
+            stalled_receive.sent = True
+            return {"type": "http.request", "body": b'{"messag', "more_body": True}
+        await asyncio.sleep(3600)
+
+    async def whole_receive():
+        return {"type": "http.request", "body": b'{"messages": ["hi"]}', "more_body": False}
+
+    async def scenario():
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        slow = [guard(dict(scope), stalled_receive, send) for _ in range(3)]
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*slow)
+        elapsed = asyncio.get_running_loop().time() - started
+        statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+        normal: list[dict] = []
+
+        async def send_normal(message):
+            normal.append(message)
+
+        await guard(dict(scope), whole_receive, send_normal)
+        return statuses, elapsed, [m["status"] for m in normal if m["type"] == "http.response.start"]
+
+    statuses, elapsed, normal = asyncio.run(scenario())
+    assert statuses == [408, 408, 408] and elapsed < 2
+    assert normal == [200] and len(calls) == 1  # the slot was free for a request whose body arrived
