@@ -103,7 +103,7 @@ def predict(
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Option("--data", help="labelled messages")],
+    data: Annotated[Path, typer.Option("--data", help="labelled messages: PATH or NAME=PATH (default name: the file's folder)")],
     out: Annotated[Path, typer.Option("--out", help="directory for metrics.json and the report")],
     model: ModelOption = None,
     config: ConfigOption = None,

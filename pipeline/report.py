@@ -428,11 +428,13 @@ def _split_headline(metrics: dict[str, Any], split: str) -> dict[str, float]:
     return {k: v for k, v in headline_metrics(metrics, split).items() if not k.startswith("conversation_")}
 
 
-def _headline_section(headline: dict[str, float], scored: pd.DataFrame, thresholds: dict[str, float], eval_names: list[str]) -> Section:
+def _headline_section(
+    headline: dict[str, float], scored: pd.DataFrame, thresholds: dict[str, float], eval_names: list[str], scored_name: str
+) -> Section:
     section = Section(
         "headline",
         SECTION_TITLES["headline"],
-        f"The numbers compared between runs, measured once on the {len(scored):,} held-out test messages. "
+        f"The numbers compared between runs, measured once on the {len(scored):,} {scored_name}. "
         "Higher is better except for the calibration error; the fallback rate is a trade-off against accepted accuracy.",
     )
     section.blocks.append(
@@ -1224,8 +1226,14 @@ def write_report(
     extra_sections: dict[str, str] | None = None,
     top_confusions: int = 10,
     examples_per_confusion: int = 3,
+    scored_name: str = "held-out test messages",
+    scored_is_real: bool = False,
 ) -> dict[str, Any]:
     """Write report.html, report.md, plots/*.png and metrics.json into `out_dir`.
+
+    `scored_name` says what `scored` is (the test split, or an evaluation set by its name); with
+    `scored_is_real` (an evaluation of a named set) there is no warning about a missing real-chat set and
+    no champion section (the comparison with the champion belongs to training runs).
 
     `metrics`: {"test": {"intent": ..., "purchase": ...?}, "val": ...?, "conversation": ...?, "eval:<name>": ...};
     `scored`: the scored test split (text, normalized, intent, pred_intent, confidence, fallback, purchase_score,
@@ -1251,8 +1259,8 @@ def write_report(
     plotter = _Plotter()
     try:
         sections = [
-            _headline_section(headline, scored, thresholds, eval_names),
-            _champion_section(headline, champion_headline, len(scored)),
+            _headline_section(headline, scored, thresholds, eval_names or (["scored"] if scored_is_real else []), scored_name),
+            *([] if scored_is_real else [_champion_section(headline, champion_headline, len(scored))]),
             _eval_sets_section(metrics, eval_names),
             _per_intent_section(intent, scored),
             _confusion_matrix_section(plotter, scored, plots),
@@ -1275,7 +1283,7 @@ def write_report(
         plotter.close_all()
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = f"Generated {generated} · {len(scored):,} test messages · {len(intent.get('per_intent', {}))} intents"
+    meta = f"Generated {generated} · {len(scored):,} {scored_name} · {len(intent.get('per_intent', {}))} intents"
     if eval_names:
         meta += " · evaluation sets: " + ", ".join(name.removeprefix("eval:") for name in eval_names)
 

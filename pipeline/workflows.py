@@ -182,17 +182,21 @@ def predict_file(input_path: str | Path, output_path: str | Path, model: str | N
 
 
 def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None, config: Config) -> dict[str, Any]:
-    """metrics.json and the report for a labelled file."""
+    """metrics.json and the report for a labelled file (`NAME=PATH`, or named after its folder)."""
+    set_name, data_path = eval_set_spec(str(data_path))
     bundle = _load_for_use(model, config)
     data: LabelledData = load_labelled(data_path, config.paths.quarantine)
     predictor = Predictor(bundle)
     metrics, scored = score_labelled(predictor, data.frame)
     out_dir = Path(out_dir)
     headline = headline_metrics({"test": metrics})
+    per_source = per_source_metrics(f"eval:{set_name}", scored, predictor)
     _write_report(
         out_dir,
-        title=f"evaluation of {bundle.name} version {bundle.version} on {Path(data_path).name}",
-        metrics={"test": metrics},
+        title=f"evaluation of {bundle.name} version {bundle.version} on {set_name}",
+        scored_name=f"messages of {set_name}",
+        scored_is_real=True,
+        metrics={"test": metrics, **per_source},
         scored=scored,
         thresholds=bundle.thresholds,
         headline=headline,
@@ -202,6 +206,8 @@ def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None,
     )
     flat = {
         "model": {"name": bundle.name, "version": bundle.version},
+        "eval_set": set_name,
+        "per_source": {name.split("/", 1)[1]: part for name, part in per_source.items()},
         "rows": len(data.frame),
         "rows_rejected": len(data.rejected),
         "accuracy": metrics["intent"]["accuracy"],

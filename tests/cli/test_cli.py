@@ -104,6 +104,13 @@ def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages
         assert key in metrics
     assert {"average_precision", "precision", "recall", "f1"} <= set(metrics["purchase"])
     assert (out / "report.html").exists()
+    # main called any evaluated file "held-out test messages", warned that no real-chat set was scored
+    # and said "No champion yet" while a champion existed
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert metrics["eval_set"] == small_messages_csv.parent.name
+    assert f"messages of {small_messages_csv.parent.name}" in report
+    assert "held-out test messages" not in report and "No evaluation set of real chats" not in report
+    assert "No champion yet" not in report
 
 
 def test_unknown_model_is_a_clear_error(first_run):
