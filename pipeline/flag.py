@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -189,16 +190,19 @@ def readable_copy(path: Path, work: Path, source: str) -> tuple[Path, list[dict]
 # --- phase 1: partition -----------------------------------------------------------------------------
 
 
-def _jsonl_is_conversations(path: Path) -> bool:
+def _jsonl_is_conversations(path: Path, look_at: int = 1000) -> bool:
+    """Conversation records (with `messages`) or one message per line, from the first lines that parse:
+    a malformed first line is quarantined later, it does not decide the format of the file."""
     encoding = detect_encoding(path)
     with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors="replace") as handle:
-        for line in handle:
+        for _, line in zip(range(look_at), handle):
             if line.strip():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    return False
-                return isinstance(record, dict) and "messages" in record
+                    continue
+                if isinstance(record, dict):
+                    return "messages" in record
     return False
 
 
@@ -474,12 +478,26 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
 _STATE: dict[str, Any] = {}
 
 
+def _die_with_parent(parent: int, interval_s: float = 0.5) -> None:
+    """A worker whose parent was killed (kill -9 leaves no chance to stop the pool) exits by itself
+    instead of holding ~400 MB and a half-written shard."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _init_worker(model_dir: str, expected_seal: str | None, settings_json: str, orders_path: str | None) -> None:
     """Load the model and the orders index once per worker process."""
     from pipeline.bundle import load_bundle
     from pipeline.conversation import ConversationScorer
     from pipeline.inference import Predictor
 
+    _die_with_parent(os.getppid())
     settings = FlagSettings.model_validate_json(settings_json)
     predictor = Predictor(load_bundle(model_dir, expected_seal))
     predictor.warm_up()
@@ -635,6 +653,14 @@ def _run_shards(
 # --- phase 3: merge ---------------------------------------------------------------------------------
 
 
+def _orders_warnings(orders: Path | None, orders_info: dict | None) -> list[str]:
+    """An orders file without a usable order makes every shopper "lost": say so instead of flagging them all."""
+    if orders is None or not orders_info or orders_info.get("rows_used", 0) > 0:
+        return []
+    return [f"{orders}: no usable order ({orders_info.get('rows_in', 0)} rows, {orders_info.get('rows_rejected', 0)} rejected): "
+            "every shopper counts as lost; check that this is the orders export of these shops and this period"]
+
+
 def _share(flagged: int, lost: int) -> float | None:
     return round(flagged / lost, 4) if lost else None
 
@@ -716,7 +742,7 @@ def merge_results(
         "order_status_unknown": int(totals["order_unknown"]),
         "flagged": int(len(flagged)),
         "flagged_share_of_lost": _share(len(flagged), lost),
-        "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings()),
+        "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings()) + _orders_warnings(orders, orders_info),
         "messages": {
             "buyer": sum(d["buyer_messages"] for d in done),
             "distinct_buyer_texts": sum(d["unique_buyer_texts"] for d in done),

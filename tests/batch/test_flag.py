@@ -314,3 +314,70 @@ def test_implausible_flagged_share_is_a_warning_in_the_summary(tmp_path, inputs,
     assert loud["flagged"] == quiet["flagged"]  # a warning, not a different decision
     off = _run(chats, tmp_path / "c.csv", orders, flag_bundle_dir, flag_config(share_alert={**alert, "expected": None}))
     assert off["warnings"] == []
+
+
+def test_a_bad_first_jsonl_line_does_not_decide_the_format(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """main guessed the JSONL layout from line 1: one broken first line failed the whole run."""
+    _, orders = inputs
+    good = write_conversation_jsonl(tmp_path / "good.jsonl")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"conversation_id": "c0", "messages": [\n' + good.read_text(encoding="utf-8"), encoding="utf-8")
+    expected = _run(good, tmp_path / "a.csv", orders, flag_bundle_dir, flag_config())
+    summary = _run(broken, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config())
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert summary["rows"]["rejected"] == expected["rows"]["rejected"] + 1 and summary["rows"]["balanced"]
+
+
+def test_a_header_only_orders_file_is_a_warning(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """main flagged every shopper as lost without a word when the orders export was empty."""
+    chats, _ = inputs
+    empty = tmp_path / "orders.csv"
+    empty.write_text("order_id,buyer_id,shop_id,paid_at\n", encoding="utf-8")
+    summary = _run(chats, tmp_path / "out.csv", empty, flag_bundle_dir, flag_config())
+    assert any("no usable order" in warning and "every shopper counts as lost" in warning for warning in summary["warnings"])
+
+
+def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
+    """After kill -9 of the job, its shard workers must not live on (main left 2 x 410 MB behind)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time, multiprocessing as mp\n"
+        "from pipeline.flag import _die_with_parent\n"
+        "def child(path):\n"
+        "    _die_with_parent(os.getppid(), interval_s=0.1)\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=child, args=(sys.argv[1],)); p.start(); time.sleep(60)\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    (tmp_path / "job.py").write_text(script, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "job.py"), str(pid_file)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            with open(f"/proc/{child}/stat") as stat:  # a zombie (reaped by init later) counts as gone
+                if stat.read().split()[2] == "Z":
+                    break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent")
+    finally:
+        parent.kill()
