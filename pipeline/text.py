@@ -46,6 +46,9 @@ _PLACEHOLDER_KIND = {
     "名字": "name",
     "地址": "address",
     "站点": "address",
+    "邮箱": "link",
+    "身份证": "order",
+    "身份证号": "order",
 }
 
 # Display form used by `mask_pii` (the anonymised-export convention).

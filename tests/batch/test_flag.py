@@ -381,3 +381,22 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
             pytest.fail("the worker outlived its killed parent")
     finally:
         parent.kill()
+
+
+def test_checkpoints_keep_no_raw_phone_or_order_number(tmp_path, flag_bundle_dir, flag_config):
+    """A crashed run leaves its checkpoints for the resume: main kept raw buyer text (phones) in them."""
+    import pyarrow.parquet as pq
+
+    frame = flat_rows()
+    frame.loc[0, "text"] = "我要了 电话13812345678 订单号123456789012345678"
+    chats = write_csv(frame, tmp_path / "chats.csv")
+    orders = write_orders(tmp_path / "orders.csv")
+    work = tmp_path / "work"
+    expected = _run(chats, tmp_path / "a.csv", orders, flag_bundle_dir, flag_config())
+    _run(chats, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config(keep_work_dir=True), work_dir=work)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    shards = list(work.rglob("partition/shard-*.parquet"))
+    assert shards and expected["flagged"] >= 1
+    for path in shards:
+        texts = " ".join(pq.read_table(path).column("text").to_pylist())
+        assert "13812345678" not in texts and "123456789012345678" not in texts
