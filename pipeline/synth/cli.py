@@ -81,10 +81,51 @@ def build(config: CorpusConfig, *, card: bool = True, log=print) -> dict:
             },
         }
         figures["problems"] = seed_problems(seeds)
+        figures["review"] = review_figures(config.path("seeds"), seeds)
+        figures["realism"] = realism_figures(config, messages, log)
         card_path = config.path("card")
         card_path.write_text(render_card(figures, config), encoding="utf-8")
         log(f"wrote the data card to {card_path}")
     return figures
+
+
+def review_figures(seed_dir: Path, seeds: list) -> dict:
+    """Seeds per writer and the agreement of the blind second labels (corpus v2 tables)."""
+    from collections import Counter
+
+    from pipeline.synth.review import agreement, read_records
+
+    records = [r for path in sorted(Path(seed_dir).glob("v2/*.tsv")) for r in read_records(path)]
+    written = Counter(r.writer for r in records)
+    kept = Counter(s.writer for s in seeds)
+    writers = {w: {"written": written.get(w, kept[w]), "kept": kept[w]} for w in sorted(set(written) | set(kept))}
+    return {"writers": writers, "agreement": agreement(records) if records else None}
+
+
+def realism_figures(config: CorpusConfig, messages: pd.DataFrame, log) -> dict | None:
+    """How far the messages read from real ones, with ../shared/tools/realism.py when it is beside the
+    project (local and CI machines only: the real chats never enter the project)."""
+    import importlib.util
+
+    tool = Path(config.root).resolve().parent / "shared" / "tools" / "realism.py"
+    if not tool.is_file() or not getattr(importlib.util.spec_from_file_location("realism", tool), "loader", None):
+        return None
+    spec = importlib.util.spec_from_file_location("realism", tool)
+    realism = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(realism)
+    real = pd.read_csv(realism.POOL, dtype=str, keep_default_na=False)["text"]
+    auc, n, corpus_side, real_side = realism.realism_auc(messages["text"], real, top=12)
+    per_intent = {}
+    for intent, texts in messages.groupby("intent")["text"]:
+        if len(texts) >= 100:
+            per_intent[intent] = round(realism.realism_auc(texts, real, top=0)[0], 3)
+    references = real.tolist()
+    if realism.DEV.is_file():
+        references += pd.read_csv(realism.DEV, dtype=str, keep_default_na=False)["text"].tolist()
+    copies = len(realism.copies(messages["text"], references))
+    log(f"realism AUC {auc:.3f}, copied messages {copies}")
+    return {"auc": round(auc, 3), "n": n, "per_intent": per_intent, "copies": copies,
+            "corpus_ngrams": corpus_side, "real_ngrams": real_side}
 
 
 @data_app.command("build")

@@ -52,6 +52,7 @@ class NoiseSettings(_Strict):
     typo: float = Field(ge=0, le=1)  # homophones, typos, pinyin and English swaps
     punctuation: float = Field(ge=0, le=1)  # dropped, doubled, ASCII or runs (？？？ / 。。。)
     spaces: float = Field(ge=0, le=1)  # punctuation replaced by spaces
+    commas: float = Field(ge=0, le=1)  # spaces between clauses replaced by commas (when not the above)
     fullwidth: float = Field(ge=0, le=1)  # ASCII letters and digits typed full-width
     newline: float = Field(ge=0, le=1)  # parts of a composed message joined by a line break
     long: float = Field(ge=0, le=1)  # a long, rambling message: up to max_additions added sentences (else 1)

@@ -23,7 +23,7 @@ from pipeline.synth.stats import NearDuplicateIndex, char_ngrams
 from pipeline.synth.vocab import CATEGORIES, SlotFiller, SlotStyle
 from pipeline.text import normalize
 
-COLUMNS = ["text", "intent", "purchase_intent", "group", "category", "stage"]
+COLUMNS = ["text", "intent", "purchase_intent", "group", "category", "stage", "writer"]
 
 
 @dataclass
@@ -147,7 +147,7 @@ class _Accepter:
                 continue
             self.seen.add(normalized)
             self.index.add(grams, seed.id)
-            self.rows.append((text, seed.intent, seed.purchase_intent, seed.id, category, stage))
+            self.rows.append((text, seed.intent, seed.purchase_intent, seed.id, category, stage, seed.writer))
             return True
         return False
 

@@ -55,6 +55,10 @@ ORDER_CARDS = (
     "咨询订单：{order}（{product}）",
     "订单号 {order} 金额 {amount} {status}",
     "我要咨询的订单\n{product}\n订单号：{order}\n{status}",
+    # the cards JD's web and app clients insert (platform text, not the buyer's words)
+    "咨询订单号:{order} 商品ID:{item}",
+    "[订单编号:{order}，订单金额:{amount}，下单时间:{paid}]",
+    "订单号: {order}",
 )
 ORDER_STATUS = {
     "shipping_time": ("买家已付款", "待发货", "等待卖家发货"),
@@ -65,8 +69,8 @@ ORDER_STATUS = {
 RECEIVED_STATUS = ("交易成功", "已签收", "买家已确认收货", "已收货")
 PRODUCT_CARDS = ("{link}", "【商品】{product} {price} {link}", "咨询商品：{product} ¥{price}", "{link} 这个",
                  "[商品卡片] {product} {spec} {price}", "宝贝链接：{link}")
-PARTICLES_QUESTION = ("呢", "呀", "啊", "哈", "哦", "嘞", "捏")
-PARTICLES_STATEMENT = ("哈", "哦", "呀", "啊", "啦", "嘞", "哈哈", "喔", "嗷", "嘛", "哒")
+PARTICLES_QUESTION = ("呢", "呢", "啊", "吧", "哦")
+PARTICLES_STATEMENT = ("哦", "啊", "吧", "了", "啦", "呢")
 _QUESTION_END = ("吗", "么", "嘛", "呢", "吧", "不", "没", "否", "啊", "呀", "哈", "哦", "啦")
 EMOJI_GENERAL = ("😂", "🙏", "😊", "😭", "🤔", "👍", "😅", "💕", "🥺", "😄", "🤣", "😘", "[微笑]", "[捂脸]", "[调皮]",
                  "[可怜]", "[疑问]", "[抱拳]", "[爱心]", "[偷笑]", "[憨笑]", "[呲牙]", "[流泪]", "[OK]", "^_^", "QAQ",
@@ -112,6 +116,7 @@ def order_card(filler: SlotFiller, intent: str, rng: random.Random) -> str:
         amount=filler.placeholder("price") if filler.masked("price") else filler.card_amount(),
         paid=filler.placeholder("date") if filler.masked("date") else filler.card_time(),
         status=rng.choice(ORDER_STATUS.get(intent, RECEIVED_STATUS)),
+        item=filler.placeholder("num") if filler.masked("num") else str(rng.randint(10**7, 10**12)),
     )
 
 
@@ -153,21 +158,27 @@ def add_typos(text: str, rng: random.Random) -> str:
 
 
 def restyle_punctuation(text: str, intent: str, rng: random.Random) -> str:
-    """Buyers drop question marks, double them, type ASCII, or trail off (。。。 / ~~)."""
+    """End punctuation as real exports show it: mostly a plain ? on questions or nothing at all, a full
+    stop now and then, rarely a run (？？ / 。。。); ! and ~ are rare in real buyer turns."""
     body, end = _split_end(text)
     choice = rng.random()
     if choice < 0.3:
         end = ""  # questions without question marks
-    elif choice < 0.5 and (intent in QUESTION_INTENTS or "?" in end or "？" in end):
-        end = rng.choice(("？？", "???", "？？？", "?", "？", "??"))
-    elif choice < 0.6 and intent in VENT_INTENTS:
-        end = rng.choice(("！！！", "!!!", "!!", "？？？", "。。。"))
-    elif choice < 0.75:
-        end = rng.choice(("~", "～～", "。。。", "...", "……", "~~", "!", "！", "。", ".."))
+    elif choice < 0.75 and (intent in QUESTION_INTENTS or "?" in end or "？" in end):
+        end = rng.choice(("?", "?", "？", "？", "??", "? "))
+    elif choice < 0.8 and intent in VENT_INTENTS:
+        end = rng.choice(("！", "!!", "？？？", "。。。"))
+    elif choice < 0.85:
+        end = rng.choice(("。", ".", "。。。", "…"))
     else:
         text = text.translate(_FULL_PUNCT_TO_ASCII)
         return text
     return body + end
+
+
+def commas_for_spaces(text: str, rng: random.Random) -> str:
+    """Buyers who do punctuate separate clauses with a comma (，/,) where a space stood."""
+    return re.sub(r"(?<=[\u4e00-\u9fff\]])\s(?=[\u4e00-\u9fff\[])", lambda _m: rng.choice(("，", "，", ",")), text)
 
 
 def spaces_for_punctuation(text: str, rng: random.Random) -> str:
@@ -249,8 +260,12 @@ class NoiseModel:
             text = add_typos(text, rng)
         if rng.random() < p.punctuation:
             text = restyle_punctuation(text, intent, rng)
+        if "~" in text or "～" in text:  # seeds written with a tilde; real buyer turns almost never carry one
+            text = re.sub(r"[~～]+", lambda _m: rng.choice(("", "", " ", "。")), text)
         if rng.random() < p.spaces:
             text = spaces_for_punctuation(text, rng)
+        elif rng.random() < p.commas:
+            text = commas_for_spaces(text, rng)
         if rng.random() < p.emoji:
             emoji = _pick_emoji(intent, rng)
             text = emoji + text if rng.random() < 0.1 else text + ("" if rng.random() < 0.7 else " ") + emoji

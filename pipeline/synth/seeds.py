@@ -36,6 +36,7 @@ class Seed:
     purchase_intent: int
     stage: str  # pre_sales | after_sales | any
     categories: tuple[str, ...] | None  # None: fits every category
+    writer: str = "v1"  # who wrote it: v1 = the first authoring round (YAML files), else the v2 writer id
 
     def fits(self, category: str, stage: str) -> bool:
         return (self.categories is None or category in self.categories) and self.stage in (stage, "any")
@@ -86,17 +87,58 @@ def load_seed_file(path: Path) -> list[Seed]:
     return [_parse_seed(raw, intent, str(path)) for raw in document["seeds"] or []]
 
 
+def load_seed_table(path: Path) -> list[Seed]:
+    """The kept seeds of one v2 writer table (`data/seeds/v2/<writer>.tsv`, see `pipeline.synth.review`):
+    double-labelled, agreed or settled by a third label; dropped and pending seeds are left out."""
+    from pipeline.synth.review import ReviewError, read_records
+
+    try:
+        records = read_records(path)
+    except (ReviewError, TypeError, ValueError) as exc:
+        raise SeedError(f"{path}: {exc}") from exc
+    seeds = []
+    for record in records:
+        if record.status not in ("agreed", "adjudicated"):
+            continue
+        purchase = int(record.purchase_intent)
+        # wanting to buy happens before paying: a settled label of 1 moves the seed to pre-sales
+        stage = "pre_sales" if purchase and record.stage == "after_sales" else record.stage
+        raw = {"id": record.id, "text": record.text, "purchase_intent": purchase, "stage": stage}
+        if record.categories:
+            raw["categories"] = record.categories.split()
+        seed = _parse_seed(raw, record.intent, f"{path}:{record.id}")
+        seeds.append(Seed(seed.id, seed.intent, seed.text, seed.purchase_intent, seed.stage, seed.categories, record.writer))
+    return seeds
+
+
 def load_seeds(directory: str | Path, intents: list[str] | None = None) -> list[Seed]:
-    """All seeds under `directory` (files in name order), optionally only the listed intents."""
+    """All seeds under `directory`: the YAML files of the first round (in name order), then the
+    double-labelled writer tables under `v2/`; optionally only the listed intents."""
     seeds: list[Seed] = []
     for path in sorted(Path(directory).glob("*.yaml")):
         if intents is not None and path.stem not in intents:
             continue
         seeds.extend(load_seed_file(path))
+    for path in sorted(Path(directory).glob("v2/*.tsv")):
+        seeds.extend(s for s in load_seed_table(path) if intents is None or s.intent in intents)
+    seeds = first_of_each_text(seeds)
     duplicates = [seed_id for seed_id, n in Counter(s.id for s in seeds).items() if n > 1]
     if duplicates:
         raise SeedError(f"duplicate seed ids: {sorted(duplicates)[:10]}")
     return seeds
+
+
+def first_of_each_text(seeds: list[Seed]) -> list[Seed]:
+    """Short phrases (退货, 在吗) are written by many writers; one copy each, or the same text
+    lands on both sides of the train/test split under different seed ids."""
+    seen: set[str] = set()
+    kept = []
+    for seed in seeds:
+        key = " ".join(seed.text.split())
+        if key not in seen:
+            seen.add(key)
+            kept.append(seed)
+    return kept
 
 
 def seed_problems(seeds: list[Seed]) -> list[str]:

@@ -349,7 +349,7 @@ class SlotFiller:
         return slot in PII_SLOTS or self.rng.random() < self.style.mask_numbers
 
     def placeholder(self, slot: str) -> str:
-        return f"[{_PLACEHOLDER_LABEL[slot]}{self.rng.choice(('x', 'x', 'x', '1', '2'))}]"
+        return f"[{_PLACEHOLDER_LABEL[slot]}x]"
 
     def card_amount(self) -> str:
         """A paid amount as platform cards print it (¥129.00)."""

@@ -90,22 +90,24 @@ def test_near_duplicates_across_split_under_5_percent(messages: pd.DataFrame, sp
 
 
 def test_chat_register(messages: pd.DataFrame) -> None:
+    """Shares of chat phenomena, set near what the real JD pool shows (figures in the data card)."""
     text = messages["text"]
 
     def share(pattern: str) -> float:
         return text.str.contains(pattern, regex=True).mean()
 
-    assert share(r"[亲哈呢哦嘛啊呀啦吧]") > 0.25
-    assert share(r"[\U0001F300-\U0001FAFF]|\[(?:微笑|捂脸|抱拳|玫瑰|发怒|可怜)\]|\^_\^|QAQ|T_T") > 0.05
-    assert share(r"\[(?:订单|电话|链接|金额|日期|数字|姓名|地址)[x\d]") > 0.03
-    assert share(r"\d{11,}") > 0.02  # raw order ids and phones
-    assert share(r"https?://") > 0.005
-    assert share(r"[A-Za-z]") > 0.1
-    assert share(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]") > 0.005  # full-width letters / digits
-    assert share("\n") > 0.01  # pasted cards, several lines
-    assert share(r"再吗|在么|咋|啥|木有|kf|hhh|3q") > 0.03  # typos, homophones, abbreviations
+    # real pool: particles 22%, placeholders 24%, Latin letters 26%, emoji under 1%
+    assert share(r"[亲哈呢哦嘛啊呀啦吧]") > 0.15
+    assert 0.005 < share(r"[\U0001F300-\U0001FAFF]|\[(?:微笑|捂脸|抱拳|玫瑰|发怒|可怜)\]|\^_\^|QAQ|T_T") < 0.06
+    assert share(r"\[(?:订单|电话|链接|金额|日期|数字|姓名|地址)x\]") > 0.15
+    # a minority of raw (not anonymised) exports keep real numbers and links
+    assert share(r"\d{11,}") > 0.003
+    assert share(r"https?://") > 0.0005
+    assert share(r"[A-Za-z]") > 0.15
+    assert share("\n") > 0.01  # pasted order cards, several lines
+    assert share(r"再吗|在么|咋|啥|木有|kf|hhh|3q") > 0.01  # typos, homophones, abbreviations
     lengths = text.str.len()
-    assert (lengths <= 2).sum() >= 50 and (lengths >= 40).sum() >= 200
+    assert (lengths <= 2).sum() >= 200 and (lengths >= 40).sum() >= 1000
     assert {"好", "嗯"} & set(text)
 
 
