@@ -1,0 +1,74 @@
+"""The thresholds chosen on validation keep their promises on the data they were chosen on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate import (
+    ThresholdWarning,
+    choose_fallback_threshold,
+    choose_precision_threshold,
+    expected_calibration_error,
+)
+
+
+def test_precision_threshold_is_the_lowest_that_reaches_the_target() -> None:
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    threshold, at = choose_precision_threshold(y, scores, 0.9)
+    assert threshold == pytest.approx(0.5)  # from 0.5 up every message is positive; 0.4 lets a negative in
+    assert at == {"precision": 1.0, "recall": pytest.approx(4 / 5)}  # the positive at 0.3 is missed
+    assert (y[scores >= threshold] == 1).mean() >= 0.9
+
+
+def test_precision_threshold_warns_and_takes_the_most_precise_when_out_of_reach() -> None:
+    y = np.array([1, 0, 1, 0])
+    scores = np.array([0.9, 0.8, 0.3, 0.2])
+    with pytest.warns(ThresholdWarning, match="never reaches"):
+        threshold, at = choose_precision_threshold(y, scores, 1.01)
+    assert threshold == pytest.approx(0.9) and at["precision"] == 1.0
+
+
+def test_precision_threshold_without_positives_stays_at_half() -> None:
+    with pytest.warns(ThresholdWarning, match="no positive"):
+        threshold, _ = choose_precision_threshold(np.zeros(5, dtype=int), np.linspace(0, 1, 5), 0.9)
+    assert threshold == 0.5
+
+
+def test_fallback_threshold_reaches_accepted_accuracy_with_fewest_handovers() -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0, 1, 400)
+    correct = rng.uniform(0, 1, 400) < confidence  # confident predictions are right more often
+    y = np.array(["a"] * 400)
+    predicted = np.where(correct, "a", "b")
+    threshold = choose_fallback_threshold(y, predicted, confidence, "accepted_accuracy", 0.85)
+    accepted = confidence >= threshold
+    assert correct[accepted].mean() >= 0.85
+    lower = confidence[confidence < threshold]
+    if lower.size:  # the next lower candidate misses the target
+        assert correct[confidence >= lower.max()].mean() < 0.85
+
+
+def test_fallback_threshold_warns_when_accuracy_is_out_of_reach() -> None:
+    y = np.array(["a", "b"] * 50)
+    predicted = np.array(["b", "a"] * 50)
+    with pytest.warns(ThresholdWarning, match="never reaches"):
+        threshold = choose_fallback_threshold(y, predicted, np.linspace(0.1, 0.9, 100), "accepted_accuracy", 0.9)
+    assert 0.0 <= threshold <= 0.9
+
+
+def test_fallback_threshold_for_out_of_scope_recall() -> None:
+    y = np.array(["oos"] * 4 + ["a"] * 4)
+    predicted = np.array(["oos", "a", "a", "a", "a", "a", "a", "a"])
+    confidence = np.array([0.9, 0.2, 0.4, 0.8, 0.9, 0.9, 0.9, 0.9])
+    threshold = choose_fallback_threshold(y, predicted, confidence, "oos_recall", 0.75, oos_label="oos")
+    caught = (predicted[:4] == "oos") | (confidence[:4] < threshold)
+    assert caught.mean() >= 0.75 and threshold == pytest.approx(0.8)
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_grows_with_overconfidence() -> None:
+    correct = np.array([1] * 7 + [0] * 3, dtype=float)
+    assert expected_calibration_error(correct, np.full(10, 0.7)) == pytest.approx(0.0)
+    assert expected_calibration_error(correct, np.full(10, 0.99)) == pytest.approx(0.29)
+    assert expected_calibration_error(correct, np.full(10, 0.99)) > expected_calibration_error(correct, np.full(10, 0.8))
