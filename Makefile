@@ -15,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install demo test serve bento clean
+.PHONY: install demo test test-fast serve bento clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -34,6 +34,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+## The quick tier (under a minute): no trained corpus model, no corpus tables, no server.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 ## Serve the champion on $(PORT) (PORT=... make serve); trains and promotes one first when the registry has none.
 serve: install

@@ -51,3 +51,31 @@ def small_messages_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("small") / "messages.csv"
     frame[frame["group"].isin(keep)].to_csv(path, index=False)
     return path
+
+
+# Fixtures that train a model, build the corpus tables or start a server: a test using one is `slow`,
+# so `pytest -m "not slow"` is the quick tier (code and data-free behaviour tests).
+SLOW_FIXTURES = frozenset(
+    {
+        "corpus_training",
+        "corpus_bundle_dir",
+        "flag_bundle_dir",
+        "flag_scorer",
+        "model_dir",
+        "service_module",
+        "app_client",
+        "server",
+        "tampered_server",
+        "messages",
+        "conversations",
+        "orders",
+    }
+)
+SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
