@@ -24,6 +24,8 @@ from pathlib import Path
 
 from sklearn.metrics import cohen_kappa_score
 
+from pipeline.tables import atomic_file
+
 STATUSES = ("agreed", "adjudicated", "dropped")
 
 
@@ -142,16 +144,14 @@ def apply_labels(records: list[SeedRecord], labels: dict[str, tuple[str, int]], 
 
 
 def write_records(records: list[SeedRecord], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write("\t".join(COLUMNS) + "\n")
-        for record in records:
-            values = [str(v) for v in asdict(record).values()]
-            if any("\t" in v or "\n" in v for v in values):
-                raise ReviewError(f"{record.id}: tab or line break inside a field")
-            handle.write("\t".join(values) + "\n")
-    tmp.replace(path)
+    lines = ["\t".join(COLUMNS)]
+    for record in records:
+        values = [str(v) for v in asdict(record).values()]
+        if any("\t" in v or "\n" in v for v in values):
+            raise ReviewError(f"{record.id}: tab or line break inside a field")
+        lines.append("\t".join(values))
+    with atomic_file(path) as handle:
+        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_records(path: Path) -> list[SeedRecord]:
