@@ -108,9 +108,9 @@ def realism_figures(config: CorpusConfig, messages: pd.DataFrame, log) -> dict |
     import importlib.util
 
     tool = Path(config.root).resolve().parent / "shared" / "tools" / "realism.py"
-    if not tool.is_file() or not getattr(importlib.util.spec_from_file_location("realism", tool), "loader", None):
+    spec = importlib.util.spec_from_file_location("realism", tool) if tool.is_file() else None
+    if spec is None or spec.loader is None:
         return None
-    spec = importlib.util.spec_from_file_location("realism", tool)
     realism = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(realism)
     real = pd.read_csv(realism.POOL, dtype=str, keep_default_na=False)["text"]
