@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.tables import Rejected, TableError, read_table, rejected_frame, write_table_atomic
+from pipeline.tables import Rejected, TableError, parse_yes_no, read_table, rejected_frame, write_table_atomic
 from pipeline.text import normalize
 
 REQUIRED_COLUMNS = ("text", "intent")
 OPTIONAL_COLUMNS = ("purchase_intent", "group")
 _LABEL_RE = re.compile(r"^[^\s,;]{1,64}$")
-_TRUE = {"1", "1.0", "true", "yes"}
-_FALSE = {"0", "0.0", "false", "no"}
 
 
 class DataError(ValueError):
@@ -40,15 +38,6 @@ class LabelledData:
     @property
     def has_purchase_labels(self) -> bool:
         return "purchase_intent" in self.frame.columns
-
-
-def _parse_flag(value: object) -> int | None:
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return 1
-    if text in _FALSE:
-        return 0
-    return None
 
 
 def validate_labelled(frame: pd.DataFrame, source: str, min_examples_per_label: int = 1) -> tuple[pd.DataFrame, list[Rejected]]:
@@ -71,15 +60,15 @@ def validate_labelled(frame: pd.DataFrame, source: str, min_examples_per_label: 
             reason = "empty text"
         elif not isinstance(intent, str) or not _LABEL_RE.match(intent.strip()):
             reason = f"bad intent label {intent!r} (one word, no spaces, commas or semicolons)"
-        elif has_purchase and _parse_flag(row["purchase_intent"]) is None:
-            reason = f"purchase_intent must be 0 or 1, got {row['purchase_intent']!r}"
+        elif has_purchase and parse_yes_no(row["purchase_intent"]) is None:
+            reason = f"purchase_intent must be yes or no (1/0, true/false, 是/否), got {row['purchase_intent']!r}"
         if reason:
             raw = ",".join(str(row.get(column, "")) for column in frame.columns if column != "_line")
             rejected.append(Rejected(row_numbers[position], reason, raw))
             continue
         keep.append(position)
         if has_purchase:
-            purchase.append(_parse_flag(row["purchase_intent"]))
+            purchase.append(parse_yes_no(row["purchase_intent"]))
     valid = frame.iloc[keep].copy()
     valid["text"] = valid["text"].astype(str)
     valid["intent"] = valid["intent"].astype(str).str.strip()
@@ -246,7 +235,7 @@ def load_labelled_conversations(path: str | Path, quarantine_dir: str | Path | N
     for record in frame.to_dict(orient="records"):
         line = record.get("_line")
         messages = record.get("messages")
-        label = _parse_flag(record.get("expressed_purchase_intent"))
+        label = parse_yes_no(record.get("expressed_purchase_intent"))
         reason = None
         if not record.get("conversation_id"):
             reason = "missing conversation_id"
@@ -255,7 +244,7 @@ def load_labelled_conversations(path: str | Path, quarantine_dir: str | Path | N
         elif any(not isinstance(m, dict) or "role" not in m or "text" not in m for m in messages):
             reason = "every message needs role and text"
         elif label is None:
-            reason = f"expressed_purchase_intent must be 0 or 1, got {record.get('expressed_purchase_intent')!r}"
+            reason = f"expressed_purchase_intent must be yes or no (1/0, true/false, 是/否), got {record.get('expressed_purchase_intent')!r}"
         if reason:
             rejected.append(Rejected(line, reason, str(record.get("conversation_id", ""))))
             continue

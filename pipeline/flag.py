@@ -66,6 +66,7 @@ from pipeline.tables import (
     atomic_file,
     detect_encoding,
     iter_table,
+    parse_yes_no_column,
     table_format,
     utf8_copy,
     whole_file_encoding,
@@ -83,8 +84,6 @@ OUTPUT_COLUMNS = (
     "conversation_id", "buyer_id", "shop_id", "category", "purchase_score", "evidence",
     "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after",
 )
-_TRUE = {"1", "1.0", "true", "yes", "y", "t", "是"}
-_FALSE = {"0", "0.0", "false", "no", "n", "f", "否"}
 _BYTES_PER_ROW = {"csv": 90, "jsonl": 140}  # only to choose the number of shards
 
 SHARD_SCHEMA = pa.schema(
@@ -257,10 +256,10 @@ def validate_chat_rows(frame: pd.DataFrame, policy: NudgePolicy) -> tuple[pd.Dat
     reject(sent_at == MISSING_TIME, lambda i: f"unparseable sent_at {text['sent_at'].iloc[i]!r}")
     reject(text["text"].fillna("").str.contains("\ufffd", regex=False).to_numpy(), "bad encoding (U+FFFD in text)")
     if "ordered" in frame.columns:
-        flags = _as_text(frame["ordered"]).fillna("").str.strip().str.lower()
-        ordered = np.where(flags.isin(_TRUE), 1, np.where(flags.isin(_FALSE), 0, ORDERED_UNKNOWN)).astype(np.int8)
-        flag_values = flags.to_numpy(object)
-        reject((ordered == ORDERED_UNKNOWN) & (flags != "").to_numpy(), lambda i: f"ordered must be 0 or 1, got {flag_values[i]!r}")
+        parsed, blank = parse_yes_no_column(frame["ordered"])
+        ordered = np.where(parsed < 0, ORDERED_UNKNOWN, parsed).astype(np.int8)
+        flag_values = frame["ordered"].to_numpy(object)
+        reject((parsed < 0) & ~blank, lambda i: f"ordered must be yes or no (1/0, true/false, 是/否), got {flag_values[i]!r}")
     else:
         ordered = np.full(n, ORDERED_UNKNOWN, dtype=np.int8)
     category = _as_text(frame["category"]).fillna("").str.strip() if "category" in frame.columns else pd.Series([""] * n, dtype=object)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -44,6 +45,31 @@ class Rejected:
 class Chunk:
     frame: pd.DataFrame
     rejected: list[Rejected] = field(default_factory=list)
+
+
+# One rule for yes/no cells (`purchase_intent`, `expressed_purchase_intent`, `ordered`): exports write
+# them as 1/0, true/false, yes/no, y/n, t/f or 是/否, in any case, with surrounding blanks.
+YES = frozenset({"1", "1.0", "true", "yes", "y", "t", "是"})
+NO = frozenset({"0", "0.0", "false", "no", "n", "f", "否"})
+
+
+def parse_yes_no(value: object) -> int | None:
+    """1, 0, or None for a blank or anything else (the caller decides whether blank is allowed)."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else int(value)
+    text = str(value).strip().lower()
+    if text in YES:
+        return 1
+    if text in NO:
+        return 0
+    return None
+
+
+def parse_yes_no_column(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(parsed 1/0 with -1 where not a yes/no value, blank mask): the vectorised `parse_yes_no`."""
+    cells = values.astype(object).where(values.notna(), "").astype(str).str.strip().str.lower()
+    parsed = np.where(cells.isin(YES), 1, np.where(cells.isin(NO), 0, -1)).astype(np.int8)
+    return parsed, (cells == "").to_numpy()
 
 
 def table_format(path: str | Path) -> str:

@@ -16,7 +16,7 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path):
     assert data.frame["text"].tolist() == ["在吗", "包邮就拍"]
     reasons = data.rejected["reason"].tolist()
     assert any("empty text" in r for r in reasons)
-    assert any("purchase_intent must be 0 or 1" in r for r in reasons)
+    assert any("purchase_intent must be yes or no" in r for r in reasons)
     assert any("bad intent label" in r for r in reasons)
     quarantined = pd.read_csv(tmp_path / "q" / "m.rejected.csv")
     assert len(quarantined) == 3 and set(quarantined["row"]) == {2, 3, 4}
@@ -114,3 +114,13 @@ def test_eval_sets_with_a_source_column_are_also_scored_per_source():
     assert parts["eval:dev/taobao"]["intent"]["accuracy"] == 0.5
     assert parts["eval:dev/taobao"]["purchase"]["recall"] == 0.0
     assert per_source_metrics("eval:dev", scored.drop(columns="source"), None) == {}
+
+
+@pytest.mark.parametrize("cell, expected", [("1", 1), ("是", 1), (" Yes ", 1), ("y", 1), ("0", 0), ("否", 0), ("F", 0), ("false", 0)])
+def test_labelled_purchase_intent_reads_every_yes_no_form_the_flag_job_reads(tmp_path, cell, expected):
+    """One yes/no rule: a label file and a chat export's `ordered` column accept the same spellings."""
+    path = tmp_path / "m.csv"
+    path.write_text(f"text,intent,purchase_intent\n包邮就拍,stock,{cell}\n", encoding="utf-8")
+    data = load_labelled(path)
+    assert data.frame["purchase_intent"].tolist() == [expected]
+    assert data.rejected.empty

@@ -97,3 +97,16 @@ def test_gb18030_only_after_the_first_megabyte_is_read(tmp_path):
     path.write_bytes(head.encode("utf-8") + "七天无理由退货吗,return_refund\n".encode("gb18030"))
     frame, rejected = read_table(path)
     assert frame["text"].iloc[-1] == "七天无理由退货吗" and rejected == []
+
+
+def test_yes_no_cells_parse_the_same_one_at_a_time_and_as_a_column():
+    import pandas as pd
+
+    from pipeline.tables import parse_yes_no, parse_yes_no_column
+
+    cells = ["1", "0", "是", "否", " TRUE ", "n", "", None, "maybe", "2", True, 1.0]
+    parsed, blank = parse_yes_no_column(pd.Series(cells, dtype=object))
+    one_at_a_time = [parse_yes_no(c) for c in cells]
+    assert parsed.tolist() == [-1 if v is None else v for v in one_at_a_time]
+    assert one_at_a_time == [1, 0, 1, 0, 1, 0, None, None, None, None, 1, 1]
+    assert blank.tolist() == [False] * 6 + [True, True] + [False] * 4
