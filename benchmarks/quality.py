@@ -210,15 +210,14 @@ def choose_oos_threshold(y_val, predicted_val, confidence_val, oos_label: str) -
 
 
 def reliability(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(members.sum()),
-                         "confidence": float(confidence[members].mean()), "accuracy": float(correct[members].mean())})
-    return rows
+    from pipeline.evaluate import calibration_bins
+
+    table = calibration_bins(correct, confidence, bins)
+    return [
+        {"low": float(table.edges[b]), "high": float(table.edges[b + 1]), "n": int(table.counts[b]),
+         "confidence": float(table.mean_score[b]), "accuracy": float(table.observed[b])}
+        for b in np.flatnonzero(table.counts)
+    ]
 
 
 def score_task(task: Task, predictions: dict[str, Any]) -> dict[str, Any]:

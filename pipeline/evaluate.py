@@ -6,6 +6,8 @@ any `--eval-data` set and a champion model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import warnings
 from typing import Any
 
@@ -95,15 +97,38 @@ def choose_fallback_threshold(
     return best_threshold
 
 
-def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = 15) -> float:
+CALIBRATION_BINS = 15
+
+
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Equal-width score bins: what the ECE and the report's reliability diagram are both made of."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    observed: np.ndarray  # share of positives (or of correct predictions) per bin; nan when empty
+    mean_score: np.ndarray  # nan when empty
+
+
+def calibration_bins(outcome: np.ndarray, score: np.ndarray, bins: int = CALIBRATION_BINS) -> CalibrationBins:
+    outcome = np.asarray(outcome, dtype=float)
+    score = np.asarray(score, dtype=float)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
+    index = np.clip(np.digitize(score, edges[1:-1]), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    observed = np.full(bins, np.nan)
+    mean_score = np.full(bins, np.nan)
+    for b in np.flatnonzero(counts):
+        observed[b] = outcome[index == b].mean()
+        mean_score[b] = score[index == b].mean()
+    return CalibrationBins(edges, counts, observed, mean_score)
+
+
+def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    table = calibration_bins(correct, confidence, bins)
+    filled = table.counts > 0
+    weights = table.counts[filled] / table.counts.sum()
+    return float(np.sum(weights * np.abs(table.observed[filled] - table.mean_score[filled])))
 
 
 def intent_metrics(y_true, predicted, confidence, fallback) -> dict[str, Any]:

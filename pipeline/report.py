@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluate import CALIBRATION_BINS, calibration_bins, expected_calibration_error, purchase_metrics, slice_metrics
 from pipeline.tables import write_bytes_atomic
 from pipeline.text import mask_pii, normalize
 
@@ -81,7 +82,7 @@ LOWER_IS_BETTER = frozenset({"intent_ece"})
 TRADE_OFF = frozenset({"intent_fallback_rate"})
 
 PLOT_FILES = ("confusion_matrix.png", "confidence_histogram.png", "reliability.png", "purchase_pr_curve.png")
-_CALIBRATION_BINS = 15  # the same bins as evaluate.expected_calibration_error
+_CALIBRATION_BINS = CALIBRATION_BINS  # the ECE's bins, so the plot shows what the figure measures
 _MAX_MESSAGE_CHARS = 200
 _DPI = 110
 
@@ -316,22 +317,11 @@ def _plot_confidence(plotter: _Plotter, confidence: np.ndarray, correct: np.ndar
     return plotter.png(fig)
 
 
-def _reliability_bins(outcome: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    edges = np.linspace(0.0, 1.0, _CALIBRATION_BINS + 1)
-    index = np.clip(np.digitize(score, edges[1:-1]), 0, _CALIBRATION_BINS - 1)
-    counts = np.bincount(index, minlength=_CALIBRATION_BINS)
-    observed = np.full(_CALIBRATION_BINS, np.nan)
-    mean_score = np.full(_CALIBRATION_BINS, np.nan)
-    for b in np.flatnonzero(counts):
-        observed[b] = outcome[index == b].mean()
-        mean_score[b] = score[index == b].mean()
-    return edges, counts, observed, mean_score
-
-
 def _reliability_panel(fig, grid_column, outcome: np.ndarray, score: np.ndarray, title: str, ylabel: str, xlabel: str) -> None:
     top = fig.add_subplot(grid_column[0])
     bottom = fig.add_subplot(grid_column[1], sharex=top)
-    edges, counts, observed, mean_score = _reliability_bins(outcome.astype(float), score.astype(float))
+    table = calibration_bins(outcome, score, _CALIBRATION_BINS)
+    edges, counts, observed, mean_score = table.edges, table.counts, table.observed, table.mean_score
     width = edges[1] - edges[0]
     centres = edges[:-1] + width / 2
     filled = counts > 0
@@ -367,7 +357,6 @@ def _plot_reliability(
         "confidence of the predicted intent",
     )
     if purchase is not None:
-        from pipeline.evaluate import expected_calibration_error
 
         labels, scores = purchase
         purchase_ece = expected_calibration_error(labels, scores, bins=_CALIBRATION_BINS)
@@ -722,7 +711,6 @@ def _calibration_section(plotter: _Plotter, scored: pd.DataFrame, intent_metrics
     if not len(scored):
         section.blocks.append(Para("No test messages."))
         return section
-    from pipeline.evaluate import expected_calibration_error
 
     confidence = scored["confidence"].to_numpy(dtype=float)
     correct = (scored["intent"].astype(str) == scored["pred_intent"].astype(str)).to_numpy()
@@ -750,7 +738,6 @@ def _slices_section(scored: pd.DataFrame) -> Section:
     if not len(scored):
         section.blocks.append(Para("No test messages."))
         return section
-    from pipeline.evaluate import slice_metrics
 
     frame = scored
     if "normalized" not in frame.columns:
@@ -854,7 +841,6 @@ def _conversation_section(metrics: dict[str, Any], conversation_test: pd.DataFra
     test = conversation.get("test")
     threshold = conversation.get("threshold", thresholds.get("conversation"))
     if test is None and conversation_test is not None and len(conversation_test) and _finite(threshold):
-        from pipeline.evaluate import purchase_metrics
 
         test = purchase_metrics(
             conversation_test["expressed_purchase_intent"].astype(int), conversation_test["purchase_score"], float(threshold)
