@@ -43,6 +43,7 @@ from tqdm import tqdm
 from pipeline.config import Config, Registry
 from pipeline.nudge import (
     MISSING_TIME,
+    NUDGE_COLUMNS,
     ORDERED_UNKNOWN,
     REASON_FLAGGED,
     REASON_ORDER_UNKNOWN,
@@ -80,10 +81,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1  # bump when what the work directory holds changes
 CHAT_COLUMNS = ("conversation_id", "buyer_id", "shop_id", "role", "text", "sent_at")
 ORDER_COLUMNS = ("buyer_id", "shop_id", "paid_at")
-OUTPUT_COLUMNS = (
-    "conversation_id", "buyer_id", "shop_id", "category", "purchase_score", "evidence",
-    "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after",
-)
+OUTPUT_COLUMNS = NUDGE_COLUMNS
 _BYTES_PER_ROW = {"csv": 90, "jsonl": 140}  # only to choose the number of shards
 
 SHARD_SCHEMA = pa.schema(
@@ -594,7 +592,7 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
         decided.assign(
             conversations=1,
             lost_shoppers=decided["lost"] == 1,
-            lost_with_intent=(decided["lost"] == 1) & decided["expressed_intent"],
+            lost_with_intent=(decided["lost"] == 1) & decided["expressed_purchase_intent"],
             skipped_complaint_or_refund=decided["reason"] == REASON_SKIPPED,
             order_unknown=decided["reason"] == REASON_ORDER_UNKNOWN,
             candidates=decided["reason"] == REASON_FLAGGED,

@@ -72,7 +72,7 @@ def evaluate_flagging(
             "order_unknown": [d.lost is None for d in decisions],
             "expressed_purchase_intent": conversations["expressed_purchase_intent"].astype(bool).to_numpy(),
             "purchase_score": [d.purchase_score for d in decisions],
-            "flagged": [d.flagged for d in decisions],
+            "flagged": [d.nudge for d in decisions],
             "reason": [d.reason for d in decisions],
         }
     )

@@ -15,7 +15,7 @@ API for callers (everything else here is the shared machinery behind it):
   `policy.tz`); turns are put in time order. Roles are mapped through the configured aliases (买家 -> buyer ...).
   Turns the batch job would reject (unknown role, blank text, unparseable sent_at) are left out
   (`usable_turns`); turns without any sent_at are kept, but then lost/send_after need `ordered`/times.
-- `Decision`: purchase_score (conversation level), expressed_intent, lost (True/False/None), flagged, reason
+- `Decision`: purchase_score (conversation level), expressed_purchase_intent, lost (True/False/None), nudge, reason
   (flagged | not_lost | no_purchase_intent | complaint_or_refund | duplicate_in_window | order_unknown),
   evidence, open_concern, suggested_nudge, nudge_text, priority (1 = first), send_after, last_message_at.
 - The intent threshold is `policy.threshold(scorer)`: config `min_score`, else the model's validated one.
@@ -549,7 +549,7 @@ def send_times(last_ms: np.ndarray, policy: NudgePolicy) -> np.ndarray:
 
 
 def decide_table(conversations: pd.DataFrame, policy: NudgePolicy, threshold: float, orders_index: OrdersIndex | None) -> pd.DataFrame:
-    """Adds lost, expressed_intent, reason, candidate, suggested_nudge, nudge_text, priority, send_after_ms.
+    """Adds lost, expressed_purchase_intent, reason, candidate, suggested_nudge, nudge_text, priority, send_after_ms.
 
     `conversations` has one row per conversation: buyer_id, shop_id, first_ms, last_ms, ordered (-1/0/1) and
     the `score_flat` columns. `candidate` is before the one-per-window rule (`apply_one_per_window`)."""
@@ -567,7 +567,7 @@ def decide_table(conversations: pd.DataFrame, policy: NudgePolicy, threshold: fl
     ).astype(object)
     kinds, texts = choose_nudges(frame["open_concern"].to_numpy(object), policy)
     frame["lost"] = lost
-    frame["expressed_intent"] = expressed
+    frame["expressed_purchase_intent"] = expressed
     frame["reason"] = reason
     frame["candidate"] = reason == REASON_FLAGGED
     frame["suggested_nudge"] = kinds
@@ -623,6 +623,14 @@ class ConversationInput:
     ordered: bool | None = None  # known outcome; ignored when decide() gets an orders index
 
 
+# The nudge list's columns (a subset of Decision's fields), in the order of `buyer-intent flag` output
+# and of the service's /flag rows.
+NUDGE_COLUMNS = (
+    "conversation_id", "buyer_id", "shop_id", "category", "purchase_score", "evidence",
+    "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after",
+)
+
+
 @dataclass(frozen=True)
 class Decision:
     conversation_id: str
@@ -630,9 +638,9 @@ class Decision:
     shop_id: str
     category: str | None
     purchase_score: float
-    expressed_intent: bool
+    expressed_purchase_intent: bool
     lost: bool | None
-    flagged: bool
+    nudge: bool  # on the nudge list
     reason: str  # flagged | not_lost | no_purchase_intent | complaint_or_refund | duplicate_in_window | order_unknown
     evidence: str  # masked buyer message that showed the most purchase intent
     open_concern: str  # '' when none
@@ -713,9 +721,9 @@ def decide(
             shop_id=row.shop_id,
             category=conversations[i].category,
             purchase_score=float(row.purchase_score),
-            expressed_intent=bool(row.expressed_intent),
+            expressed_purchase_intent=bool(row.expressed_purchase_intent),
             lost=None if lost[i] == -1 else bool(lost[i]),
-            flagged=reasons[i] == REASON_FLAGGED,
+            nudge=reasons[i] == REASON_FLAGGED,
             reason=str(reasons[i]),
             evidence=str(row.evidence),
             open_concern=str(row.open_concern),

@@ -21,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.conversation import ConversationScorer, Turn
-from pipeline.nudge import MISSING_TIME, ConversationInput, Decision, NudgePolicy, decide, parse_times
+from pipeline.nudge import MISSING_TIME, NUDGE_COLUMNS, ConversationInput, Decision, NudgePolicy, decide, parse_times
 from serving.schemas import Conversation, ModelInfo, NudgeRow, ScoreResponse
 
-# `buyer-intent flag` output columns (pipeline.flag.OUTPUT_COLUMNS) and its order of the list.
-NUDGE_COLUMNS = tuple(NudgeRow.model_fields)
 
 
 class InvalidConversation(ValueError):
@@ -70,31 +68,14 @@ def to_inputs(conversations: Sequence[Conversation], policy: NudgePolicy, single
 
 
 def score_response(decision: Decision, model: ModelInfo) -> ScoreResponse:
-    return ScoreResponse(
-        model=model,
-        conversation_id=decision.conversation_id,
-        buyer_id=decision.buyer_id,
-        shop_id=decision.shop_id,
-        category=decision.category,
-        purchase_score=decision.purchase_score,
-        expressed_purchase_intent=decision.expressed_intent,
-        lost=decision.lost,
-        nudge=decision.flagged,
-        reason=decision.reason,
-        evidence=decision.evidence,
-        open_concern=decision.open_concern,
-        suggested_nudge=decision.suggested_nudge,
-        nudge_text=decision.nudge_text,
-        priority=decision.priority,
-        send_after=decision.send_after,
-        last_message_at=decision.last_message_at,
-    )
+    """The response carries the Decision's fields under their own names (one schema, no renaming)."""
+    return ScoreResponse(model=model, **decision.to_dict())
 
 
 def nudge_rows(decisions: Sequence[Decision], policy: NudgePolicy) -> list[NudgeRow]:
     """The flagged decisions as nudge-list rows, in the order of the `buyer-intent flag` output:
     priority, purchase score (high first), send time, shop, conversation id."""
-    flagged = [d for d in decisions if d.flagged]
+    flagged = [d for d in decisions if d.nudge]
     send_ms = parse_times([d.send_after for d in flagged], policy.tz).tolist()
     order = sorted(
         range(len(flagged)),

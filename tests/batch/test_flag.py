@@ -263,7 +263,7 @@ def test_service_decide_matches_the_batch_job(tmp_path, inputs, flag_bundle_dir,
         for cid, buyer, shop, category, turns in chat_fixture()
     ]
     decisions = {d.conversation_id: d for d in decide(conversations, flag_scorer, policy, orders_index=index)}
-    assert {cid for cid, d in decisions.items() if d.flagged} == set(batch)
+    assert {cid for cid, d in decisions.items() if d.nudge} == set(batch)
     for cid, row in batch.items():
         d = decisions[cid]
         assert (d.evidence, d.open_concern, d.suggested_nudge, d.nudge_text, str(d.priority), d.send_after) == (

@@ -253,11 +253,11 @@ def test_decide_flags_like_the_rules_say(flag_scorer, policy):
     decisions = decide(conversations, flag_scorer, policy)
     assert [d.reason for d in decisions] == [REASON_FLAGGED, REASON_NOT_LOST, REASON_SKIPPED, REASON_ORDER_UNKNOWN, REASON_DUPLICATE]
     first = decisions[0]
-    assert first.flagged and first.lost is True and first.category == "apparel"
+    assert first.nudge and first.lost is True and first.category == "apparel"
     assert first.suggested_nudge == "coupon" and first.open_concern == "price_promo"
     assert "13812345678" not in first.evidence and "[电话x]" in first.evidence
     assert first.send_after == "2024-05-04T10:00:00+08:00"
-    assert decisions[3].lost is None and not decisions[3].flagged
+    assert decisions[3].lost is None and not decisions[3].nudge
 
 
 def test_decide_threshold_and_orders_index(flag_scorer, policy):

@@ -217,8 +217,8 @@ def test_score_conversation_is_the_nudge_decision(app_client, service_module, mo
     )[0]
     assert body["model"] == {"name": "buyer-intent", "version": "local"}
     assert body["purchase_score"] == pytest.approx(expected.purchase_score)
-    assert body["expressed_purchase_intent"] == expected.expressed_intent
-    assert (body["lost"], body["nudge"], body["reason"]) == (expected.lost, expected.flagged, expected.reason)
+    assert body["expressed_purchase_intent"] == expected.expressed_purchase_intent
+    assert (body["lost"], body["nudge"], body["reason"]) == (expected.lost, expected.nudge, expected.reason)
     for key in ("evidence", "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after", "last_message_at"):
         assert body[key] == getattr(expected, key), key
     assert "13812345678" not in json.dumps(body, ensure_ascii=False)  # evidence is masked
@@ -431,3 +431,19 @@ def test_a_slow_body_gets_408_and_never_holds_a_slot(service_module):
     statuses, elapsed, normal = asyncio.run(scenario())
     assert statuses == [408, 408, 408] and elapsed < 2
     assert normal == [200] and len(calls) == 1  # the slot was free for a request whose body arrived
+
+
+def test_nudge_list_and_decision_have_one_schema(service_module):
+    """The batch job's columns, /flag rows and the /score_conversation response use the Decision's
+    field names in the same order, nothing renamed."""
+    from dataclasses import fields
+
+    from pipeline.flag import OUTPUT_COLUMNS
+    from pipeline.nudge import NUDGE_COLUMNS, Decision
+    from serving.schemas import NudgeRow, ScoreResponse
+
+    assert OUTPUT_COLUMNS == NUDGE_COLUMNS
+    assert tuple(NudgeRow.model_fields) == NUDGE_COLUMNS
+    decision_fields = [f.name for f in fields(Decision)]
+    assert set(NUDGE_COLUMNS) <= set(decision_fields)
+    assert [name for name in ScoreResponse.model_fields if name != "model"] == decision_fields
