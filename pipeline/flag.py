@@ -54,6 +54,8 @@ from pipeline.nudge import (
     ShareAlertSettings,
     apply_one_per_window,
     buyer_shop_keys,
+    check_turns,
+    is_blank,
     decide_table,
     format_times,
     load_flag_settings,
@@ -148,12 +150,6 @@ def reason_kind(reason: str) -> str:
     return re.split(r" '| \(|, got |: line ", reason)[0]
 
 
-def _blank(series: pd.Series) -> np.ndarray:
-    if pd.api.types.is_datetime64_any_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
-        return series.isna().to_numpy()
-    return (series.isna() | (series.astype(str).str.strip() == "")).to_numpy()
-
-
 # --- encodings --------------------------------------------------------------------------------------
 
 
@@ -243,16 +239,13 @@ def validate_chat_rows(frame: pd.DataFrame, policy: NudgePolicy) -> tuple[pd.Dat
             reasons[i] = reason(i) if callable(reason) else reason
 
     sent_is_datetime = pd.api.types.is_datetime64_any_dtype(frame["sent_at"].dtype)  # Parquet timestamps
-    text = {name: _as_text(frame[name]) for name in CHAT_COLUMNS if not (name == "sent_at" and sent_is_datetime)}
-    text["sent_at"] = text.get("sent_at", frame["sent_at"])
-    for name in CHAT_COLUMNS:
-        reject(_blank(text[name]), f"missing {name}")
-    roles = normalize_roles(text["role"].fillna("").to_numpy(object), policy)
-    reject(roles == "", lambda i: f"unknown role {text['role'].iloc[i]!r}")
-    sent_source = frame["sent_at"] if sent_is_datetime else text["sent_at"]
-    sent_at = parse_times(sent_source, policy.tz)
-    reject(sent_at == MISSING_TIME, lambda i: f"unparseable sent_at {text['sent_at'].iloc[i]!r}")
-    reject(text["text"].fillna("").str.contains("\ufffd", regex=False).to_numpy(), "bad encoding (U+FFFD in text)")
+    text = {name: _as_text(frame[name]) for name in CHAT_COLUMNS if name != "sent_at"}
+    for name in ("conversation_id", "buyer_id", "shop_id"):
+        reject(is_blank(text[name]), f"missing {name}")
+    sent_source = frame["sent_at"] if sent_is_datetime else _as_text(frame["sent_at"])
+    turns = check_turns(text["role"], text["text"], sent_source, policy, time_required=True)
+    reject(turns.reasons != None, lambda i: turns.reasons[i])  # noqa: E711
+    roles, sent_at = turns.roles, turns.times
     if "ordered" in frame.columns:
         parsed, blank = parse_yes_no_column(frame["ordered"])
         ordered = np.where(parsed < 0, ORDERED_UNKNOWN, parsed).astype(np.int8)
@@ -349,7 +342,7 @@ def partition_chats(
                     source_rows = np.arange(position + 1, position + len(frame) + 1).astype(str).astype(object)
                 position += len(frame)
             for name in has:
-                has[name] = has[name] or (name in frame.columns and not _blank(frame[name]).all())
+                has[name] = has[name] or (name in frame.columns and not is_blank(frame[name]).all())
             base = seq
             valid_mask = np.ones(len(frame), dtype=bool)
             if len(frame):
@@ -443,7 +436,7 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
             paid = parse_times(paid_source, policy.tz)
             reason = np.full(len(frame), None, dtype=object)
             for name in ORDER_COLUMNS:
-                reason[_blank(values[name]) & (reason == None)] = f"missing {name}"  # noqa: E711
+                reason[is_blank(values[name]) & (reason == None)] = f"missing {name}"  # noqa: E711
             reason[(paid == MISSING_TIME) & (reason == None)] = "unparseable paid_at"  # noqa: E711
             bad = np.flatnonzero(reason != None)  # noqa: E711
             rows = frame["_line"].astype(str).to_numpy(object) if "_line" in frame.columns else np.arange(position + 1, position + len(frame) + 1).astype(str)

@@ -654,22 +654,70 @@ class Decision:
         return dict(self.__dict__)
 
 
-def usable_turns(turns: Sequence[Turn], policy: NudgePolicy) -> tuple[list[str], list[str], np.ndarray]:
-    """Roles, texts and times of the turns the batch job would keep, in time order (input order on ties).
+UNREADABLE_TIME = "unparseable sent_at"
 
-    Like `buyer-intent flag`, which rejects such rows: turns with an unknown role, a blank text or a sent_at
-    that is given but unparseable are left out. Turns without any sent_at are kept (live chats), and then
-    the input order stands."""
-    roles = normalize_roles([t.role for t in turns], policy) if turns else np.zeros(0, dtype=object)
+
+@dataclass(frozen=True)
+class CheckedTurns:
+    roles: np.ndarray  # canonical role names ('' where unknown)
+    times: np.ndarray  # epoch ms, MISSING_TIME where absent or unreadable
+    reasons: np.ndarray  # object: None for a usable turn, else why it cannot be used
+
+
+def is_blank(values: Sequence[Any] | pd.Series) -> np.ndarray:
+    """Missing, NaN/NaT or only white space."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if pd.api.types.is_datetime64_any_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        return series.isna().to_numpy()
+    return (series.isna() | (series.astype(str).str.strip() == "")).to_numpy()
+
+
+def check_turns(
+    roles: Sequence[Any] | pd.Series,
+    texts: Sequence[Any] | pd.Series,
+    sent_at: Sequence[Any] | pd.Series,
+    policy: NudgePolicy,
+    *,
+    time_required: bool,
+) -> CheckedTurns:
+    """The one check of chat turns, shared by the batch job (every row of an export needs a time) and the
+    live service and training (turns without a time are kept, in input order): a turn is unusable with a
+    missing role or text, an unknown role, a time that is given but unreadable (or missing when required),
+    or text damaged by a wrong encoding (U+FFFD). The first failing check is the reason."""
+    n = len(roles)
+    reasons = np.full(n, None, dtype=object)
+    role_values = np.asarray(roles.to_numpy(object) if isinstance(roles, pd.Series) else list(roles), dtype=object).reshape(n)
+    text_values = pd.Series(texts.to_numpy(object) if isinstance(texts, pd.Series) else list(texts), dtype=object)
+
+    def reject(mask: np.ndarray, reason) -> None:
+        for i in np.flatnonzero(mask & (reasons == None)):  # noqa: E711 (element-wise)
+            reasons[i] = reason(i) if callable(reason) else reason
+
+    time_blank = is_blank(sent_at)
+    reject(is_blank(role_values), "missing role")
+    reject(is_blank(text_values), "missing text")
+    if time_required:
+        reject(time_blank, "missing sent_at")
+    canonical = normalize_roles(role_values, policy) if n else np.zeros(0, dtype=object)
+    reject(canonical == "", lambda i: f"unknown role {role_values[i]!r}")
+    times = parse_times(sent_at, policy.tz) if n else np.zeros(0, dtype=np.int64)
+    shown = sent_at.to_numpy(object) if isinstance(sent_at, pd.Series) else list(sent_at)
+    reject(~time_blank & (times == MISSING_TIME), lambda i: f"{UNREADABLE_TIME} {str(shown[i])!r}")
+    damaged = text_values.fillna("").astype(str).str.contains("\ufffd", regex=False).to_numpy(dtype=bool)
+    reject(damaged, "bad encoding (U+FFFD in text)")
+    return CheckedTurns(canonical, times, reasons)
+
+
+def usable_turns(turns: Sequence[Turn], policy: NudgePolicy) -> tuple[list[str], list[str], np.ndarray]:
+    """Roles, texts and times of the turns `check_turns` keeps (as the batch job would), in time order
+    (input order on ties). Turns without any sent_at are kept (live chats), and then the input order stands."""
     texts = [t.text if isinstance(t.text, str) else ("" if t.text is None else str(t.text)) for t in turns]
-    given = np.array([t.sent_at is not None and str(t.sent_at).strip() != "" for t in turns], dtype=bool)
-    times = parse_times([t.sent_at if g else None for t, g in zip(turns, given, strict=True)], policy.tz)
-    keep = (roles != "") & np.array([bool(x.strip()) for x in texts], dtype=bool) & ~(given & (times == MISSING_TIME))
-    index = np.flatnonzero(keep)
-    kept_times = times[index]
+    checked = check_turns([t.role for t in turns], texts, [t.sent_at for t in turns], policy, time_required=False)
+    index = np.flatnonzero(checked.reasons == None)  # noqa: E711
+    kept_times = checked.times[index]
     if len(index) and not (kept_times == MISSING_TIME).any():
         index = index[np.argsort(kept_times, kind="stable")]
-    return [str(roles[i]) for i in index], [texts[i] for i in index], times[index]
+    return [str(checked.roles[i]) for i in index], [texts[i] for i in index], checked.times[index]
 
 
 def decide(

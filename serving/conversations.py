@@ -18,10 +18,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from pipeline.conversation import ConversationScorer, Turn
-from pipeline.nudge import MISSING_TIME, NUDGE_COLUMNS, ConversationInput, Decision, NudgePolicy, decide, parse_times
+from pipeline.nudge import NUDGE_COLUMNS, UNREADABLE_TIME, ConversationInput, Decision, NudgePolicy, check_turns, decide, parse_times
 from serving.schemas import Conversation, ModelInfo, NudgeRow, ScoreResponse
 
 
@@ -35,10 +33,12 @@ class InvalidConversation(ValueError):
 
 
 def to_inputs(conversations: Sequence[Conversation], policy: NudgePolicy, single: bool = False) -> list[ConversationInput]:
-    """`decide` inputs; raises InvalidConversation for a `sent_at` the batch job could not read.
+    """`decide` inputs; raises InvalidConversation for a `sent_at` the batch job could not read. Turns the
+    batch job would reject for other reasons (empty text) are left out by `decide` (`nudge.check_turns`).
     `single`: the request holds one `conversation` (/score_conversation), not a `conversations` list."""
-    sent_at = [turn.sent_at for conversation in conversations for turn in conversation.messages]
-    unreadable = set(np.flatnonzero(parse_times(sent_at, policy.tz) == MISSING_TIME).tolist())
+    turns = [turn for conversation in conversations for turn in conversation.messages]
+    checked = check_turns([t.role for t in turns], [t.text for t in turns], [t.sent_at for t in turns], policy, time_required=True)
+    unreadable = {i for i, reason in enumerate(checked.reasons) if reason and reason.startswith(UNREADABLE_TIME)}
     if unreadable:
         errors, position = [], 0
         for c, conversation in enumerate(conversations):
@@ -49,7 +49,7 @@ def to_inputs(conversations: Sequence[Conversation], policy: NudgePolicy, single
                         {
                             "type": "datetime_parsing",
                             "loc": [*where, "messages", t, "sent_at"],
-                            "msg": "not a readable date-time; use ISO 8601 such as 2026-11-20T21:13:05+08:00 (years 1678-2261)",
+                            "msg": "not a readable date-time; use ISO 8601 such as 2026-11-20T21:13:05+08:00 (years 2000-2099)",
                         }
                     )
                 position += 1
@@ -59,7 +59,7 @@ def to_inputs(conversations: Sequence[Conversation], policy: NudgePolicy, single
             conversation_id=conversation.conversation_id,
             buyer_id=conversation.buyer_id or conversation.conversation_id,
             shop_id=conversation.shop_id or "",
-            turns=[Turn(turn.role, turn.text, turn.sent_at) for turn in conversation.messages if turn.text.strip()],
+            turns=[Turn(turn.role, turn.text, turn.sent_at) for turn in conversation.messages],
             category=conversation.category or None,
             ordered=conversation.ordered,
         )
