@@ -17,6 +17,7 @@ from scipy import sparse
 from sklearn.pipeline import FeatureUnion
 
 from pipeline.bundle import ModelBundle, ModelIntegrityError, load_bundle, read_manifest
+from pipeline.compiled import compile_bundle
 
 BUNDLE_ARTIFACT = "bundle"
 
@@ -100,9 +101,11 @@ def load_model(reference: str | None = None, registry=None) -> ModelBundle:
 
 
 class Predictor:
-    """Message-level predictions with the thresholds that were chosen on validation data."""
+    """Message-level predictions with the thresholds that were chosen on validation data.
 
-    def __init__(self, bundle: ModelBundle):
+    `compiled=False` scores with the scikit-learn pipelines, the reference the compiled path is tested against."""
+
+    def __init__(self, bundle: ModelBundle, compiled: bool = True):
         self.bundle = bundle
         self.labels: list[str] = [str(label) for label in bundle.intent.classes_]
         thresholds = bundle.thresholds
@@ -113,6 +116,9 @@ class Predictor:
         steps_p = bundle.purchase.steps if bundle.purchase is not None else None
         # When both models share their fitted feature steps, features are computed once per batch.
         self._shared_features = steps_p is not None and steps_i[1][1] is steps_p[1][1]
+        # The compiled path (pipeline/compiled.py): the same probabilities without scikit-learn per call;
+        # None (one warning) for a model of another structure, or compiled=False: the scikit-learn path.
+        self._compiled = compile_bundle(bundle) if compiled else None
 
     @property
     def has_purchase(self) -> bool:
@@ -122,6 +128,10 @@ class Predictor:
         self.predict(["在吗 亲 包邮吗 [订单x]"])
 
     def _probabilities(self, normalized: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._compiled is not None and not self._compiled.is_current():  # a model part was refit since
+            self._compiled = compile_bundle(self.bundle)
+        if self._compiled is not None:
+            return self._compiled.probabilities(normalized)
         intent_steps = self.bundle.intent.steps
         features = transform_features(intent_steps[1][1], normalized)
         intent_proba = intent_steps[-1][1].predict_proba(features)

@@ -1,0 +1,306 @@
+"""The compiled inference path gives the scikit-learn pipeline's probabilities (issue #12).
+
+Reference: the fitted scikit-learn pipelines themselves (`Pipeline.predict_proba` on the raw texts, which
+normalises them, and `Predictor(bundle, compiled=False)`). The compiled path gets the normalised texts, as
+`Predictor` passes them. Compared on every text of the bundled corpus and of the real-chat dev set (when
+../shared is there), in one batch and one message per call (the two code paths of the dot product).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.svm import LinearSVC
+
+import pipeline.compiled as compiled_module
+from pipeline.bundle import ModelBundle, load_bundle
+from pipeline.compiled import CompiledBundle, CompiledModel, UnsupportedModel, compile_bundle
+from pipeline.estimators import CalibratedLinearClassifier, CompactTfidfVectorizer, JiebaTokenizer, TextNormalizer, packaged_user_words
+from pipeline.inference import Predictor
+from tests.conftest import MESSAGES, SHARED
+
+TOLERANCE = 1e-9
+DEV = SHARED / "realchat-dev" / "messages.csv"
+
+# Edge cases: empty, whitespace, one character, characters no model has seen, a long message (its n-gram
+# counts pass the tf look-up table), and text the normaliser never produces (control characters, tabs).
+LONG = "这件外套有黑色M码吗 包邮吗 今天能发货吗 " * 300
+EDGE_TEXTS = [
+    "",
+    " ",
+    "吗",
+    "ꙮ𓀀𝔘🜁ᚠᛇ",
+    "Ωμέγα ꙮꙮ ߷",
+    "\ue000",
+    "在吗\t\t亲\n\n包邮吗",
+    LONG,
+    ("好" * 5000) + ("的" * 5000),
+    LONG[:4000],
+]
+
+
+def _texts(path) -> list[str]:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)["text"].tolist()
+
+
+def _reference(bundle: ModelBundle, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's probabilities: the fitted pipelines on the raw texts."""
+    return bundle.intent.predict_proba(texts), bundle.purchase.predict_proba(texts)[:, 1]
+
+
+def _assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray], what: str) -> None:
+    (intent, purchase), (intent_ref, purchase_ref) = got, want
+    assert intent.shape == intent_ref.shape and purchase.shape == purchase_ref.shape
+    intent_diff = float(np.abs(intent - intent_ref).max()) if intent.size else 0.0
+    purchase_diff = float(np.abs(purchase - purchase_ref).max()) if purchase.size else 0.0
+    print(f"{what}: {len(intent)} texts, max abs difference intent {intent_diff:.3g}, purchase {purchase_diff:.3g}")
+    assert intent_diff <= TOLERANCE, what
+    assert purchase_diff <= TOLERANCE, what
+    assert np.array_equal(intent.argmax(axis=1), intent_ref.argmax(axis=1)), what
+
+
+@pytest.fixture(scope="module")
+def bundle(corpus_bundle_dir) -> ModelBundle:
+    return load_bundle(corpus_bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def compiled(bundle) -> CompiledBundle:
+    result = compile_bundle(bundle)
+    assert result is not None, "the default model's structure must be compiled"
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus_texts() -> list[str]:
+    return _texts(MESSAGES)
+
+
+@pytest.fixture(scope="module")
+def dev_texts() -> list[str]:
+    if not DEV.exists():
+        pytest.skip("../shared/realchat-dev is not there")
+    return _texts(DEV)
+
+
+def _normalized(bundle: ModelBundle, texts: list[str]) -> list[str]:
+    return bundle.intent.named_steps["normalize"].transform(texts)
+
+
+def _one_per_call(compiled: CompiledBundle, normalized: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [compiled.probabilities([text]) for text in normalized]
+    return np.vstack([intent for intent, _ in rows]), np.concatenate([purchase for _, purchase in rows])
+
+
+def test_the_default_model_is_compiled_with_shared_features(compiled):
+    assert compiled.shared_features
+    assert [type(f.vectorizer) for f in compiled.intent.features.families] == [CompactTfidfVectorizer, CompactTfidfVectorizer]
+
+
+@pytest.mark.parametrize("name", ["corpus", "dev"])
+def test_same_probabilities_as_scikit_learn_in_one_batch(request, bundle, compiled, name):
+    texts = request.getfixturevalue(f"{name}_texts")
+    want = _reference(bundle, texts)
+    _assert_same(compiled.probabilities(_normalized(bundle, texts)), want, f"{name}, one batch")
+
+
+@pytest.mark.parametrize("name", ["corpus", "dev"])
+def test_same_probabilities_as_scikit_learn_one_message_per_call(request, bundle, compiled, name):
+    texts = request.getfixturevalue(f"{name}_texts")
+    want = _reference(bundle, texts)
+    _assert_same(_one_per_call(compiled, _normalized(bundle, texts)), want, f"{name}, one message per call")
+
+
+def test_edge_texts_alone_and_in_a_batch(bundle, compiled, corpus_texts):
+    mixed = [text for pair in zip(EDGE_TEXTS, corpus_texts[: len(EDGE_TEXTS)]) for text in pair]
+    for texts, what in ((EDGE_TEXTS, "edge texts"), (mixed, "edge texts among corpus texts")):
+        want = _reference(bundle, texts)
+        normalized = _normalized(bundle, texts)
+        _assert_same(compiled.probabilities(normalized), want, f"{what}, one batch")
+        _assert_same(_one_per_call(compiled, normalized), want, f"{what}, one per call")
+
+
+def test_unnormalised_edge_texts_as_the_feature_step_sees_them(bundle, compiled):
+    """Texts handed to the compiled path as they are (a raw 10k-character message, tabs, unseen
+    characters): the same as the fitted feature step and classifiers on the same strings."""
+    features = bundle.intent.steps[1][1].transform(EDGE_TEXTS)
+    want = bundle.intent.steps[-1][1].predict_proba(features), bundle.purchase.steps[-1][1].predict_proba(features)[:, 1]
+    _assert_same(compiled.probabilities(EDGE_TEXTS), want, "raw edge texts, one batch")
+    _assert_same(_one_per_call(compiled, EDGE_TEXTS), want, "raw edge texts, one per call")
+
+
+def test_unseen_characters_score_as_the_intercepts_alone(bundle, compiled):
+    """No n-gram of these is in the vocabulary: the scores are the intercepts, as an empty text's."""
+    unseen, empty = compiled.probabilities(["ꙮ𓀀𝔘🜁ᚠᛇ", ""])[0]
+    np.testing.assert_array_equal(unseen, empty)
+    scores = compiled.intent.classifier.scores(np.zeros((1, compiled.intent.classifier.width), dtype=np.float32))
+    np.testing.assert_allclose(unseen, compiled.intent.classifier.predict_proba(scores)[0], rtol=0, atol=TOLERANCE)
+
+
+def test_counts_beyond_the_tf_table_are_computed_the_same_way(bundle, corpus_texts, monkeypatch):
+    monkeypatch.setattr(compiled_module, "TF_TABLE_SIZE", 2)  # every count >= 2 takes the computed path
+    small = CompiledBundle(bundle)
+    texts = corpus_texts[:2000] + EDGE_TEXTS
+    normalized = _normalized(bundle, texts)
+    want = _reference(bundle, texts)
+    _assert_same(small.probabilities(normalized), want, "tf computed, one batch")
+    _assert_same(_one_per_call(small, normalized[-300:]), (want[0][-300:], want[1][-300:]), "tf computed, one per call")
+
+
+def test_predictor_outputs_are_those_of_the_scikit_learn_path(bundle, corpus_texts, dev_texts):
+    texts = corpus_texts[::7] + dev_texts + EDGE_TEXTS
+    fast, reference = Predictor(bundle), Predictor(bundle, compiled=False)
+    assert fast._compiled is not None and reference._compiled is None
+    got, want = fast.predict(texts, top_k=3), reference.predict(texts, top_k=3)
+    pd.testing.assert_frame_equal(got, want)
+    for text in texts[:200] + EDGE_TEXTS:
+        pd.testing.assert_frame_equal(fast.predict([text], top_k=3), reference.predict([text], top_k=3))
+
+
+def test_a_recalibration_after_compiling_is_honoured(bundle, corpus_texts):
+    """train.py builds its Predictor before recalibrating on validation: the calibration is read live."""
+    changed = copy.deepcopy(bundle)
+    predictor = Predictor(changed)
+    texts = corpus_texts[:500]
+    before = predictor.predict_arrays(texts)["intent_confidence"]
+    changed.intent.named_steps["classifier"].temperature_ *= 3.0
+    slope, intercept = changed.purchase.named_steps["classifier"].platt_
+    changed.purchase.named_steps["classifier"].platt_ = (slope * 0.5, intercept + 1.0)
+    got = predictor._probabilities(_normalized(changed, texts))
+    _assert_same(got, _reference(changed, texts), "after recalibration")
+    assert not np.allclose(predictor.predict_arrays(texts)["intent_confidence"], before)
+
+
+def test_a_refit_part_is_recompiled(bundle, corpus_texts):
+    """A replaced estimator (here: float64 weights, so SciPy and the compiled path upcast the features)
+    is noticed; the predictor recompiles and stays equal to scikit-learn."""
+    changed = copy.deepcopy(bundle)
+    predictor = Predictor(changed)
+    first = predictor._compiled
+    estimator = copy.deepcopy(changed.intent.named_steps["classifier"].estimator_)
+    estimator.coef_ = estimator.coef_.astype(np.float64) * 1.5
+    estimator.intercept_ = estimator.intercept_.astype(np.float64)
+    changed.intent.named_steps["classifier"].estimator_ = estimator
+    assert not first.is_current()
+    texts = corpus_texts[:1000] + EDGE_TEXTS
+    normalized = _normalized(changed, texts)
+    got = predictor._probabilities(normalized)
+    assert predictor._compiled is not first and predictor._compiled.is_current()
+    assert predictor._compiled._weights is None  # float64 intent, float32 purchase weights: two products
+    want = _reference(changed, texts)
+    _assert_same(got, want, "float64 weights, one batch")
+    _assert_same(_one_per_call(predictor._compiled, normalized[:200]), (want[0][:200], want[1][:200]), "float64 weights, one per call")
+
+
+# --- structures that are not compiled: one warning, and the scikit-learn path's numbers ---------------
+
+
+def _uncalibrated(bundle: ModelBundle, corpus_texts: list[str]) -> ModelBundle:
+    """The intent classifier replaced by a plain LogisticRegression on the same fitted features."""
+    texts = corpus_texts[:3000]
+    labels = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False)["intent"].tolist()[:3000]
+    features = bundle.intent.steps[1][1]
+    classifier = LogisticRegression(max_iter=300).fit(features.transform(_normalized(bundle, texts)), labels)
+    intent = Pipeline([("normalize", bundle.intent.steps[0][1]), ("features", features), ("classifier", classifier)])
+    return ModelBundle(intent, bundle.purchase, None, dict(bundle.manifest))
+
+
+def _weighted_union(bundle: ModelBundle, corpus_texts: list[str]) -> ModelBundle:
+    """The shared FeatureUnion with transformer_weights: the compiled path does not weight blocks."""
+    changed = copy.deepcopy(bundle)
+    changed.intent.steps[1][1].transformer_weights = {"words": 2.0}
+    return changed
+
+
+@pytest.mark.parametrize(("make", "reason"), [(_uncalibrated, "LogisticRegression"), (_weighted_union, "transformer_weights")])
+def test_an_unrecognised_structure_warns_once_and_keeps_the_scikit_learn_path(bundle, corpus_texts, caplog, make, reason):
+    odd = make(bundle, corpus_texts)
+    with pytest.raises(UnsupportedModel, match=reason):
+        CompiledBundle(odd)
+    with caplog.at_level(logging.WARNING, logger="pipeline.compiled"):
+        predictor = Predictor(odd)
+        texts = corpus_texts[3000:3400] + EDGE_TEXTS
+        got = predictor.predict(texts, top_k=3)
+        for text in texts[:20]:
+            predictor.predict([text])
+    warnings = [record for record in caplog.records if record.name == "pipeline.compiled"]
+    assert len(warnings) == 1 and reason in warnings[0].getMessage() and "scikit-learn" in warnings[0].getMessage()
+    assert predictor._compiled is None
+    pd.testing.assert_frame_equal(got, Predictor(odd, compiled=False).predict(texts, top_k=3))
+    raw = [text for text, normalized in zip(texts, _normalized(odd, texts)) if normalized]
+    intent, purchase = predictor._probabilities([text for text in _normalized(odd, texts) if text])
+    np.testing.assert_allclose(intent, odd.intent.predict_proba(raw), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(purchase, odd.purchase.predict_proba(raw)[:, 1], rtol=0, atol=1e-12)
+
+
+# --- other fitted settings than the default's -----------------------------------------------------------
+
+
+def _vectorizers(words: dict, chars: dict):
+    tokenizer = JiebaTokenizer(packaged_user_words())
+    return (
+        CompactTfidfVectorizer(tokenizer=tokenizer, token_pattern=None, lowercase=False, ngram_range=(1, 2), **words),
+        CompactTfidfVectorizer(analyzer="char", lowercase=False, ngram_range=(1, 3), **chars),
+    )
+
+
+VARIANTS = {
+    "float64, linear tf, LinearSVC": (
+        {"dtype": np.float64, "sublinear_tf": False, "min_df": 2},
+        {"dtype": np.float64, "sublinear_tf": False, "min_df": 2},
+        LinearSVC(C=0.5, max_iter=3000, random_state=0),
+        "intent",
+        True,
+    ),
+    "binary words without idf, chars without norm, SGD": (
+        {"dtype": np.float32, "binary": True, "use_idf": False, "sublinear_tf": True},
+        {"dtype": np.float32, "norm": None, "sublinear_tf": True, "min_df": 2},
+        SGDClassifier(loss="modified_huber", random_state=0),
+        "intent",
+        True,
+    ),
+    "one char_wb vectorizer, binary purchase model": (
+        None,
+        {"dtype": np.float32, "sublinear_tf": True, "analyzer": "char_wb", "ngram_range": (2, 4)},
+        LogisticRegression(C=4.0, max_iter=2000),
+        "purchase_intent",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_other_fitted_settings_match_scikit_learn(variant):
+    words, chars, estimator, target, union = VARIANTS[variant]
+    frame = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False)
+    train, test = frame.iloc[:4000:2], frame.iloc[1:4000:2]
+    if union:
+        features = FeatureUnion(list(zip(("words", "chars"), _vectorizers(words, chars))))
+    else:
+        features = CompactTfidfVectorizer(lowercase=False, **chars)
+    model = Pipeline(
+        [
+            ("normalize", TextNormalizer()),
+            ("features", features),
+            ("classifier", CalibratedLinearClassifier(estimator, n_folds=3, random_state=0, n_jobs=1)),
+        ]
+    )
+    model.fit(train["text"].tolist(), train[target].to_numpy())
+    texts = test["text"].tolist() + EDGE_TEXTS
+    want = model.predict_proba(texts)
+    fast = CompiledModel.from_pipeline(model)
+    normalized = model.named_steps["normalize"].transform(texts)
+    batch = fast.predict_proba(normalized)
+    single = np.vstack([fast.predict_proba([text]) for text in normalized])
+    for got, what in ((batch, "one batch"), (single, "one per call")):
+        diff = float(np.abs(got - want).max())
+        print(f"{variant}, {what}: max abs difference {diff:.3g}")
+        assert diff <= TOLERANCE
+        assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
+    np.testing.assert_array_equal(fast.predict(normalized), model.predict(texts))
