@@ -55,6 +55,7 @@ class NoiseSettings(_Strict):
     commas: float = Field(ge=0, le=1)  # spaces between clauses replaced by commas (when not the above)
     fullwidth: float = Field(ge=0, le=1)  # ASCII letters and digits typed full-width
     newline: float = Field(ge=0, le=1)  # parts of a composed message joined by a line break
+    platform_export: float = Field(0.0, ge=0, le=1)  # messages (conversations) as the JD export writes them
     long: float = Field(ge=0, le=1)  # a long, rambling message: up to max_additions added sentences (else 1)
     max_additions: int = Field(3, ge=1)
 

@@ -303,7 +303,7 @@ class ConversationFactory:
     def render(self, turns: list[Turn], stage: str, category: str, shop: Shop, start: int, rng: random.Random) -> list[dict]:
         """Messages with timestamps (epoch seconds, formatted later) for a script."""
         p = self.config.noise
-        style = SlotStyle(anonymised=rng.random() < p.anonymised, mask_numbers=p.mask_numbers)
+        style = SlotStyle(anonymised=rng.random() < p.anonymised, mask_numbers=p.mask_numbers, platform_export=rng.random() < p.platform_export)
         filler = SlotFiller(category, rng, style)
         agent = rng.choice(AGENT_NAMES)
         messages: list[dict] = []

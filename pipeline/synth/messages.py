@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline.synth.config import CorpusConfig
-from pipeline.synth.noise import NoiseModel
+from pipeline.synth.noise import NoiseModel, as_exported
 from pipeline.synth.rng import make_rng
 from pipeline.synth.seeds import Seed
 from pipeline.synth.stats import NearDuplicateIndex, char_ngrams
@@ -54,12 +54,13 @@ class Composer:
         """One variant of `seed`; `style` fixes raw vs anonymised (a conversation is one export)."""
         p = self.config.noise
         if style is None:
-            style = SlotStyle(anonymised=rng.random() < p.anonymised, mask_numbers=p.mask_numbers)
+            style = SlotStyle(anonymised=rng.random() < p.anonymised, mask_numbers=p.mask_numbers, platform_export=rng.random() < p.platform_export)
         filler = SlotFiller(category, rng, style, hint=seed.text)
         body = filler.fill(seed.text)
         if style.anonymised and rng.random() < p.mask_bare_numbers:
             body = filler.mask_bare_numbers(body)
-        return self.noise.apply(body, seed.intent, stage, filler, rng)
+        text = self.noise.apply(body, seed.intent, stage, filler, rng)
+        return as_exported(text) if style.platform_export else text
 
 
 def intent_targets(config: CorpusConfig, available: set[str]) -> dict[str, int]:

@@ -106,6 +106,17 @@ _ASCII_TO_FULL = {c: chr(ord(c) + 0xFEE0) for c in map(chr, range(0x21, 0x7F))}
 _FULL_PUNCT_TO_ASCII = str.maketrans({"，": ",", "？": "?", "！": "!", "：": ":", "（": "(", "）": ")"})
 
 
+_EXPORTED_PUNCT = str.maketrans({"\n": " ", "\r": " ", ",": "，", "？": "?"})
+
+
+def as_exported(text: str) -> str:
+    """What the JD chat export makes of a typed message (the real pool has no line breaks, no ASCII
+    commas and no full-width question marks): line breaks become spaces, commas full-width, question
+    marks ASCII. The model's normaliser (NFKC) reads both forms the same; this is about how the corpus
+    looks next to real exports."""
+    return text.translate(_EXPORTED_PUNCT)
+
+
 def order_card(filler: SlotFiller, intent: str, rng: random.Random) -> str:
     """The card a platform inserts when a buyer consults about an order (rule 7: ignored before a question)."""
     return rng.choice(ORDER_CARDS).format(
@@ -169,7 +180,7 @@ def restyle_punctuation(text: str, intent: str, rng: random.Random) -> str:
     elif choice < 0.8 and intent in VENT_INTENTS:
         end = rng.choice(("！", "!!", "？？？", "。。。"))
     elif choice < 0.85:
-        end = rng.choice(("。", ".", "。。。", "…"))
+        end = rng.choice(("。", "。", "。", ".", "。。。", "…"))
     else:
         text = text.translate(_FULL_PUNCT_TO_ASCII)
         return text

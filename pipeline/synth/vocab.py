@@ -225,6 +225,7 @@ class SlotStyle:
 
     anonymised: bool
     mask_numbers: float  # probability to mask a price/date/number in an anonymised message
+    platform_export: bool = False  # written as the platform's chat export writes it (`noise.as_exported`)
 
 
 def _cn_small(n: int) -> str:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.synth.cli import build, data_app
 from pipeline.synth.config import load_corpus_config
+from pipeline.synth.messages import Composer
 from pipeline.synth.noise import GREETINGS, POLITE_TAILS, NoiseModel
 from pipeline.synth.seeds import is_conversation_seed
 from pipeline.synth.vocab import SlotFiller, SlotStyle
@@ -47,6 +48,20 @@ def test_noise_keeps_labels(corpus_config) -> None:
         assert "订单号" not in bare  # no order card glued to a bare order number
         # a pre-sales question never gains after-delivery context
         assert not any(word in noise.apply("有货吗", "stock", "pre_sales", filler, rng) for word in ("收到", "签收", "到货"))
+
+
+def test_platform_export_writes_what_the_export_writes_and_normalises_alike(corpus_config, seeds) -> None:
+    """A message written as the JD export writes it has no line break, no ASCII comma and no full-width
+    question mark, and the model reads it exactly as the typed form."""
+    composer = Composer(corpus_config.model_copy(update={"noise": corpus_config.noise.model_copy(update={"clean": 0.0, "order_card": 1.0})}))
+    exported = SlotStyle(anonymised=True, mask_numbers=1.0, platform_export=True)
+    typed = SlotStyle(anonymised=True, mask_numbers=1.0, platform_export=False)
+    after_sales = [s for s in seeds if s.stage in ("after_sales", "any") and not s.purchase_intent][:300]
+    for seed in after_sales:
+        text = composer.compose(seed, "electronics", "after_sales", random.Random(seed.id), exported)
+        assert not any(mark in text for mark in ("\n", ",", "？")), text
+        as_typed = composer.compose(seed, "electronics", "after_sales", random.Random(seed.id), typed)
+        assert normalize(text) == normalize(as_typed)
 
 
 def test_raw_and_anonymised_values_normalise_alike() -> None:
