@@ -10,9 +10,10 @@ prediction needs is taken from the fitted pipelines once, when the model is load
   vocabulary dict (n-gram -> column), its column offset in the stacked feature matrix, its idf, sublinear
   tf and norm;
 - per model: the linear weights transposed (one contiguous row per feature column; the intent and purchase
-  weights side by side when the two models share their feature step), the intercepts, and the calibration
+  weights, and intercepts, side by side when the two models share their feature step), and the calibration
   (the softmax temperature, or Platt's slope and intercept), read from the fitted classifier at every call
-  so that a `recalibrate` after loading is honoured.
+  so that a `recalibrate` after loading is honoured. A refit part (another vectorizer, estimator, weight or
+  intercept object) makes `is_current()` false, and `Predictor` compiles again.
 
 A message is then scored with dict look-ups, a few numpy operations on arrays as long as its n-grams, and a
 dot product over the weight rows of its columns. Every floating-point operation is the one scikit-learn and
@@ -160,7 +161,8 @@ class CompiledFeatures:
         self._idf = np.concatenate([f.idf if f.idf is not None else np.ones(f.width, self.dtype) for f in self.families])
         self._families = [(f.analyzer, f.lookup, f.offset, f.binary) for f in self.families]
         self._family_ids = np.arange(n_families)
-        self._l2 = np.array([f.l2 for f in self.families])
+        self._l2 = [f.l2 for f in self.families]
+        self._any_l2 = any(self._l2)
         self._any_binary = any(f.binary for f in self.families)
         self._offsets = np.array([f.offset for f in self.families], dtype=np.int64)
 
@@ -171,6 +173,8 @@ class CompiledFeatures:
         else:
             indices, counts, lengths = self._count_many(texts)
         data = self._values(indices, counts, lengths)
+        if len(texts) == 1:
+            return data, indices, np.array((0, len(indices)), dtype=np.int64)
         indptr = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths.reshape(len(texts), len(self.families)).sum(axis=1), out=indptr[1:])
         return data, indices, indptr
@@ -231,9 +235,13 @@ class CompiledFeatures:
     def _values(self, indices: np.ndarray, counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """TF-IDF values of the entries, as `TfidfTransformer.transform` computes them block by block."""
         n_families = len(self.families)
-        family = np.repeat(np.tile(self._family_ids, len(lengths) // n_families), lengths) if n_families > 1 else 0
-        spill = counts >= TF_TABLE_SIZE
-        if spill.any():
+        n_rows = len(lengths) // n_families
+        if n_families == 1:
+            family = 0
+        else:
+            family = np.repeat(self._family_ids if n_rows == 1 else np.tile(self._family_ids, n_rows), lengths)
+        if len(counts) and counts.max() >= TF_TABLE_SIZE:
+            spill = counts >= TF_TABLE_SIZE
             data = self._tf_tables[family, np.where(spill, 1, counts)]
             family = np.broadcast_to(family, counts.shape)
             for f, tf_family in enumerate(self.families):
@@ -242,13 +250,13 @@ class CompiledFeatures:
         else:
             data = self._tf_tables[family, counts]
         data *= self._idf[indices]  # `X.data *= self.idf_[X.indices]`
-        if not self._l2.any():
+        if not self._any_l2:
             return data
         # sklearn's _inplace_csr_row_normalize_l2 on each block row: the squares taken in the dtype, summed
         # in double in column order, every value divided by the square root in double and stored back.
         squares = (data * data).astype(np.float64).tolist()
         norms = [1.0] * len(lengths)
-        l2 = self._l2.tolist() * (len(lengths) // n_families)
+        l2 = self._l2 * n_rows
         start = 0
         for segment, length in enumerate(lengths.tolist()):
             if length and l2[segment]:
@@ -380,7 +388,7 @@ def _fitted_parts(pipeline) -> list:
         tfidf = getattr(transformer, "_tfidf", None)
         parts += [transformer, getattr(transformer, "vocabulary_", None), tfidf, getattr(tfidf, "idf_", None)]
     estimator = getattr(classifier, "estimator_", None)
-    parts += [estimator, getattr(estimator, "coef_", None)]
+    parts += [estimator, getattr(estimator, "coef_", None), getattr(estimator, "intercept_", None)]
     return parts
 
 
@@ -397,12 +405,16 @@ class CompiledBundle:
         self.intent = CompiledModel.from_pipeline(bundle.intent)
         self.purchase = None
         self._weights = None  # (n_features, intent width + purchase width) when the features are shared
+        self._intercepts = None  # both intercepts side by side, when they are arrays of one dtype
         if bundle.purchase is not None:
             self.purchase = CompiledModel.from_pipeline(bundle.purchase, features=self.intent.features)
             intent_coef, purchase_coef = self.intent.classifier.coef, self.purchase.classifier.coef
             if self.shared_features and intent_coef.dtype == purchase_coef.dtype:
                 # columns are independent in the product, so side by side they give the same numbers
                 self._weights = np.ascontiguousarray(np.vstack([intent_coef, purchase_coef]).T)
+                intercepts = self.intent.classifier.estimator.intercept_, self.purchase.classifier.estimator.intercept_
+                if all(isinstance(i, np.ndarray) and i.ndim == 1 for i in intercepts) and intercepts[0].dtype == intercepts[1].dtype:
+                    self._intercepts = np.concatenate(intercepts)  # added as `X @ coef_.T + intercept_` adds each
         self._parts = self._fitted_parts()
 
     @property
@@ -440,8 +452,12 @@ class CompiledBundle:
         data, indices, indptr = features.transform(normalized)
         product = _linear_product(data, indices, indptr, self._weights, features.n_features)
         width = intent.classifier.width
-        intent_proba = intent.classifier.predict_proba(intent.classifier.scores(product[:, :width]))
-        return intent_proba, purchase.classifier.positive_proba(purchase.classifier.scores(product[:, width:]))
+        if self._intercepts is None:
+            intent_scores, purchase_scores = intent.classifier.scores(product[:, :width]), purchase.classifier.scores(product[:, width:])
+        else:
+            scores = np.asarray(product + self._intercepts, dtype=np.float64)
+            intent_scores, purchase_scores = scores[:, :width], scores[:, width]
+        return intent.classifier.predict_proba(intent_scores), purchase.classifier.positive_proba(purchase_scores)
 
 
 def compile_bundle(bundle) -> CompiledBundle | None:

@@ -101,6 +101,13 @@ def _one_per_call(compiled: CompiledBundle, normalized: list[str]) -> tuple[np.n
 def test_the_default_model_is_compiled_with_shared_features(compiled):
     assert compiled.shared_features
     assert [type(f.vectorizer) for f in compiled.intent.features.families] == [CompactTfidfVectorizer, CompactTfidfVectorizer]
+    features = compiled.intent.features
+    width = compiled.intent.classifier.width + 1
+    assert compiled._weights.shape == (features.n_features, width) and compiled._intercepts.shape == (width,)
+    # what compiling adds: the weights side by side, one idf over all columns, the tf tables
+    assert compiled.nbytes == compiled._weights.nbytes + features._idf.nbytes + features._tf_tables.nbytes
+    intent, purchase = compiled.probabilities([])
+    assert intent.shape == (0, width - 1) and purchase.shape == (0,)
 
 
 @pytest.mark.parametrize("name", ["corpus", "dev"])
@@ -196,6 +203,14 @@ def test_a_refit_part_is_recompiled(bundle, corpus_texts):
     want = _reference(changed, texts)
     _assert_same(got, want, "float64 weights, one batch")
     _assert_same(_one_per_call(predictor._compiled, normalized[:200]), (want[0][:200], want[1][:200]), "float64 weights, one per call")
+    # a new intercept object alone is noticed too
+    second = predictor._compiled
+    purchase_estimator = changed.purchase.named_steps["classifier"].estimator_
+    purchase_estimator.intercept_ = purchase_estimator.intercept_ + np.float32(0.75)
+    assert not second.is_current()
+    want = _reference(changed, texts)
+    _assert_same(predictor._probabilities(normalized), want, "new purchase intercept, one batch")
+    assert predictor._compiled is not second
 
 
 # --- structures that are not compiled: one warning, and the scikit-learn path's numbers ---------------
