@@ -14,6 +14,10 @@ from pipeline.config import ConfigError, load_config
 
 app = typer.Typer(help="Intent and purchase-intent models for e-commerce buyer chats.", no_args_is_help=True, add_completion=False)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML config (default: configs/default.yaml)")]
+ColumnsOption = Annotated[
+    Optional[str],
+    typer.Option("--columns", help="map the file's headers: HEADER=column,... e.g. 内容=text,发送时间=sent_at (adds to columns.aliases)"),
+]
 ModelOption = Annotated[
     Optional[str],
     typer.Option("--model", help="models:/buyer-intent@champion (default), a registered version, or a local model directory"),
@@ -51,6 +55,7 @@ def train(
     ] = None,
     promote: Annotated[Optional[bool], typer.Option("--promote/--no-promote", help="force or forbid setting the champion alias")] = None,
     seed: Annotated[Optional[int], typer.Option(help="override the config seed")] = None,
+    columns: ColumnsOption = None,
 ) -> None:
     """Fit, evaluate, log to MLflow, register `buyer-intent`, maybe promote to champion, write the report."""
     from pipeline.data import DataError
@@ -61,7 +66,7 @@ def train(
         config,
         {"paths.data": str(data) if data else None, "paths.model_dir": str(model_dir) if model_dir else None,
          "paths.conversations": str(conversations) if conversations else None, "paths.orders": str(orders) if orders else None,
-         "seed": seed},
+         "seed": seed, "columns.map": columns},
     )
     if conversations and not orders:  # the config's orders belong to the config's conversations, not to these
         cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
@@ -86,6 +91,7 @@ def predict(
     output: Annotated[Path, typer.Option("--output", help="output file; format by extension")],
     model: ModelOption = None,
     config: ConfigOption = None,
+    columns: ColumnsOption = None,
 ) -> None:
     """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row."""
     from pipeline.bundle import ModelIntegrityError
@@ -95,7 +101,7 @@ def predict(
 
     _setup_logging()
     try:
-        counts = predict_file(input, output, model, _config(config, {}))
+        counts = predict_file(input, output, model, _config(config, {"columns.map": columns}))
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))
@@ -107,6 +113,7 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="directory for metrics.json and the report")],
     model: ModelOption = None,
     config: ConfigOption = None,
+    columns: ColumnsOption = None,
 ) -> None:
     """Metrics and the report of a model on a labelled file."""
     from pipeline.bundle import ModelIntegrityError
@@ -116,7 +123,7 @@ def evaluate(
 
     _setup_logging()
     try:
-        metrics = evaluate_file(data, out, model, _config(config, {}))
+        metrics = evaluate_file(data, out, model, _config(config, {"columns.map": columns}))
     except (ModelNotFoundError, ModelIntegrityError, DataError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} fallback_rate={metrics['fallback_rate']:.4f}")
@@ -146,6 +153,7 @@ def flag(
     model: ModelOption = None,
     window: Annotated[Optional[str], typer.Option("--window", help="attribution window, e.g. 72h")] = None,
     config: ConfigOption = None,
+    columns: ColumnsOption = None,
 ) -> None:
     """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
     from pipeline.bundle import ModelIntegrityError
@@ -155,7 +163,7 @@ def flag(
 
     _setup_logging()
     try:
-        summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {}))
+        summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {"columns.map": columns}))
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
         _fail(exc)
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
@@ -169,16 +177,17 @@ def tune(
     trials: Annotated[int, typer.Option(help="number of configurations to try")] = 20,
     folds: Annotated[int, typer.Option(help="grouped cross-validation folds on the training split")] = 3,
     n_jobs: Annotated[int, typer.Option(help="parallel workers")] = 2,
+    columns: ColumnsOption = None,
 ) -> None:
     """Search features and classifiers by cross-validation on the training split; write the best config."""
-    from pipeline.data import DataError, load_labelled
+    from pipeline.data import LABELLED_COLUMNS, DataError, load_labelled
     from pipeline.tables import TableError
     from pipeline.tune import run_tune
 
     _setup_logging()
-    cfg = _config(config, {"paths.data": str(data) if data else None})
+    cfg = _config(config, {"paths.data": str(data) if data else None, "columns.map": columns})
     try:  # TuneError (a bad search space) is a ValueError: a one-line error naming the key, not a traceback
-        labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label)
+        labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label, cfg.columns.names().only(LABELLED_COLUMNS))
         result = run_tune(cfg, labelled, out, n_trials=trials, folds=folds, n_jobs=n_jobs)
     except (ConfigError, DataError, TableError, ValueError) as exc:
         _fail(exc)

@@ -232,6 +232,26 @@ class ReportSettings(_Strict):
     examples_per_confusion: int = Field(ge=0)
 
 
+class ColumnSettings(_Strict):
+    """Headers of shop exports -> the columns the jobs read; `--columns HEADER=column` adds to them."""
+
+    aliases: dict[str, list[str]]
+    map: str  # HEADER=column,... (what --columns sets)
+
+    @field_validator("map")
+    @classmethod
+    def _pairs(cls, value: str) -> str:
+        from pipeline.tables import parse_column_map
+
+        parse_column_map(value)  # a TableError (ValueError) names the bad pair
+        return value
+
+    def names(self):
+        from pipeline.tables import ColumnNames
+
+        return ColumnNames.from_settings(self.aliases, self.map)
+
+
 class Config(_Strict):
     """Every setting of a run. No field has a default here: `configs/default.yaml` is the one source of
     defaults, and another config file only states what it changes (`load_config` lays it over)."""
@@ -250,6 +270,7 @@ class Config(_Strict):
     flag: FlagSettings
     serving: ServingSettings
     tune: TuneSettings
+    columns: ColumnSettings
 
 
 class ConfigError(ValueError):

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.tables import Rejected, TableError, parse_yes_no, read_table, rejected_frame, write_table_atomic
+from pipeline.tables import PLAIN_COLUMNS, ColumnNames, Rejected, TableError, parse_yes_no, read_table, rejected_frame, write_table_atomic
 from pipeline.text import normalize
 
 REQUIRED_COLUMNS = ("text", "intent")
 OPTIONAL_COLUMNS = ("purchase_intent", "group")
+LABELLED_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)  # the columns export headers are mapped to
 _LABEL_RE = re.compile(r"^[^\s,;]{1,64}$")
 
 
@@ -100,11 +101,14 @@ def validate_labelled(frame: pd.DataFrame, source: str, min_examples_per_label: 
     return valid[columns + extra].reset_index(drop=True), rejected
 
 
-def load_labelled(path: str | Path, quarantine_dir: str | Path | None = None, min_examples_per_label: int = 1) -> LabelledData:
-    """Read and validate a labelled file; rejected rows are written to `quarantine_dir/<name>.rejected.csv`."""
+def load_labelled(
+    path: str | Path, quarantine_dir: str | Path | None = None, min_examples_per_label: int = 1, names: ColumnNames = PLAIN_COLUMNS
+) -> LabelledData:
+    """Read and validate a labelled file (headers mapped by `names`); rejected rows are written to
+    `quarantine_dir/<name>.rejected.csv`."""
     path = Path(path)
     try:
-        frame, rejected = read_table(path)
+        frame, rejected = read_table(path, names)
     except TableError as exc:
         raise DataError(str(exc)) from exc
     valid, invalid = validate_labelled(frame, str(path), min_examples_per_label)

@@ -65,11 +65,14 @@ from pipeline.nudge import (
     share_warnings,
 )
 from pipeline.tables import (
+    PLAIN_COLUMNS,
+    ColumnNames,
     TableError,
     atomic_file,
     detect_encoding,
     iter_table,
     parse_yes_no_column,
+    require_columns,
     table_format,
     utf8_copy,
     whole_file_encoding,
@@ -289,7 +292,7 @@ def _shard_count(path: Path, settings: FlagSettings, workers: int) -> int:
 
 
 def partition_chats(
-    chats: Path, work: Path, settings: FlagSettings, policy: NudgePolicy, progress: bool, workers: int = 1
+    chats: Path, work: Path, settings: FlagSettings, policy: NudgePolicy, progress: bool, workers: int = 1, names: ColumnNames = PLAIN_COLUMNS
 ) -> dict[str, Any]:
     """Phase 1: validated rows into shards (whole conversations per shard), rejected rows with reasons."""
     part_dir = work / "partition"
@@ -325,7 +328,7 @@ def partition_chats(
     rows_in += encoding_rejects
     bar = tqdm(desc="partition", unit="rows", disable=not progress, file=sys.stderr, mininterval=1.0)
     try:
-        for chunk in iter_table(readable, chunk_rows):
+        for chunk in iter_table(readable, chunk_rows, names):
             frame = chunk.frame
             frame.columns = [str(c).strip().lower() for c in frame.columns]
             if conversations:
@@ -412,7 +415,7 @@ def _write_shards(valid: pd.DataFrame, n_shards: int, part_dir: Path, writers: d
 # --- orders -----------------------------------------------------------------------------------------
 
 
-def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy: NudgePolicy) -> dict[str, Any]:
+def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy: NudgePolicy, names: ColumnNames = PLAIN_COLUMNS) -> dict[str, Any]:
     """Orders -> `orders.npz` (buyer+shop key, paid_at; 16 bytes an order) and their rejected rows."""
     source = str(orders)
     readable, rejected, encoding_rejects = readable_copy(orders, work, source)
@@ -421,7 +424,7 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
     rows_in, used = encoding_rejects, 0
     position = 0
     try:
-        for chunk in iter_table(readable, settings.chunk_rows):
+        for chunk in iter_table(readable, settings.chunk_rows, names):
             frame = chunk.frame
             frame.columns = [str(c).strip().lower() for c in frame.columns]
             missing = [c for c in ORDER_COLUMNS if c not in frame.columns]
@@ -769,8 +772,9 @@ def _release_memory() -> None:
         pass
 
 
-def _run_key(chats: Path, orders: Path | None, model_identity: dict, settings: FlagSettings) -> str:
+def _run_key(chats: Path, orders: Path | None, model_identity: dict, settings: FlagSettings, names: list[ColumnNames] | None = None) -> str:
     material = {
+        "columns": [{"aliases": n.aliases, "explicit": n.explicit} for n in names or []],
         "format": CHECKPOINT_FORMAT,
         "chats": _file_identity(chats),
         "orders": _file_identity(orders),
@@ -817,13 +821,22 @@ def run_flag(
         table_format(out)
     except TableError as exc:
         raise FlagError(f"--out {exc}") from exc
+    chat_names = config.columns.names().only((*CHAT_COLUMNS, "category", "ordered"))
+    order_names = config.columns.names().only(ORDER_COLUMNS)
+    try:  # headers are checked before the model is resolved and loaded
+        if not (table_format(chats) == "jsonl" and _jsonl_is_conversations(chats)):
+            require_columns(chats, CHAT_COLUMNS, chat_names)
+        if orders is not None:
+            require_columns(orders, ORDER_COLUMNS, order_names)
+    except TableError as exc:
+        raise FlagError(str(exc)) from exc
 
     resolved = resolve_model(model, Registry.from_config(config))
     manifest = read_manifest(resolved.directory)
     thresholds = manifest.get("thresholds", {})
     model_threshold = float(thresholds.get("conversation", thresholds.get("purchase", 0.5)))
     model_identity = {"sha256": (manifest.get("sha256") or {}).get("models.skops"), "version": resolved.version, "name": resolved.name}
-    key = _run_key(chats, orders, model_identity, settings)
+    key = _run_key(chats, orders, model_identity, settings, [chat_names, order_names])
     base = Path(work_dir or settings.work_dir or out.parent / f".{out.name}.work")
     work = base / key
     if base.is_dir():
@@ -839,7 +852,7 @@ def run_flag(
         log.info("partition: resumed from %s", work)
     else:
         t0 = time.perf_counter()
-        partition = partition_chats(chats, work, settings, policy, progress, n_workers)
+        partition = partition_chats(chats, work, settings, policy, progress, n_workers, chat_names)
         log.info("partition: %d rows into %d shards in %.1fs", partition["rows_in"], partition["shards"], time.perf_counter() - t0)
     _release_memory()  # the partition's buffers: the parent idles while workers run
     if orders is None and not partition["has_ordered"]:
@@ -849,7 +862,7 @@ def run_flag(
         if (work / "orders.json").is_file() and (work / "orders.npz").is_file():
             orders_info = json.loads((work / "orders.json").read_text(encoding="utf-8"))
         else:
-            orders_info = build_orders_index(orders, work, settings, policy)
+            orders_info = build_orders_index(orders, work, settings, policy, order_names)
             _release_memory()
 
     tasks = [

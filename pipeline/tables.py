@@ -72,6 +72,120 @@ def parse_yes_no_column(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return parsed, (cells == "").to_numpy()
 
 
+def _header_key(name: object) -> str:
+    """Headers compared without case, surrounding or inner blanks, or a BOM: `会话 ID` is `会话id`."""
+    return "".join(str(name).replace("\ufeff", "").split()).lower()
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """Which header of a shop's export is which column the jobs read (`columns.aliases` in the config,
+    `--columns HEADER=column` on the command line). A header matches a column's own name or one of its
+    aliases ignoring case and blanks; headers that name no known column are kept as read."""
+
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> headers meaning it
+    explicit: dict[str, str] = field(default_factory=dict)  # header -> column (--columns), wins over aliases
+
+    @classmethod
+    def from_settings(cls, aliases: dict[str, list[str]] | None = None, explicit: str | dict[str, str] | None = None) -> "ColumnNames":
+        return cls({k: tuple(v) for k, v in (aliases or {}).items()}, parse_column_map(explicit) if isinstance(explicit, str) else dict(explicit or {}))
+
+    def only(self, columns: tuple[str, ...] | list[str]) -> "ColumnNames":
+        """The mapping for a job that reads `columns`: other headers stay as they are (predict keeps a
+        `shop` column named `shop`)."""
+        wanted = set(columns)
+        return ColumnNames(
+            {c: names for c, names in self.aliases.items() if c in wanted}, {h: c for h, c in self.explicit.items() if c in wanted}
+        )
+
+    def mapping(self, headers: list[str]) -> dict[str, str]:
+        """header -> column for `headers`; TableError when two headers would become one column."""
+        lookup = {_header_key(column): column for column in self.aliases}
+        for column, names in self.aliases.items():
+            for name in names:
+                lookup.setdefault(_header_key(name), column)
+        lookup.update({_header_key(header): column for header, column in self.explicit.items()})
+        result, taken = {}, {}
+        for header in headers:
+            if header == "_line":
+                result[header] = header
+                continue
+            column = lookup.get(_header_key(header), header)
+            if column in taken:
+                raise TableError(
+                    f"headers {taken[column]!r} and {header!r} both mean column {column!r}; "
+                    f"say which one with --columns {header}={column} (or rename the other)"
+                )
+            taken[column] = header
+            result[header] = column
+        return result
+
+    def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if len(frame.columns):
+            frame = frame.rename(columns=self.mapping([str(c) for c in frame.columns]))
+        return frame
+
+
+PLAIN_COLUMNS = ColumnNames()
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """`内容=text,发送时间=sent_at` -> {header: column}."""
+    mapping = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        header, sep, column = part.partition("=")
+        if not sep or not header.strip() or not column.strip():
+            raise TableError(f"--columns expects HEADER=column pairs separated by commas, got {part.strip()!r}")
+        mapping[header.strip()] = column.strip().lower()
+    return mapping
+
+
+def read_header(path: str | Path) -> list[str]:
+    """A table's column names without reading its rows (JSONL: the keys of the first object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file not found")
+    fmt = table_format(path)
+    if fmt == "parquet":
+        try:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise TableError(f"{path}: not a readable Parquet file: {exc}") from exc
+    with open(path, "rb") as handle:  # the first non-blank line only: later lines may be in another encoding
+        first = next((line for line in handle if line.strip()), b"")
+    text = _decode_line(first[len(codecs.BOM_UTF8):] if first.startswith(codecs.BOM_UTF8) else first)
+    if fmt == "csv":
+        return [name.strip() for name in next(csv.reader([text]), [])]
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    return list(record) if isinstance(record, dict) else []
+
+
+def _decode_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("gb18030", errors="replace")
+
+
+def require_columns(path: str | Path, required: tuple[str, ...] | list[str], names: ColumnNames = PLAIN_COLUMNS) -> None:
+    """Fail on a missing column from the header alone, before any model is loaded or row is read."""
+    headers = read_header(path)
+    if not headers:
+        return  # an empty file: the job says so with its own message
+    present = set(names.mapping(headers).values())
+    missing = [column for column in required if column not in present]
+    if missing:
+        raise TableError(
+            f"{path}: missing column(s) {missing}; found {headers}. Map a header with --columns HEADER=column "
+            "(e.g. --columns 内容=text) or add it under columns.aliases in the config"
+        )
+
+
 def table_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -241,9 +355,15 @@ def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
         yield Chunk(batch.to_pandas())
 
 
-def iter_table(path: str | Path, chunk_rows: int = 100_000) -> Iterator[Chunk]:
-    """Chunks of a CSV/JSONL/Parquet file (format by extension); CSV values are kept as strings."""
-    path = Path(path)
+def iter_table(path: str | Path, chunk_rows: int = 100_000, names: ColumnNames = PLAIN_COLUMNS) -> Iterator[Chunk]:
+    """Chunks of a CSV/JSONL/Parquet file (format by extension), headers mapped to the jobs' column names
+    (`names`; lower-cased otherwise); CSV values are kept as strings."""
+    for chunk in _iter_raw(Path(path), chunk_rows):
+        chunk.frame = names.apply(chunk.frame)
+        yield chunk
+
+
+def _iter_raw(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     if not path.is_file():
         raise TableError(f"{path}: file not found")
     fmt = table_format(path)
@@ -264,11 +384,11 @@ def iter_table(path: str | Path, chunk_rows: int = 100_000) -> Iterator[Chunk]:
             yield Chunk(pd.DataFrame(), bad_lines)
 
 
-def read_table(path: str | Path) -> tuple[pd.DataFrame, list[Rejected]]:
+def read_table(path: str | Path, names: ColumnNames = PLAIN_COLUMNS) -> tuple[pd.DataFrame, list[Rejected]]:
     """The whole table and its rejected rows; for inputs that fit in memory (training and evaluation sets)."""
     frames: list[pd.DataFrame] = []
     rejected: list[Rejected] = []
-    for chunk in iter_table(path):
+    for chunk in iter_table(path, names=names):
         frames.append(chunk.frame)
         rejected.extend(chunk.rejected)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -15,10 +15,10 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.bundle import ModelBundle, save_bundle
 from pipeline.config import Config, Registry
-from pipeline.data import LabelledData, load_labelled, load_labelled_conversations
+from pipeline.data import LABELLED_COLUMNS, LabelledData, load_labelled, load_labelled_conversations
 from pipeline.evaluate import intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
-from pipeline.tables import iter_table, rejected_frame, write_table_atomic, write_text_atomic
+from pipeline.tables import iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
 from pipeline.train import ConversationData, TrainResult, headline_metrics, score_labelled, train
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, f
 
 def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
     """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
-    data = load_labelled(config.paths.data, config.paths.quarantine, config.split.min_examples_per_label)
+    data = load_labelled(config.paths.data, config.paths.quarantine, config.split.min_examples_per_label, config.columns.names().only(LABELLED_COLUMNS))
     log.info("%s: %d valid rows, %d quarantined", data.source, len(data.frame), len(data.rejected))
     conversations = None
     if config.paths.conversations and Path(config.paths.conversations).exists():
@@ -78,7 +78,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
     predictor = Predictor(result.bundle)
     eval_scored: dict[str, pd.DataFrame] = {}
     for set_name, path in map(eval_set_spec, eval_data or []):
-        eval_set = load_labelled(path, config.paths.quarantine)
+        eval_set = load_labelled(path, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
         name = f"eval:{set_name}"
         result.metrics[name], eval_scored[name] = score_labelled(predictor, eval_set.frame)
         result.fingerprints[name] = {"rows": len(eval_set.frame), "rejected": len(eval_set.rejected), "source": path}
@@ -156,10 +156,12 @@ def buyer_rows(frame: pd.DataFrame, config: Config) -> np.ndarray | None:
 def predict_file(input_path: str | Path, output_path: str | Path, model: str | None, config: Config, chunk_rows: int = 100_000) -> dict[str, int]:
     """Score every buyer row of a table with a `text` column; every input column and row is kept. With a
     `role` column, agent and bot rows are not scored: `scored` is false and the prediction columns empty."""
+    names = config.columns.names().only(("text", "role"))
+    require_columns(input_path, ["text"], names)  # before the model is loaded
     predictor = Predictor(_load_for_use(model, config))
     parts, rejected = [], []
     skipped = 0
-    for chunk in iter_table(input_path, chunk_rows):
+    for chunk in iter_table(input_path, chunk_rows, names):
         rejected.extend(chunk.rejected)
         frame = chunk.frame.drop(columns=["_line"], errors="ignore")
         if "text" not in frame.columns:
@@ -184,8 +186,10 @@ def predict_file(input_path: str | Path, output_path: str | Path, model: str | N
 def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None, config: Config) -> dict[str, Any]:
     """metrics.json and the report for a labelled file (`NAME=PATH`, or named after its folder)."""
     set_name, data_path = eval_set_spec(str(data_path))
+    names = config.columns.names().only(LABELLED_COLUMNS)
+    require_columns(data_path, ["text", "intent"], names)  # before the model is loaded
     bundle = _load_for_use(model, config)
-    data: LabelledData = load_labelled(data_path, config.paths.quarantine)
+    data: LabelledData = load_labelled(data_path, config.paths.quarantine, names=names)
     predictor = Predictor(bundle)
     metrics, scored = score_labelled(predictor, data.frame)
     out_dir = Path(out_dir)

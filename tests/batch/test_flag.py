@@ -400,3 +400,38 @@ def test_checkpoints_keep_no_raw_phone_or_order_number(tmp_path, flag_bundle_dir
     for path in shards:
         texts = " ".join(pq.read_table(path).column("text").to_pylist())
         assert "13812345678" not in texts and "123456789012345678" not in texts
+
+
+CHINESE_CHAT_HEADERS = {"conversation_id": "会话ID", "buyer_id": "买家昵称", "shop_id": "店铺", "category": "类目",
+                        "role": "发送方", "text": "消息内容", "sent_at": "发送时间"}
+
+
+def test_a_gbk_export_with_chinese_headers_gives_the_same_nudge_list(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """A back-office export (GBK, Chinese headers, Chinese dates, orders with 订单编号/付款时间) is read
+    through the config's header aliases and flags exactly what the canonical file flags."""
+    chats, orders = inputs
+    reference = tmp_path / "reference.csv"
+    _run(chats, reference, orders, flag_bundle_dir, flag_config())
+    frame = flat_rows()
+    frame["sent_at"] = pd.to_datetime(frame["sent_at"]).map(lambda t: f"{t.year}年{t.month}月{t.day}日 {t:%H:%M:%S}")
+    shop_chats = write_csv(frame.rename(columns=CHINESE_CHAT_HEADERS), tmp_path / "聊天记录.csv", "gbk")
+    shop_orders = tmp_path / "订单.csv"
+    pd.read_csv(orders, dtype=str).rename(columns={"order_id": "订单编号", "buyer_id": "买家昵称", "shop_id": "店铺", "paid_at": "付款时间"}).to_csv(
+        shop_orders, index=False, encoding="gbk")
+    out = tmp_path / "nudges.csv"
+    summary = _run(shop_chats, out, shop_orders, flag_bundle_dir, flag_config())
+    assert summary["rows"]["rejected"] == 0
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_unknown_headers_fail_before_the_model_is_loaded_and_columns_maps_them(tmp_path, inputs, flag_bundle_dir, flag_config):
+    _, orders = inputs
+    chats = write_csv(flat_rows().rename(columns={"text": "留言"}), tmp_path / "chats.csv")
+    # no such model: the header check must come first, naming the header and the fix
+    with pytest.raises(FlagError, match=r"missing column\(s\) \['text'\].*--columns"):
+        run_flag(chats, tmp_path / "o.csv", orders, str(tmp_path / "no-model"), None, flag_config(), progress=False)
+    from pipeline.config import load_config
+
+    mapped = load_config(overrides={"paths.data": "unused.csv", "flag.workers": 1, "columns.map": "留言=text"})
+    summary = _run(chats, tmp_path / "o.csv", orders, flag_bundle_dir, mapped)
+    assert summary["rows"]["rejected"] == 0 and summary["flagged"] >= 1

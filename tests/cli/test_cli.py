@@ -113,15 +113,29 @@ def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages
     assert "No champion yet" not in report
 
 
-def test_unknown_model_is_a_clear_error(first_run):
-    result = runner.invoke(app, ["predict", "--input", "x.csv", "--output", "y.csv", "--model", "models:/nope@champion"])
+def test_unknown_model_is_a_clear_error(first_run, workspace):
+    source = workspace / "x.csv"
+    source.write_text("text\n在吗\n", encoding="utf-8")
+    result = runner.invoke(app, ["predict", "--input", str(source), "--output", "y.csv", "--model", "models:/nope@champion"])
     assert result.exit_code == 2
     assert "cannot resolve" in result.output
 
 
+def test_input_headers_are_checked_before_the_model_is_resolved(first_run, workspace):
+    source = workspace / "headers.csv"
+    source.write_bytes("留言,店铺\n在吗,a\n".encode("gb18030"))
+    result = runner.invoke(app, ["predict", "--input", str(source), "--output", "y.csv", "--model", "models:/nope@champion"])
+    assert result.exit_code == 2 and "missing column(s) ['text']" in result.output and "--columns" in result.output
+    out = workspace / "mapped.csv"
+    result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(out), "--columns", "留言=text"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out, encoding="utf-8-sig")
+    assert list(scored.columns[:2]) == ["text", "店铺"] and scored.loc[0, "intent"] == "greeting"
+
+
 def test_bad_data_is_a_clear_error(env, workspace):
     bad = workspace / "bad.csv"
-    bad.write_text("message,label\n在吗,greeting\n", encoding="utf-8")
+    bad.write_text("msg,tag\n在吗,greeting\n", encoding="utf-8")
     result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(bad)])
     assert result.exit_code == 2
     assert "missing required column" in result.output

@@ -110,3 +110,32 @@ def test_yes_no_cells_parse_the_same_one_at_a_time_and_as_a_column():
     assert parsed.tolist() == [-1 if v is None else v for v in one_at_a_time]
     assert one_at_a_time == [1, 0, 1, 0, 1, 0, None, None, None, None, 1, 1]
     assert blank.tolist() == [False] * 6 + [True, True] + [False] * 4
+
+
+def test_headers_map_through_aliases_and_explicit_pairs_and_ambiguity_is_an_error():
+    import pytest
+
+    from pipeline.config import load_config
+    from pipeline.tables import ColumnNames, TableError
+
+    names = load_config().columns.names()
+    assert names.mapping(["会话 ID", "买家昵称", "Text", "备注"]) == {"会话 ID": "conversation_id", "买家昵称": "buyer_id", "Text": "text", "备注": "备注"}
+    assert ColumnNames.from_settings(names.aliases, "备注=text").mapping(["备注", "x"]) == {"备注": "text", "x": "x"}
+    with pytest.raises(TableError, match="both mean column 'text'"):
+        names.mapping(["内容", "消息内容"])
+    with pytest.raises(ValueError, match="HEADER=column"):
+        load_config(overrides={"columns.map": "内容"})
+
+
+def test_require_columns_reads_only_the_header(tmp_path):
+    import pytest
+
+    from pipeline.config import load_config
+    from pipeline.tables import TableError, require_columns
+
+    path = tmp_path / "export.csv"
+    path.write_bytes("内容,时间\n在吗,2024/9/2 5:00\n".encode("gb18030"))
+    names = load_config().columns.names()
+    require_columns(path, ["text", "sent_at"], names)
+    with pytest.raises(TableError, match=r"missing column\(s\) \['intent'\]"):
+        require_columns(path, ["text", "intent"], names)
