@@ -202,18 +202,24 @@ def _jsonl_is_conversations(path: Path, look_at: int = 1000) -> bool:
     return False
 
 
-def _explode_conversations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+def _explode_conversations(frame: pd.DataFrame, seen: dict[tuple[str, str], Any]) -> tuple[pd.DataFrame, list[dict]]:
     """Conversation JSONL records -> one row per message; a record without a usable message list is one
-    rejected row."""
+    rejected row, and so is a second record of a conversation already read (`seen`: shop and
+    conversation id -> its first line, across chunks): merging two records would double its turns."""
     columns = {name: [] for name in (*CHAT_COLUMNS, "category", "ordered", "source_row")}
     rejected: list[dict] = []
     for record in frame.to_dict(orient="records"):
         line = record.get("_line")
         messages = record.get("messages")
+        raw = _raw([record.get("conversation_id"), record.get("buyer_id"), record.get("shop_id")])
         if not isinstance(messages, list) or not messages:
-            rejected.append({"row": str(line), "reason": "messages must be a non-empty list",
-                             "raw": _raw([record.get("conversation_id"), record.get("buyer_id"), record.get("shop_id")])})
+            rejected.append({"row": str(line), "reason": "messages must be a non-empty list", "raw": raw})
             continue
+        key = (str(record.get("shop_id") or "").strip(), str(record.get("conversation_id") or "").strip())
+        if key[1] and key in seen:
+            rejected.append({"row": str(line), "reason": f"duplicate conversation {key[1]!r} (first record at line {seen[key]})", "raw": raw})
+            continue
+        seen.setdefault(key, line)
         for position, message in enumerate(messages, start=1):
             if not isinstance(message, dict):
                 rejected.append({"row": f"{line}:{position}", "reason": "a message must be a JSON object", "raw": _raw([message])})
@@ -327,12 +333,13 @@ def partition_chats(
     write_rejected(rejected_rows)
     rows_in += encoding_rejects
     bar = tqdm(desc="partition", unit="rows", disable=not progress, file=sys.stderr, mininterval=1.0)
+    seen_conversations: dict[tuple[str, str], Any] = {}
     try:
         for chunk in iter_table(readable, chunk_rows, names):
             frame = chunk.frame
             frame.columns = [str(c).strip().lower() for c in frame.columns]
             if conversations:
-                frame, exploded_rejects = _explode_conversations(frame)
+                frame, exploded_rejects = _explode_conversations(frame, seen_conversations)
                 source_rows = frame.pop("source_row").to_numpy(object)
             else:
                 exploded_rejects = []

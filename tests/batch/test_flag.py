@@ -435,3 +435,20 @@ def test_unknown_headers_fail_before_the_model_is_loaded_and_columns_maps_them(t
     mapped = load_config(overrides={"paths.data": "unused.csv", "flag.workers": 1, "columns.map": "留言=text"})
     summary = _run(chats, tmp_path / "o.csv", orders, flag_bundle_dir, mapped)
     assert summary["rows"]["rejected"] == 0 and summary["flagged"] >= 1
+
+
+def test_a_duplicated_conversation_record_is_quarantined_not_merged(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """main merged repeated conversation records silently (their turns doubled); the repeat is now a
+    rejected row naming the first record, and the nudge list is the one of the file without repeats."""
+    _, orders = inputs
+    good = write_conversation_jsonl(tmp_path / "good.jsonl")
+    lines = good.read_text(encoding="utf-8").splitlines(keepends=True)
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text("".join(lines + lines[:3]), encoding="utf-8")
+    expected = _run(good, tmp_path / "a.csv", orders, flag_bundle_dir, flag_config())
+    summary = _run(doubled, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config())
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert summary["rows"]["rejected"] == expected["rows"]["rejected"] + 3 and summary["rows"]["balanced"]
+    rejected = pd.read_csv(tmp_path / "b.csv.rejected.csv", dtype=str, encoding="utf-8-sig")
+    first_id = json.loads(lines[0])["conversation_id"]
+    assert rejected["reason"].str.contains(f"duplicate conversation '{first_id}' (first record at line 1)", regex=False).any()
