@@ -866,7 +866,7 @@ def run_benchmark(
     results["targets"] = check_targets(results, names[0])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(results), encoding="utf-8")
+    out.write_text(render_report(results) + _kept_speed_section(out), encoding="utf-8")
     if use_mlflow:
         figure_dir = Path(tempfile.mkdtemp(prefix="buyer-intent-bench-fig-"))
         results["figures"] = reliability_figure(results, names[0], figure_dir)
@@ -900,6 +900,13 @@ def _finish(task: Task, run: dict[str, Any]) -> dict[str, Any]:
     metrics = score_task(task, run)
     keep = {k: v for k, v in run.items() if k not in ("val", "test", "trials")}
     return keep | {"metrics": metrics}
+
+
+def _kept_speed_section(path: Path) -> str:
+    """The section `benchmarks/inference_speed.py` writes into the same file, kept as it is ("" without one)."""
+    text = Path(path).read_text(encoding="utf-8") if Path(path).exists() else ""
+    start, end = text.find("<!-- inference-speed:start -->"), text.find("<!-- inference-speed:end -->")
+    return "\n" + text[start : end + len("<!-- inference-speed:end -->")] + "\n" if start != -1 and end > start else ""
 
 
 def _load() -> str:
