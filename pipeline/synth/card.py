@@ -34,9 +34,11 @@ def _review_section(review: dict | None) -> str:
 * **Writers**: `data/seeds/v2/<writer>.tsv`, one table per writer (an independent authoring helper with
   its own brief: JD appliance after-sales, Taobao apparel pre-sales, food, baby goods, elderly buyers,
   angry buyers, bulk and company buyers, short mid-chat replies, electronics, beauty, furniture,
-  off-topic chatter). They studied how real buyers write (length, fragments, typing habits, order
-  cards, placeholders) in `../shared/realchat-pool` and never saw the real-chat dev set. Kept seeds per
-  writer (`v1` = the first round's YAML files): {writers}.
+  off-topic chatter; w14-w17, the third round, aimed at the plain JD register the earlier rounds lacked
+  (可以/请问/好的/是的, 京东 self-operated services, answers to the agent's question) and at the
+  boundaries other/complaint/after_sales and affirm/deny/place_order). They studied how real buyers
+  write (length, fragments, typing habits, order cards, placeholders) in `../shared/realchat-pool` and
+  never saw the real-chat dev set. Kept seeds per writer (`v1` = the first round's YAML files): {writers}.
 * **Blind second label**: every v2 seed was labelled again, intent and purchase_intent, from the text
   alone, by an annotator who did not write it and did not see the first label; disagreements went to a
   third blind annotator, and the majority of the three decides each field (no majority: dropped). All
