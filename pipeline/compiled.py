@@ -317,8 +317,7 @@ class CompiledClassifier:
     def scores(self, product: np.ndarray) -> np.ndarray:
         """`decision_function` from the product of the features with the weights: `_scores` adds the
         intercepts and returns float64, one column raveled."""
-        scores = np.asarray(product + self.estimator.intercept_, dtype=np.float64)
-        return scores.ravel() if scores.shape[1] == 1 else scores
+        return _one_column_raveled(np.asarray(product + self.estimator.intercept_, dtype=np.float64))
 
     def positive_proba(self, scores: np.ndarray) -> np.ndarray:
         """The second column of `predict_proba` of a binary model (Platt scaling of the scores)."""
@@ -456,8 +455,14 @@ class CompiledBundle:
             intent_scores, purchase_scores = intent.classifier.scores(product[:, :width]), purchase.classifier.scores(product[:, width:])
         else:
             scores = np.asarray(product + self._intercepts, dtype=np.float64)
-            intent_scores, purchase_scores = scores[:, :width], scores[:, width]
-        return intent.classifier.predict_proba(intent_scores), purchase.classifier.positive_proba(purchase_scores)
+            intent_scores, purchase_scores = _one_column_raveled(scores[:, :width]), _one_column_raveled(scores[:, width:])
+        classifier = purchase.classifier
+        positive = classifier.positive_proba(purchase_scores) if classifier.binary else classifier.predict_proba(purchase_scores)[:, 1]
+        return intent.classifier.predict_proba(intent_scores), positive
+
+
+def _one_column_raveled(scores: np.ndarray) -> np.ndarray:
+    return scores.ravel() if scores.shape[1] == 1 else scores
 
 
 def compile_bundle(bundle) -> CompiledBundle | None:

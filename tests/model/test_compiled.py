@@ -213,6 +213,25 @@ def test_a_refit_part_is_recompiled(bundle, corpus_texts):
     assert predictor._compiled is not second
 
 
+def test_a_second_model_with_three_classes_on_the_shared_features(bundle, corpus_texts):
+    """Predictor reads column 1 of the second model's probabilities whatever its classes: so does the
+    compiled path when that model is not binary (its weights still side by side with the intent's)."""
+    frame = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False).iloc[:3000]
+    groups = np.where(frame["intent"].isin(["greeting", "thanks"]), "a", np.where(frame["intent"] == "complaint", "b", "c"))
+    features = bundle.intent.steps[1][1]
+    second = CalibratedLinearClassifier(LogisticRegression(max_iter=500), n_folds=3, random_state=0, n_jobs=1)
+    second.fit(features.transform(_normalized(bundle, frame["text"].tolist())), groups)
+    odd = copy.copy(bundle)
+    odd.purchase = Pipeline([("normalize", bundle.intent.steps[0][1]), ("features", features), ("classifier", second)])
+    compiled = CompiledBundle(odd)
+    assert compiled._weights is not None and compiled._weights.shape[1] == compiled.intent.classifier.width + 3
+    texts = corpus_texts[3000:4000] + EDGE_TEXTS
+    normalized = _normalized(odd, texts)
+    want = odd.intent.predict_proba(texts), odd.purchase.predict_proba(texts)[:, 1]
+    _assert_same(compiled.probabilities(normalized), want, "three-class second model, one batch")
+    _assert_same(_one_per_call(compiled, normalized[:200]), (want[0][:200], want[1][:200]), "three-class second model, one per call")
+
+
 # --- structures that are not compiled: one warning, and the scikit-learn path's numbers ---------------
 
 
