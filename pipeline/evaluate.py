@@ -205,3 +205,38 @@ def flat_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
         for key, value in metrics.items()
         if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
     }
+
+
+def headline_metrics(metrics: dict[str, Any], split: str = "test") -> dict[str, float]:
+    """The few numbers compared between runs and with the champion."""
+    part = metrics[split]
+    headline = {
+        "intent_accuracy": part["intent"]["accuracy"],
+        "intent_macro_f1": part["intent"]["macro_f1"],
+        "intent_fallback_rate": part["intent"]["fallback_rate"],
+        "intent_accepted_accuracy": part["intent"]["accepted_accuracy"],
+        "intent_ece": part["intent"]["ece"],
+    }
+    if "purchase" in part:
+        headline.update(
+            {
+                "purchase_average_precision": part["purchase"]["average_precision"],
+                "purchase_precision": part["purchase"]["precision"],
+                "purchase_recall": part["purchase"]["recall"],
+                "purchase_f1": part["purchase"]["f1"],
+            }
+        )
+    if split == "test" and "conversation" in metrics:
+        conversation = metrics["conversation"]["test"]
+        headline.update(
+            {
+                "conversation_precision": conversation["precision"],
+                "conversation_recall": conversation["recall"],
+                "conversation_f1": conversation["f1"],
+                "conversation_average_precision": conversation["average_precision"],
+            }
+        )
+    if split == "test" and "flagging" in metrics:
+        flagging = metrics["flagging"]
+        headline.update({"flag_precision": flagging["precision"], "flag_recall": flagging["recall"], "flag_f1": flagging["f1"]})
+    return {key: float(value) for key, value in headline.items()}

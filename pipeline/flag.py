@@ -53,7 +53,8 @@ from pipeline.nudge import (
     OrdersIndex,
     ShareAlertSettings,
     apply_one_per_window,
-    buyer_shop_keys,
+    ORDER_COLUMNS,
+    check_order_rows,
     check_turns,
     is_blank,
     decide_table,
@@ -85,7 +86,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1  # bump when what the work directory holds changes
 CHAT_COLUMNS = ("conversation_id", "buyer_id", "shop_id", "role", "text", "sent_at")
-ORDER_COLUMNS = ("buyer_id", "shop_id", "paid_at")
 OUTPUT_COLUMNS = NUDGE_COLUMNS
 _BYTES_PER_ROW = {"csv": 90, "jsonl": 140}  # only to choose the number of shards
 
@@ -441,21 +441,16 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
             rejected += [{"row": None if r.row is None else str(r.row), "reason": r.reason, "raw": mask_pii(r.raw)} for r in chunk.rejected]
             if frame.empty:
                 continue
-            values = {name: _as_text(frame[name]) for name in ORDER_COLUMNS}
-            paid_source = frame["paid_at"] if pd.api.types.is_datetime64_any_dtype(frame["paid_at"].dtype) else values["paid_at"]
-            paid = parse_times(paid_source, policy.tz)
-            reason = np.full(len(frame), None, dtype=object)
-            for name in ORDER_COLUMNS:
-                reason[is_blank(values[name]) & (reason == None)] = f"missing {name}"  # noqa: E711
-            reason[(paid == MISSING_TIME) & (reason == None)] = "unparseable paid_at"  # noqa: E711
+            checked = check_order_rows(frame, policy)
+            reason = checked.reasons
             bad = np.flatnonzero(reason != None)  # noqa: E711
             rows = frame["_line"].astype(str).to_numpy(object) if "_line" in frame.columns else np.arange(position + 1, position + len(frame) + 1).astype(str)
             position += len(frame)
             columns = [c for c in frame.columns if c != "_line"]
             rejected += [{"row": str(rows[i]), "reason": str(reason[i]), "raw": _raw(frame.iloc[i][columns].tolist())} for i in bad]
             good = reason == None  # noqa: E711
-            keys.append(buyer_shop_keys(values["buyer_id"][good].str.strip().to_numpy(object), values["shop_id"][good].str.strip().to_numpy(object)))
-            times.append(paid[good])
+            keys.append(checked.keys)
+            times.append(checked.paid_at)
             used += int(good.sum())
     except TableError as exc:
         raise FlagError(str(exc)) from exc

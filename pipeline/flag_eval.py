@@ -10,7 +10,6 @@ marketing would actually get.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,28 @@ import numpy as np
 import pandas as pd
 
 from pipeline.conversation import ConversationScorer
-from pipeline.nudge import REASON_DUPLICATE, REASON_SKIPPED, ConversationInput, NudgePolicy, OrdersIndex, decide
+from pipeline.nudge import ORDER_COLUMNS, REASON_DUPLICATE, REASON_SKIPPED, ConversationInput, NudgePolicy, OrdersIndex, check_order_rows, decide
+from pipeline.tables import PLAIN_COLUMNS, ColumnNames, read_table
 
 
-def load_orders_index(orders: str | Path, settings, policy: NudgePolicy) -> tuple[OrdersIndex, dict[str, Any]]:
-    """The flag job's orders index (same reading, encodings and row checks) and its row counts."""
-    from pipeline.flag import build_orders_index
-
-    with tempfile.TemporaryDirectory(prefix="orders-") as work:
-        info = build_orders_index(Path(orders), Path(work), settings, policy)
-        return OrdersIndex.load(Path(work) / "orders.npz"), info
+def load_orders_index(orders: str | Path, policy: NudgePolicy, names: ColumnNames = PLAIN_COLUMNS) -> tuple[OrdersIndex, dict[str, Any]]:
+    """The orders of the labelled conversations (a small file read whole), checked by the flag job's
+    row check (`nudge.check_order_rows`), and their row counts."""
+    frame, rejected = read_table(orders, names.only(ORDER_COLUMNS))
+    frame = frame.drop(columns=["_line"], errors="ignore")
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    missing = [c for c in ORDER_COLUMNS if c not in frame.columns]
+    if missing and len(frame):
+        raise ValueError(f"{orders}: missing column(s) {missing}; found {list(frame.columns)}")
+    if frame.empty:
+        return OrdersIndex(np.zeros(0, np.uint64), np.zeros(0, np.int64)), {"rows_in": len(rejected), "rows_used": 0, "rows_rejected": len(rejected)}
+    checked = check_order_rows(frame, policy)
+    used = len(checked.keys)
+    return OrdersIndex(checked.keys, checked.paid_at), {
+        "rows_in": len(frame) + len(rejected),
+        "rows_used": used,
+        "rows_rejected": len(frame) - used + len(rejected),
+    }
 
 
 def flagging_metrics(truth: np.ndarray, flagged: np.ndarray, lost: np.ndarray) -> dict[str, Any]:

@@ -708,6 +708,33 @@ def check_turns(
     return CheckedTurns(canonical, times, reasons)
 
 
+ORDER_COLUMNS = ("buyer_id", "shop_id", "paid_at")  # what an orders table must have (order_id is optional)
+
+
+@dataclass(frozen=True)
+class CheckedOrders:
+    keys: np.ndarray  # buyer+shop keys of the usable orders (`buyer_shop_keys`)
+    paid_at: np.ndarray  # their payment times, epoch ms
+    reasons: np.ndarray  # object, one per input row: None for a usable order, else why not
+
+
+def check_order_rows(frame: pd.DataFrame, policy: NudgePolicy) -> CheckedOrders:
+    """The one check of order rows (the flag job and the training-time flag evaluation): buyer, shop and
+    a readable paid_at are required."""
+    values = {name: frame[name].astype(object).where(frame[name].notna(), None) for name in ORDER_COLUMNS}
+    paid_source = frame["paid_at"] if pd.api.types.is_datetime64_any_dtype(frame["paid_at"].dtype) else values["paid_at"].map(
+        lambda v: v if v is None or isinstance(v, str) else str(v)
+    )
+    paid = parse_times(paid_source, policy.tz)
+    reasons = np.full(len(frame), None, dtype=object)
+    for name in ORDER_COLUMNS:
+        reasons[is_blank(values[name]) & (reasons == None)] = f"missing {name}"  # noqa: E711
+    reasons[(paid == MISSING_TIME) & (reasons == None)] = "unparseable paid_at"  # noqa: E711
+    good = reasons == None  # noqa: E711
+    ids = {name: values[name][good].map(lambda v: str(v).strip()).to_numpy(object) for name in ("buyer_id", "shop_id")}
+    return CheckedOrders(buyer_shop_keys(ids["buyer_id"], ids["shop_id"]), paid[good], reasons)
+
+
 def usable_turns(turns: Sequence[Turn], policy: NudgePolicy) -> tuple[list[str], list[str], np.ndarray]:
     """Roles, texts and times of the turns `check_turns` keeps (as the batch job would), in time order
     (input order on ties). Turns without any sent_at are kept (live chats), and then the input order stands."""

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluate import CALIBRATION_BINS, calibration_bins, expected_calibration_error, purchase_metrics, slice_metrics
+from pipeline.evaluate import CALIBRATION_BINS, calibration_bins, expected_calibration_error, headline_metrics, purchase_metrics, slice_metrics
 from pipeline.tables import write_bytes_atomic
 from pipeline.text import mask_pii, normalize
 
@@ -412,7 +413,6 @@ def _plot_pr_curve(plotter: _Plotter, labels: np.ndarray, scores: np.ndarray, th
 
 def _split_headline(metrics: dict[str, Any], split: str) -> dict[str, float]:
     """Message-level headline numbers of one split (the conversation numbers only exist for test)."""
-    from pipeline.train import headline_metrics
 
     return {k: v for k, v in headline_metrics(metrics, split).items() if not k.startswith("conversation_")}
 
@@ -599,12 +599,26 @@ def _confusion_matrix_section(plotter: _Plotter, scored: pd.DataFrame, plots: di
     return section
 
 
-def _confusions_section(scored: pd.DataFrame, fallback_threshold: float | None, top: int, per_pair: int) -> Section:
+def _explained(explanation: dict[str, Any] | None) -> str:
+    """`票 +5.07 · 发票 +2.75`: the n-grams that pushed the predicted intent, with their contributions."""
+    ngrams = (explanation or {}).get("intent", {}).get("ngrams", [])
+    return " · ".join(f"{item['ngram']} {item['contribution']:+.2f}" for item in ngrams) or "—"
+
+
+def _confusions_section(
+    scored: pd.DataFrame, fallback_threshold: float | None, top: int, per_pair: int, explain: Callable[..., list] | None = None
+) -> Section:
     section = Section(
         "confusions",
         SECTION_TITLES["confusions"],
         "The most frequent mistakes (true → predicted) with example test messages, most confident mistakes first. "
-        "\"handed over\" counts the mistakes the fallback caught. Messages are PII-masked.",
+        "\"handed over\" counts the mistakes the fallback caught. Messages are PII-masked."
+        + (
+            " \"why\": the n-grams that pushed the predicted intent most, with their contributions to its logit "
+            "(TF-IDF value × weight, before calibration; n-grams of the normalised text, PII-masked)."
+            if explain is not None and per_pair > 0
+            else ""
+        ),
     )
     if not len(scored):
         section.blocks.append(Para("No test messages."))
@@ -622,7 +636,10 @@ def _confusions_section(scored: pd.DataFrame, fallback_threshold: float | None, 
     columns = ["#", "true → predicted", "count", "share of true intent", "handed over"]
     if per_pair > 0:
         columns += ["example message (PII masked)", "confidence"]
+        if explain is not None:
+            columns.append("why: top n-grams for the predicted intent")
     rows, css = [], []
+    examples: list[tuple[int, str, str]] = []  # (row, raw text, predicted intent) of the example rows
     for rank, pair in enumerate(pairs.itertuples(index=False), start=1):
         members = wrong[(wrong["pair_true"] == pair.pair_true) & (wrong["pair_pred"] == pair.pair_pred)]
         head = [
@@ -637,20 +654,25 @@ def _confusions_section(scored: pd.DataFrame, fallback_threshold: float | None, 
             rows.append(head)
             css.append(group_css)
             continue
-        shown: list[tuple[str, float]] = []
+        shown: list[tuple[str, float, Any]] = []
         seen: set[str] = set()
         for row in members.sort_values("confidence", ascending=False, kind="stable").itertuples(index=False):
             message = _shown_message(row.text)
             if message in seen:
                 continue
             seen.add(message)
-            shown.append((message, row.confidence))
+            shown.append((message, row.confidence, row.text))
             if len(shown) >= per_pair:
                 break
-        for i, (message, confidence) in enumerate(shown):
+        for i, (message, confidence, text) in enumerate(shown):
             lead = head if i == 0 else ["", "", "", "", ""]
+            examples.append((len(rows), "" if not isinstance(text, str) else text, pair.pair_pred))
             rows.append([*lead, Cell(message, "message"), _num(confidence)])
             css.append(group_css)
+    if explain is not None and per_pair > 0:
+        explanations = explain([text for _, text, _ in examples], [label for _, _, label in examples]) if examples else []
+        for (index, _, _), explanation in zip(examples, explanations, strict=True):
+            rows[index].append(Cell(_explained(explanation), "message"))
     section.blocks.append(Table(columns, rows, numeric={0, 2, 3, 4, 6}, row_css=css))
     covered = int(pairs["n"].sum())
     section.blocks.append(
@@ -1214,6 +1236,7 @@ def write_report(
     examples_per_confusion: int = 3,
     scored_name: str = "held-out test messages",
     scored_is_real: bool = False,
+    explain: Callable[..., list] | None = None,
 ) -> dict[str, Any]:
     """Write report.html, report.md, plots/*.png and metrics.json into `out_dir`.
 
@@ -1225,6 +1248,9 @@ def write_report(
     `scored`: the scored test split (text, normalized, intent, pred_intent, confidence, fallback, purchase_score,
     pred_purchase, and purchase_intent when labelled). Buyer messages are PII-masked before they are shown;
     `title` and `extra_sections` are shown as given (they must not contain buyer text).
+    `explain(texts, predicted_intents)`: explanations of the example mistakes (e.g.
+    `functools.partial(pipeline.explain.Explainer(bundle).explain, top_k=3)`, whose n-grams are PII-masked),
+    shown beside them; None: no explanations.
 
     Returns {"html": Path, "markdown": Path, "plots": [Path, ...], "metrics": Path}.
     """
@@ -1250,7 +1276,7 @@ def write_report(
             _eval_sets_section(metrics, eval_names),
             _per_intent_section(intent, scored),
             _confusion_matrix_section(plotter, scored, plots),
-            _confusions_section(scored, fallback_threshold, max(int(top_confusions), 0), max(int(examples_per_confusion), 0)),
+            _confusions_section(scored, fallback_threshold, max(int(top_confusions), 0), max(int(examples_per_confusion), 0), explain),
             _confidence_section(plotter, scored, intent, fallback_threshold, plots),
             _calibration_section(plotter, scored, intent, has_purchase_labels, plots),
             _slices_section(scored),

@@ -22,9 +22,11 @@ from pipeline.data import LabelledData, assign_splits, fingerprint, split_by_set
 from pipeline.evaluate import (
     choose_fallback_threshold,
     choose_precision_threshold,
+    headline_metrics,
     intent_metrics,
     purchase_metrics,
 )
+from pipeline.flag_eval import evaluate_flagging, load_orders_index
 from pipeline.inference import Predictor
 from pipeline.nudge import NudgePolicy, features_from_turns, load_flag_settings
 from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
@@ -156,11 +158,9 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
 
 def _evaluate_flagging(config: Config, predictor: Predictor, test: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     """The nudge list the flag job would produce for the test conversations, against the truth."""
-    from pipeline.flag_eval import evaluate_flagging, load_orders_index
-
     settings = load_flag_settings(config.flag)
     policy = NudgePolicy.from_settings(settings)
-    orders, info = load_orders_index(config.paths.orders, settings, policy)
+    orders, info = load_orders_index(config.paths.orders, policy, config.columns.names())
     metrics, table = evaluate_flagging(test, ConversationScorer(predictor), policy, orders)
     if table["order_unknown"].all():
         log.warning("nudge list not evaluated: no test conversation has the message times needed to tell lost shoppers")
@@ -263,41 +263,6 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
         timings=timings,
         user_dict_text="\n".join(words) + ("\n" if words else ""),
     )
-
-
-def headline_metrics(metrics: dict[str, Any], split: str = "test") -> dict[str, float]:
-    """The few numbers compared between runs and with the champion."""
-    part = metrics[split]
-    headline = {
-        "intent_accuracy": part["intent"]["accuracy"],
-        "intent_macro_f1": part["intent"]["macro_f1"],
-        "intent_fallback_rate": part["intent"]["fallback_rate"],
-        "intent_accepted_accuracy": part["intent"]["accepted_accuracy"],
-        "intent_ece": part["intent"]["ece"],
-    }
-    if "purchase" in part:
-        headline.update(
-            {
-                "purchase_average_precision": part["purchase"]["average_precision"],
-                "purchase_precision": part["purchase"]["precision"],
-                "purchase_recall": part["purchase"]["recall"],
-                "purchase_f1": part["purchase"]["f1"],
-            }
-        )
-    if split == "test" and "conversation" in metrics:
-        conversation = metrics["conversation"]["test"]
-        headline.update(
-            {
-                "conversation_precision": conversation["precision"],
-                "conversation_recall": conversation["recall"],
-                "conversation_f1": conversation["f1"],
-                "conversation_average_precision": conversation["average_precision"],
-            }
-        )
-    if split == "test" and "flagging" in metrics:
-        flagging = metrics["flagging"]
-        headline.update({"flag_precision": flagging["precision"], "flag_recall": flagging["recall"], "flag_f1": flagging["f1"]})
-    return {key: float(value) for key, value in headline.items()}
 
 
 def turns_from_messages(messages: list[dict]) -> list[Turn]:

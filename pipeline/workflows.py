@@ -16,10 +16,10 @@ from pipeline import tracking
 from pipeline.bundle import ModelBundle, save_bundle
 from pipeline.config import Config, Registry
 from pipeline.data import LABELLED_COLUMNS, LabelledData, load_labelled, load_labelled_conversations
-from pipeline.evaluate import intent_metrics, purchase_metrics
+from pipeline.evaluate import headline_metrics, intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
 from pipeline.tables import iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
-from pipeline.train import ConversationData, TrainResult, headline_metrics, score_labelled, train
+from pipeline.train import ConversationData, TrainResult, score_labelled, train
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score")
@@ -153,12 +153,37 @@ def buyer_rows(frame: pd.DataFrame, config: Config) -> np.ndarray | None:
     return frame["role"].astype(str).str.strip().str.lower().map(aliases).eq("buyer").to_numpy()
 
 
-def predict_file(input_path: str | Path, output_path: str | Path, model: str | None, config: Config, chunk_rows: int = 100_000) -> dict[str, int]:
+def _with_explanations(predictions: pd.DataFrame, texts: list[str], explainer, top_k: int) -> pd.DataFrame:
+    """`explanation`: per message the JSON of `pipeline.explain` for the predicted intent (empty for an
+    empty message, which the model does not score)."""
+    explained = explainer.explain(texts, predictions["intent"].tolist(), top_k)
+    column = [None if item is None else json.dumps(item, ensure_ascii=False) for item in explained]
+    return predictions.assign(explanation=pd.Series(column, index=predictions.index, dtype=object))
+
+
+def predict_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    model: str | None,
+    config: Config,
+    chunk_rows: int = 100_000,
+    explain: bool = False,
+    explain_top_k: int | None = None,
+) -> dict[str, int]:
     """Score every buyer row of a table with a `text` column; every input column and row is kept. With a
-    `role` column, agent and bot rows are not scored: `scored` is false and the prediction columns empty."""
+    `role` column, agent and bot rows are not scored: `scored` is false and the prediction columns empty.
+    `explain`: also an `explanation` column, the JSON of `pipeline.explain` (top `explain_top_k` n-grams,
+    default `pipeline.explain.DEFAULT_TOP_K`, for the predicted intent and for the purchase score)."""
+    from pipeline.explain import DEFAULT_TOP_K, Explainer
+
     names = config.columns.names().only(("text", "role"))
     require_columns(input_path, ["text"], names)  # before the model is loaded
     predictor = Predictor(_load_for_use(model, config))
+    explainer = Explainer.for_predictor(predictor) if explain else None
+    top_k = DEFAULT_TOP_K if explain_top_k is None else explain_top_k
+    if explain and top_k < 1:
+        raise ValueError(f"explain top-k must be at least 1, got {top_k}")
+    added = (*PREDICTION_COLUMNS, "scored", *(("explanation",) if explain else ()))
     parts, rejected = [], []
     skipped = 0
     for chunk in iter_table(input_path, chunk_rows, names):
@@ -166,16 +191,22 @@ def predict_file(input_path: str | Path, output_path: str | Path, model: str | N
         frame = chunk.frame.drop(columns=["_line"], errors="ignore")
         if "text" not in frame.columns:
             raise ValueError(f"{input_path}: no `text` column (found {list(frame.columns)})")
-        frame = frame.rename(columns={c: f"{c}_input" for c in (*PREDICTION_COLUMNS, "scored") if c in frame.columns}).reset_index(drop=True)
+        frame = frame.rename(columns={c: f"{c}_input" for c in added if c in frame.columns}).reset_index(drop=True)
         buyers = buyer_rows(frame, config)
         if buyers is None:
-            predictions = predictor.predict(frame["text"].fillna("").astype(str).tolist())
+            texts = frame["text"].fillna("").astype(str).tolist()
+            predictions = predictor.predict(texts)
+            if explainer is not None:
+                predictions = _with_explanations(predictions, texts, explainer, top_k)
         else:
-            scored = predictor.predict(frame.loc[buyers, "text"].fillna("").astype(str).tolist()).set_index(np.flatnonzero(buyers))
-            predictions = scored.reindex(range(len(frame))).assign(scored=buyers)
+            texts = frame.loc[buyers, "text"].fillna("").astype(str).tolist()
+            scored = predictor.predict(texts)
+            if explainer is not None:
+                scored = _with_explanations(scored, texts, explainer, top_k)
+            predictions = scored.set_index(np.flatnonzero(buyers)).reindex(range(len(frame))).assign(scored=buyers)
             skipped += int((~buyers).sum())
         parts.append(pd.concat([frame, predictions], axis=1))
-    output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", *PREDICTION_COLUMNS])
+    output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", *PREDICTION_COLUMNS, *(("explanation",) if explain else ())])
     write_table_atomic(output, output_path)
     if rejected:
         write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv")

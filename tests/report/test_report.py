@@ -15,7 +15,7 @@ import pytest
 from pipeline.evaluate import intent_metrics, purchase_metrics
 from pipeline.report import EVAL_SET_NOTE, write_report
 from pipeline.text import normalize
-from pipeline.train import headline_metrics
+from pipeline.evaluate import headline_metrics
 
 PHONE = "13812345678"
 ORDER = "123456789012345678"

@@ -77,8 +77,10 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_normalize_and_mask_are_linear_on_hostile_text(name):
-    """A megabyte of adversarial text is handled in well under a second (the old URL and e-mail
-    patterns took 17 s on 40k Latin letters), whatever the length cap."""
+    """A megabyte of adversarial text is handled in linear time, whatever the length cap. The old URL and
+    e-mail patterns took 17 s on 40k Latin letters, so about three hours on this megabyte; an idle
+    machine takes 0.1-0.6 s. The bound is loose on purpose: it tells linear from quadratic on a loaded
+    2-core CI machine, it does not measure speed."""
     import time
 
     text = HOSTILE[name]
@@ -86,7 +88,7 @@ def test_normalize_and_mask_are_linear_on_hostile_text(name):
         started = time.perf_counter()
         function(text)
         elapsed = time.perf_counter() - started
-        assert elapsed < 1.0, f"{name}: {elapsed:.2f} s for {len(text):,} characters"
+        assert elapsed < 10.0, f"{name}: {elapsed:.2f} s for {len(text):,} characters"
 
 
 def test_normalize_reads_at_most_max_chars():

@@ -1,0 +1,54 @@
+"""Dependencies run downward: training does not reach the batch job, the report does not reach training,
+and inference (all that serving imports) reaches no training code. Imports inside functions count: a
+lazy import is still a dependency."""
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@cache
+def direct_imports(module: str) -> frozenset[str]:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.is_file():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return frozenset(name for name in found if name.startswith(("pipeline.", "serving.")) and _exists(name))
+
+
+def _exists(module: str) -> bool:
+    base = ROOT / module.replace(".", "/")
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def reachable(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        for name in direct_imports(todo.pop()):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("pipeline.train", {"pipeline.flag", "pipeline.report", "pipeline.workflows"}),
+        ("pipeline.report", {"pipeline.train", "pipeline.flag", "pipeline.workflows"}),
+        ("pipeline.flag_eval", {"pipeline.flag", "pipeline.train"}),
+        ("pipeline.inference", {"pipeline.train", "pipeline.model", "pipeline.flag", "pipeline.report", "pipeline.workflows"}),
+    ],
+)
+def test_module_does_not_reach(module, forbidden):
+    assert not reachable(module) & forbidden, f"{module} reaches {sorted(reachable(module) & forbidden)}"
