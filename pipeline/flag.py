@@ -66,6 +66,7 @@ from pipeline.nudge import (
     share_warnings,
 )
 from pipeline.tables import (
+    BINARY_FORMATS,
     PLAIN_COLUMNS,
     ColumnNames,
     TableError,
@@ -87,7 +88,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1  # bump when what the work directory holds changes
 CHAT_COLUMNS = ("conversation_id", "buyer_id", "shop_id", "role", "text", "sent_at")
 OUTPUT_COLUMNS = NUDGE_COLUMNS
-_BYTES_PER_ROW = {"csv": 90, "jsonl": 140}  # only to choose the number of shards
+_BYTES_PER_ROW = {"csv": 90, "jsonl": 140, "xlsx": 40}  # only to choose the number of shards (xlsx is compressed)
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -162,7 +163,7 @@ def readable_copy(path: Path, work: Path, source: str) -> tuple[Path, list[dict]
     tables.py reads a whole file in one encoding chosen from its first megabyte; a file with a few
     undecodable rows (or GB18030 only further down) is copied to UTF-8 line by line (each line in the
     encoding it decodes in), and lines that decode in neither are rejected instead of failing the run."""
-    if table_format(path) == "parquet":
+    if table_format(path) in BINARY_FORMATS:
         return path, [], 0
     whole = whole_file_encoding(path)
     try:

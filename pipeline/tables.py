@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet", ".xlsx")
+BINARY_FORMATS = ("parquet", "xlsx")  # no text encoding to detect
 _SNIFF_BYTES = 1 << 20
 
 
@@ -153,6 +155,14 @@ def read_header(path: str | Path) -> list[str]:
             return list(pq.ParquetFile(path).schema_arrow.names)
         except (pa.ArrowInvalid, OSError) as exc:
             raise TableError(f"{path}: not a readable Parquet file: {exc}") from exc
+    if fmt == "xlsx":
+        rows = _xlsx_rows(path)
+        try:
+            return [_cell_text(v) for v in next(rows)]
+        except StopIteration:
+            return []
+        finally:
+            rows.close()
     with open(path, "rb") as handle:  # the first non-blank line only: later lines may be in another encoding
         first = next((line for line in handle if line.strip()), b"")
     text = _decode_line(first[len(codecs.BOM_UTF8):] if first.startswith(codecs.BOM_UTF8) else first)
@@ -346,6 +356,65 @@ def _iter_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:
         yield Chunk(pd.DataFrame.from_records(records), rejected)
 
 
+def _cell_text(value: object) -> str | None:
+    """An Excel cell as the text a CSV export would hold: whole numbers without `.0` (order numbers
+    typed as numbers), dates in ISO 8601, empty cells None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    if hasattr(value, "isoformat"):
+        return value.isoformat(sep=" ") if hasattr(value, "hour") else value.isoformat()
+    return str(value)
+
+
+def _xlsx_rows(path: Path) -> Iterator[tuple]:
+    from openpyxl import load_workbook  # only needed for Excel files
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
+        raise TableError(f"{path}: not a readable Excel (.xlsx) file: {exc}") from exc
+    try:
+        yield from book.worksheets[0].iter_rows(values_only=True)
+    finally:
+        book.close()
+
+
+def _iter_xlsx(path: Path, chunk_rows: int) -> Iterator[Chunk]:
+    """The first sheet; the first row is the header, values are read as text (as from a CSV export)."""
+    rows = _xlsx_rows(path)
+    try:
+        header = next(rows)
+    except StopIteration as exc:
+        raise TableError(f"{path}: the sheet is empty (no header row)") from exc
+    names = [(_cell_text(v) or "").strip() for v in header]
+    while names and not names[-1]:
+        names.pop()
+    if len(set(names)) != len(names) or "" in names:
+        raise TableError(f"{path}: the header row needs distinct, non-empty column names, got {names}")
+    records, rejected = [], []
+    for number, row in enumerate(rows, start=2):
+        values = [_cell_text(v) for v in row]
+        if all(v is None or not v.strip() for v in values):
+            continue
+        extra = [v for v in values[len(names):] if v is not None and v.strip()]
+        if extra:
+            rejected.append(Rejected(number, f"{len(names) + len(extra)} cells for {len(names)} columns", ",".join(v or "" for v in values)))
+            continue
+        record = dict(zip(names, values[: len(names)] + [None] * (len(names) - len(values)), strict=True))
+        record["_line"] = number
+        records.append(record)
+        if len(records) >= chunk_rows:
+            yield Chunk(pd.DataFrame.from_records(records, columns=[*names, "_line"]).astype(object), rejected)
+            records, rejected = [], []
+    if records or rejected:
+        yield Chunk(pd.DataFrame.from_records(records, columns=[*names, "_line"]).astype(object), rejected)
+
+
 def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     try:
         parquet = pq.ParquetFile(path)
@@ -367,8 +436,8 @@ def _iter_raw(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     if not path.is_file():
         raise TableError(f"{path}: file not found")
     fmt = table_format(path)
-    readers = {"csv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet}
-    if fmt == "parquet" or _reads_in_one_encoding(path):
+    readers = {"csv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "xlsx": _iter_xlsx}
+    if fmt in BINARY_FORMATS or _reads_in_one_encoding(path):
         yield from readers[fmt](path, chunk_rows)
         return
     with tempfile.TemporaryDirectory(prefix="buyer-intent-decoded-") as tmp:
@@ -396,10 +465,12 @@ def read_table(path: str | Path, names: ColumnNames = PLAIN_COLUMNS) -> tuple[pd
 
 
 def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str) -> None:
-    if fmt == "csv":
-        handle.write(frame.to_csv(index=False).encode("utf-8"))
+    if fmt == "csv":  # with a BOM: Excel on Chinese Windows reads plain UTF-8 as GBK (mojibake)
+        handle.write(frame.to_csv(index=False).encode("utf-8-sig"))
     elif fmt == "jsonl":
         handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
+    elif fmt == "xlsx":
+        frame.to_excel(handle, index=False, engine="openpyxl")
     else:
         frame.to_parquet(handle, index=False)
 
@@ -430,7 +501,7 @@ def atomic_file(path: str | Path) -> Iterator[io.BufferedWriter]:
 
 
 def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write by extension (CSV/JSONL/Parquet), atomically."""
+    """Write by extension (CSV as UTF-8 with BOM, JSONL, Parquet, Excel .xlsx), atomically."""
     fmt = table_format(path)
     with atomic_file(path) as handle:
         _write(frame, handle, fmt)

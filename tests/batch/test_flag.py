@@ -165,7 +165,7 @@ def test_missing_columns_and_bad_paths_fail_clearly(tmp_path, inputs, flag_bundl
     with pytest.raises(FlagError, match="not found"):
         _run(tmp_path / "nope.csv", tmp_path / "o.csv", orders, flag_bundle_dir, flag_config())
     with pytest.raises(FlagError, match="unsupported"):
-        _run(chats, tmp_path / "o.xlsx", orders, flag_bundle_dir, flag_config())
+        _run(chats, tmp_path / "o.xls", orders, flag_bundle_dir, flag_config())
 
 
 def test_crash_leaves_no_output_and_rerun_resumes_to_identical_bytes(tmp_path, monkeypatch, flag_bundle_dir, flag_config):
@@ -452,3 +452,20 @@ def test_a_duplicated_conversation_record_is_quarantined_not_merged(tmp_path, in
     rejected = pd.read_csv(tmp_path / "b.csv.rejected.csv", dtype=str, encoding="utf-8-sig")
     first_id = json.loads(lines[0])["conversation_id"]
     assert rejected["reason"].str.contains(f"duplicate conversation '{first_id}' (first record at line 1)", regex=False).any()
+
+
+def test_an_excel_export_in_and_an_excel_nudge_list_out(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """The nudge list from an .xlsx chat export with Chinese headers, written as .xlsx, holds the rows of
+    the CSV run (a CRM or 千牛 imports either)."""
+    chats, orders = inputs
+    reference = tmp_path / "reference.csv"
+    _run(chats, reference, orders, flag_bundle_dir, flag_config())
+    export = tmp_path / "聊天记录.xlsx"
+    flat_rows().rename(columns=CHINESE_CHAT_HEADERS).to_excel(export, index=False)
+    out = tmp_path / "nudges.xlsx"
+    summary = _run(export, out, orders, flag_bundle_dir, flag_config())
+    assert summary["rows"]["rejected"] == 0
+    expected = pd.read_csv(reference, dtype=str, keep_default_na=False)
+    got = pd.read_excel(out, dtype=str).fillna("")
+    assert got["conversation_id"].tolist() == expected["conversation_id"].tolist()
+    assert got["nudge_text"].tolist() == expected["nudge_text"].tolist()

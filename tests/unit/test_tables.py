@@ -77,7 +77,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(pd.DataFrame, "to_csv", explode)
     with pytest.raises(RuntimeError):
         write_table_atomic(pd.DataFrame({"a": [2]}), target)
-    assert target.read_text() == "a\n1\n"
+    assert target.read_text(encoding="utf-8-sig") == "a\n1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
 
@@ -139,3 +139,42 @@ def test_require_columns_reads_only_the_header(tmp_path):
     require_columns(path, ["text", "sent_at"], names)
     with pytest.raises(TableError, match=r"missing column\(s\) \['intent'\]"):
         require_columns(path, ["text", "intent"], names)
+
+
+def test_excel_exports_read_like_csv_and_outputs_round_trip(tmp_path):
+    """An .xlsx export (Chinese headers, an order number typed as a number, a date cell, an empty row)
+    reads as the CSV would; an .xlsx output reads back; CSV outputs carry a BOM for Excel."""
+    import datetime as dt
+
+    from openpyxl import Workbook
+
+    from pipeline.config import load_config
+    from pipeline.tables import read_table
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["消息内容", "订单编号", "发送时间"])
+    sheet.append(["在吗", 3848305783356712, dt.datetime(2024, 9, 2, 5, 0)])
+    sheet.append([None, None, None])
+    sheet.append(["包邮吗", "A-1", "2024/9/2 5:01", "stray"])
+    path = tmp_path / "export.xlsx"
+    book.save(path)
+    frame, rejected = read_table(path, load_config().columns.names())
+    assert frame["text"].tolist() == ["在吗"] and frame["订单编号"].tolist() == ["3848305783356712"]
+    assert frame["sent_at"].tolist() == ["2024-09-02 05:00:00"] and frame["_line"].tolist() == [2]
+    assert [r.row for r in rejected] == [4] and "4 cells for 3 columns" in rejected[0].reason
+    out = tmp_path / "out.xlsx"
+    write_table_atomic(pd.DataFrame({"text": ["在吗"], "intent": ["greeting"]}), out)
+    assert read_table(out)[0][["text", "intent"]].values.tolist() == [["在吗", "greeting"]]
+    csv_out = tmp_path / "out.csv"
+    write_table_atomic(pd.DataFrame({"text": ["在吗"]}), csv_out)
+    assert csv_out.read_bytes().startswith(b"\xef\xbb\xbf") and read_table(csv_out)[0]["text"].tolist() == ["在吗"]
+
+
+def test_a_file_that_is_not_excel_is_a_clear_error(tmp_path):
+    from pipeline.tables import TableError, read_table
+
+    path = tmp_path / "fake.xlsx"
+    path.write_text("text\n在吗\n", encoding="utf-8")
+    with pytest.raises(TableError, match=r"fake\.xlsx: not a readable Excel"):
+        read_table(path)
