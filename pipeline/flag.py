@@ -702,6 +702,11 @@ def merge_results(
     columns = [c for c in OUTPUT_COLUMNS if c != "category" or partition["has_category"]]
     output = flagged[columns].copy()
     output["priority"] = output["priority"].astype(np.int64)
+    summary_path = out.with_name(f"{out.name}.summary.json")
+    # The summary is the set's commit record: removed before the new files replace the old ones and
+    # written last with their digests, so a kill in between leaves no summary (an unfinished run)
+    # rather than a summary that describes other files.
+    summary_path.unlink(missing_ok=True)
     write_table_atomic(output, out)
 
     rejected_parts = [pq.read_table(work / "partition" / "rejected.parquet").to_pandas()]
@@ -750,13 +755,38 @@ def merge_results(
         "per_shop": _group_summary(counts, flagged, "shop_id"),
         "per_category": _group_summary(counts, flagged, "category") if partition["has_category"] else {},
         "output": str(out),
+        "files_sha256": {path.name: _sha256(path) for path in (out, rejected_path)},
     }
     for warning in summary["warnings"]:
         log.warning("%s", warning)
     if not summary["rows"]["balanced"]:
         log.error("rows in (%d) != used (%d) + rejected (%d)", partition["rows_in"], rows_used, rows_rejected)
-    _write_json_atomic(summary, out.with_name(f"{out.name}.summary.json"))
+    _write_json_atomic(summary, summary_path)
     return summary
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_set_problems(out: str | Path) -> list[str]:
+    """What is wrong with a finished run's output set (empty: the nudge list, its rejected rows and its
+    summary belong together): no summary means the run did not finish publishing."""
+    out = Path(out)
+    summary_path = out.with_name(f"{out.name}.summary.json")
+    if not summary_path.is_file():
+        return [f"{summary_path.name} is missing: the run that wrote {out.name} did not finish; run it again"]
+    recorded = json.loads(summary_path.read_text(encoding="utf-8")).get("files_sha256", {})
+    problems = []
+    for name, digest in recorded.items():
+        path = out.with_name(name)
+        if not path.is_file() or _sha256(path) != digest:
+            problems.append(f"{name} is not the file {summary_path.name} describes")
+    return problems
 
 
 # --- the job ----------------------------------------------------------------------------------------

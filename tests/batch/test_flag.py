@@ -469,3 +469,33 @@ def test_an_excel_export_in_and_an_excel_nudge_list_out(tmp_path, inputs, flag_b
     got = pd.read_excel(out, dtype=str).fillna("")
     assert got["conversation_id"].tolist() == expected["conversation_id"].tolist()
     assert got["nudge_text"].tolist() == expected["nudge_text"].tolist()
+
+
+def test_a_kill_while_publishing_never_leaves_a_summary_of_other_files(tmp_path, inputs, monkeypatch, flag_bundle_dir, flag_config):
+    """main could leave a new nudge list beside the previous run's summary. The summary is removed
+    before the new files replace the old and written last with their digests."""
+    chats, orders = inputs
+    out = tmp_path / "nudges.csv"
+    _run(chats, out, orders, flag_bundle_dir, flag_config())
+    assert flag_module.output_set_problems(out) == []
+    old_summary = json.loads(out.with_name("nudges.csv.summary.json").read_text(encoding="utf-8"))
+    assert set(old_summary["files_sha256"]) == {"nudges.csv", "nudges.csv.rejected.csv"}
+
+    changed = write_csv(flat_rows().iloc[:-3], tmp_path / "chats2.csv")
+    real_write = flag_module.write_table_atomic
+
+    def killed_at_the_rejected_file(frame, path, *args, **kwargs):
+        if str(path).endswith(".rejected.csv"):
+            raise KeyboardInterrupt("killed while publishing")
+        return real_write(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(flag_module, "write_table_atomic", killed_at_the_rejected_file)
+    with pytest.raises(KeyboardInterrupt):
+        _run(changed, out, orders, flag_bundle_dir, flag_config())
+    problems = flag_module.output_set_problems(out)
+    assert len(problems) == 1 and "did not finish" in problems[0]
+    monkeypatch.setattr(flag_module, "write_table_atomic", real_write)
+    _run(changed, out, orders, flag_bundle_dir, flag_config())
+    assert flag_module.output_set_problems(out) == []
+    out.write_text(out.read_text(encoding="utf-8-sig") + "x\n", encoding="utf-8")
+    assert flag_module.output_set_problems(out) == ["nudges.csv is not the file nudges.csv.summary.json describes"]
