@@ -92,8 +92,14 @@ def predict(
     model: ModelOption = None,
     config: ConfigOption = None,
     columns: ColumnsOption = None,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="add `explanation`: JSON of the n-grams that pushed the predicted intent and the purchase score, "
+                     "with their contributions to the model's logits (pipeline/explain.py)"),
+    ] = False,
+    explain_top_k: Annotated[Optional[int], typer.Option("--explain-top-k", min=1, help="n-grams listed per model with --explain (default 5)")] = None,
 ) -> None:
-    """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row."""
+    """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row (and `explanation` with --explain)."""
     from pipeline.bundle import ModelIntegrityError
     from pipeline.inference import ModelNotFoundError
     from pipeline.tables import TableError
@@ -101,7 +107,7 @@ def predict(
 
     _setup_logging()
     try:
-        counts = predict_file(input, output, model, _config(config, {"columns.map": columns}))
+        counts = predict_file(input, output, model, _config(config, {"columns.map": columns}), explain=explain, explain_top_k=explain_top_k)
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))

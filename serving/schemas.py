@@ -66,11 +66,45 @@ class ClassifyRequest(BaseModel):
         description=f"buyer messages, at most {SETTINGS.max_messages}, each at most {SETTINGS.max_chars} characters; "
         "an empty string is valid and classifies as `other` with `fallback`",
     )
+    explain: bool = Field(
+        default=False,
+        description="also return, per message, the n-grams that pushed the predicted intent and the purchase score, "
+        "with their contributions to the linear models' logits (`explanation`); without it the response has no `explanation`",
+    )
 
 
 class IntentScore(BaseModel):
     intent: str
     score: float
+
+
+class NgramContribution(BaseModel):
+    ngram: str = Field(description="the n-gram of the normalised message, PII masked (numbers, phones, order numbers ... as [数字x], [电话x], [订单x]); "
+                       "words of a word n-gram are separated by a space, a blank in a character n-gram is shown as ␣")
+    kind: str = Field(description="`word` (jieba word n-gram) or `char` (character n-gram)")
+    contribution: float = Field(description="TF-IDF value of the n-gram in the message times its weight: its term of the logit")
+
+
+class IntentExplanation(BaseModel):
+    label: str = Field(description="the explained intent: the predicted one")
+    logit: float = Field(description="the intent model's score of `label` before calibration = intercept + the contributions of all n-grams")
+    intercept: float
+    rest: float = Field(description="the sum of the contributions of the n-grams not listed")
+    ngrams: list[NgramContribution] = Field(description="the n-grams with the largest positive contributions, largest first")
+
+
+class PurchaseExplanation(BaseModel):
+    logit: float = Field(description="the purchase model's score before calibration = intercept + the contributions of all n-grams")
+    intercept: float
+    rest: float = Field(description="the sum of the contributions of the n-grams not listed")
+    ngrams: list[NgramContribution] = Field(description="the n-grams with the largest absolute contributions (positive: towards purchase intent)")
+
+
+class Explanation(BaseModel):
+    """Read exactly from the linear models' weights (pipeline/explain.py): no sampling."""
+
+    intent: IntentExplanation
+    purchase: PurchaseExplanation | None = Field(description="null when the model has no purchase detector")
 
 
 class MessageResult(BaseModel):
@@ -80,6 +114,11 @@ class MessageResult(BaseModel):
     fallback: bool = Field(description="confidence is below the model's fallback threshold: route to a human / generic reply")
     purchase_intent: bool = Field(description="the buyer wants to buy now or soon (purchase_score >= the model's threshold)")
     purchase_score: float = Field(description="probability of purchase intent")
+    explanation: Explanation | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="only with `\"explain\": true`, and not for an empty message (the model does not score it)",
+    )
 
 
 class ClassifyResponse(BaseModel):

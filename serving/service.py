@@ -2,7 +2,8 @@
 
 Endpoints (all POST, JSON in and out; every response names the model that answered):
   /classify            {"messages": [str, ...]} -> intent, confidence, top 3 intents, fallback,
-                       purchase intent and score per message (adaptive batching across requests)
+                       purchase intent and score per message (adaptive batching across requests);
+                       with "explain": true also the n-grams behind the intent and the purchase score
   /score_conversation  {"conversation": {...}} -> purchase score, expressed purchase intent, lost,
                        nudge with evidence, open concern and suggested nudge
   /flag                {"conversations": [...]} -> the nudge rows, as `buyer-intent flag` writes them
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from pipeline.conversation import ConversationScorer
+from pipeline.explain import DEFAULT_TOP_K, Explainer, UnsupportedExplanation
 from pipeline.inference import Predictor
 from serving.conversations import InvalidConversation, decide_conversations, nudge_rows, reason_counts, score_response
 from serving.schemas import (
@@ -39,6 +41,7 @@ from serving.schemas import (
     ClassifyResponse,
     Conversation,
     ErrorResponse,
+    Explanation,
     FlagConversation,
     FlagRequest,
     FlagResponse,
@@ -382,6 +385,7 @@ class BuyerIntent:
         _metrics()
         self.model_info = ModelInfo(name=MODEL_SOURCE.name, version=MODEL_SOURCE.version)
         self.scorer: ConversationScorer | None = None
+        self.explainer: Explainer | None = None  # built on the first `"explain": true`, in the model thread
         self.runtime = ModelRuntime(MODEL_SOURCE, SETTINGS.max_batch_messages, on_batch=_observe_batch)
         self.runtime.warm_up_hook = self._warm_up_conversations
         self.runtime.start()  # load + warm in the model thread; /readyz is 503 until it is done
@@ -418,12 +422,26 @@ class BuyerIntent:
         return _json_error(503, "the model is still loading; retry shortly", {"Retry-After": "1"})
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest)
-    async def classify(self, messages: list[str]) -> ClassifyResponse:
-        """Intent, confidence, top 3 intents, fallback, purchase intent and score of each buyer message."""
+    async def classify(self, messages: list[str], explain: bool = False) -> ClassifyResponse:
+        """Intent, confidence, top 3 intents, fallback, purchase intent and score of each buyer message; with
+        `"explain": true` also the n-grams that pushed the intent and the purchase score (pipeline/explain.py)."""
         if not self.runtime.ready:
             return self._unavailable()
         results = await self.runtime.classify(messages)
+        if explain and results:
+            try:
+                explanations = await self.runtime.run(self._explain, messages, [r["intent"] for r in results])
+            except UnsupportedExplanation as exc:
+                return _json_error(400, f"explain: this model cannot be explained ({exc})")
+            results = [{**r, "explanation": e} for r, e in zip(results, explanations, strict=True)]
         return ClassifyResponse.model_construct(model=self.model_info, results=[_message_result(r) for r in results])
+
+    def _explain(self, messages: list[str], intents: list[str]) -> list[dict[str, Any] | None]:
+        """Explanations of the predicted intents (model thread: the tokenizers are never shared)."""
+        predictor = self.runtime.predictor
+        if self.explainer is None or self.explainer.bundle is not predictor.bundle:
+            self.explainer = Explainer.for_predictor(predictor)
+        return self.explainer.explain(messages, intents, DEFAULT_TOP_K)
 
     @bentoml.api(route="/score_conversation", input_spec=ScoreRequest)
     async def score_conversation(self, conversation: Conversation) -> ScoreResponse:
@@ -460,6 +478,8 @@ class BuyerIntent:
 def _message_result(result: dict[str, Any]) -> MessageResult:
     """Built without re-validation: the values come from the model, not from the client."""
     top = [IntentScore.model_construct(**item) for item in result["top_intents"]]
+    if result.get("explanation") is not None:  # only with "explain": true; validated, it is small
+        return MessageResult.model_construct(**{**result, "top_intents": top, "explanation": Explanation.model_validate(result["explanation"])})
     return MessageResult.model_construct(**{**result, "top_intents": top})
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,46 @@ def test_empty_messages_are_other_with_fallback(app_client):
     for result in body["results"]:
         assert result["intent"] == "other" and result["fallback"] is True and result["top_intents"] == []
     assert post(app_client, "/classify", {"messages": []}).json()["results"] == []
+
+
+def test_classify_explains_on_request_only(app_client, model_dir):
+    """`"explain": true` adds the explanation of pipeline/explain.py per message, PII masked; without it (or with
+    false) the response is the one it always was."""
+    from pipeline.bundle import load_bundle
+    from pipeline.explain import DEFAULT_TOP_K, Explainer
+
+    plain = post(app_client, "/classify", {"messages": PROBES})
+    assert plain.status_code == 200
+    assert post(app_client, "/classify", {"messages": PROBES, "explain": False}).content == plain.content
+    keys = {"intent", "confidence", "top_intents", "fallback", "purchase_intent", "purchase_score"}
+    assert all(set(result) == keys for result in plain.json()["results"])
+
+    texts = [*PROBES, "我电话13812345678 有货我就拍"]
+    response = post(app_client, "/classify", {"messages": texts, "explain": True})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [{k: r[k] for k in keys} for r in results[: len(PROBES)]] == plain.json()["results"]
+    expected = Explainer(load_bundle(model_dir), None).explain(texts, [r["intent"] for r in results], DEFAULT_TOP_K)
+    for text, result, want in zip(texts, results, expected, strict=True):
+        if want is None:  # empty once normalised: not scored, nothing to explain
+            assert "explanation" not in result and result["fallback"], text
+            continue
+        explanation = result["explanation"]
+        assert explanation == want
+        assert explanation["intent"]["label"] == result["intent"]
+        for part in (explanation["intent"], explanation["purchase"]):
+            listed = sum(item["contribution"] for item in part["ngrams"])
+            assert part["intercept"] + listed + part["rest"] == pytest.approx(part["logit"], abs=1e-4)
+            assert len(part["ngrams"]) <= DEFAULT_TOP_K
+    complaint = results[PROBES.index("给你差评")]["explanation"]["intent"]
+    assert complaint["label"] == "complaint" and re.search("差|评", complaint["ngrams"][0]["ngram"]), complaint
+    shown = [item["ngram"] for r in results if "explanation" in r for part in r["explanation"].values() for item in part["ngrams"]]
+    assert shown and not any(re.search(r"\d", ngram) for ngram in shown), shown  # numbers, phones, order numbers masked
+    assert "13812345678" not in json.dumps(results, ensure_ascii=False)
+
+    for bad in ("yes", 1, None):  # strict: only a JSON boolean
+        refused = post(app_client, "/classify", {"messages": ["在吗"], "explain": bad})
+        assert refused.status_code == 400 and refused.json()["error"].startswith("explain:"), refused.text
 
 
 def test_concurrent_requests_get_their_own_results(app_client):
