@@ -92,7 +92,10 @@ def jieba_memo_clearer(bundle) -> Callable[[], None]:
 
 def train_fasttext(work: Path, tokenize: Callable[[str], str]):
     """A supervised fastText intent model on the bundled corpus, tokenised as ours reads it."""
-    import fasttext
+    try:
+        import fasttext
+    except ImportError as exc:
+        raise SystemExit(f"fastText is not installed ({exc}): `uv sync --group dev` installs fasttext-numpy2") from exc
 
     frame = pd.read_csv(CORPUS, dtype=str, keep_default_na=False)
     path = work / "fasttext-train.txt"
