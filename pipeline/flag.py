@@ -85,7 +85,7 @@ from pipeline.text import mask_pii
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1  # bump when what the work directory holds changes
+CHECKPOINT_FORMAT = 2  # bump when what the work directory holds changes
 CHAT_COLUMNS = ("conversation_id", "buyer_id", "shop_id", "role", "text", "sent_at")
 OUTPUT_COLUMNS = NUDGE_COLUMNS
 _BYTES_PER_ROW = {"csv": 90, "jsonl": 140, "xlsx": 40}  # only to choose the number of shards (xlsx is compressed)
@@ -582,7 +582,15 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
         ],
         axis=1,
     )
-    decided = decide_table(table, policy, policy.threshold(scorer), _STATE["orders"])
+    orders_index = _STATE["orders"]
+    decided = decide_table(table, policy, policy.threshold(scorer), orders_index)
+    # flagged before their window is over in the orders file: not paid *so far* (as of its last payment)
+    horizon = int(orders_index.paid_at_ms.max()) if orders_index is not None and len(orders_index) else None
+    window_open = (
+        (decided["reason"] == REASON_FLAGGED) & (decided["last_ms"].to_numpy(np.int64) + policy.window_ms > horizon)
+        if horizon is not None
+        else np.zeros(len(decided), dtype=bool)
+    )
     candidates = decided[decided["candidate"]][
         ["conversation_id", "buyer_id", "shop_id", "category", "purchase_score", "evidence", "open_concern",
          "suggested_nudge", "nudge_text", "priority", "send_after_ms"]
@@ -595,9 +603,10 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             skipped_complaint_or_refund=decided["reason"] == REASON_SKIPPED,
             order_unknown=decided["reason"] == REASON_ORDER_UNKNOWN,
             candidates=decided["reason"] == REASON_FLAGGED,
+            window_open=window_open,
         )
         .groupby(["shop_id", "category"], sort=True)[
-            ["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates"]
+            ["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates", "window_open"]
         ]
         .sum()
         .astype(np.int64)
@@ -651,6 +660,18 @@ def _run_shards(
 
 
 # --- phase 3: merge ---------------------------------------------------------------------------------
+
+
+def _open_window_warnings(n_open: int, orders_info: dict | None, policy: NudgePolicy) -> list[str]:
+    """Candidates whose attribution window runs past the last payment in the orders file have not paid
+    *so far*; right for a quick 催拍 (a short --window), premature for a lost-shopper list."""
+    if not n_open:
+        return []
+    return [
+        f"{n_open} nudge candidate(s) (before one per buyer and shop) end less than {policy.window_hours:g} h before the last payment in the orders file "
+        f"({(orders_info or {}).get('last_paid_at')}): those buyers have not paid so far but still may; for a nudge within "
+        "hours keep them (use a short --window), for a final list export orders that cover every window"
+    ]
 
 
 def _orders_warnings(orders: Path | None, orders_info: dict | None) -> list[str]:
@@ -723,7 +744,7 @@ def merge_results(
     rows_rejected = partition["rows_rejected"] + sum(d["rows_rejected"] for d in done)
     reasons = Counter(partition["rejected_reasons"])
     reasons.update(Counter(reason_kind(r) for r in shard_rejects["reason"].tolist()))
-    totals = counts[["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates"]].sum()
+    totals = counts[["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates", "window_open"]].sum()
     lost = int(totals["lost_shoppers"])
     summary = {
         "input": {"chats": str(chats), "orders": None if orders is None else str(orders), "format": partition["format"]},
@@ -747,7 +768,10 @@ def merge_results(
         "order_status_unknown": int(totals["order_unknown"]),
         "flagged": int(len(flagged)),
         "flagged_share_of_lost": _share(len(flagged), lost),
-        "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings()) + _orders_warnings(orders, orders_info),
+        "candidates_before_window_end": int(totals["window_open"]),
+        "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings())
+        + _orders_warnings(orders, orders_info)
+        + _open_window_warnings(int(totals["window_open"]), orders_info, policy),
         "messages": {
             "buyer": sum(d["buyer_messages"] for d in done),
             "distinct_buyer_texts": sum(d["unique_buyer_texts"] for d in done),

@@ -499,3 +499,14 @@ def test_a_kill_while_publishing_never_leaves_a_summary_of_other_files(tmp_path,
     assert flag_module.output_set_problems(out) == []
     out.write_text(out.read_text(encoding="utf-8-sig") + "x\n", encoding="utf-8")
     assert flag_module.output_set_problems(out) == ["nudges.csv is not the file nudges.csv.summary.json describes"]
+
+
+def test_candidates_whose_window_outlasts_the_orders_file_are_counted_and_warned(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """A buyer whose window is not over in the orders file has not paid *so far*: right for a quick
+    催拍, premature for a final lost-shopper list; the summary says how many and why."""
+    chats, orders = inputs
+    normal = _run(chats, tmp_path / "a.csv", orders, flag_bundle_dir, flag_config())
+    assert normal["candidates_before_window_end"] == 0 and not any("not paid so far" in w for w in normal["warnings"])
+    long = _run(chats, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config(window_hours=24 * 365))
+    assert long["candidates_before_window_end"] >= long["flagged"] >= 1
+    assert any("have not paid so far" in w for w in long["warnings"])
