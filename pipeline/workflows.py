@@ -3,6 +3,7 @@ exactly what users run."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -52,6 +53,13 @@ def _write_report(out_dir: Path, **kwargs) -> dict[str, Any]:
     from pipeline.report import write_report
 
     return write_report(out_dir, **kwargs)
+
+
+def _report_explainer(predictor: Predictor):
+    """The report's "why" column for its example mistakes: the top 3 n-grams of the predicted intent."""
+    from pipeline.explain import Explainer
+
+    return functools.partial(Explainer.for_predictor(predictor).explain, top_k=3)
 
 
 def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, float] | None, str | None]:
@@ -108,6 +116,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             extra_sections=extra,
             top_confusions=config.report.top_confusions,
             examples_per_confusion=config.report.examples_per_confusion,
+            explain=_report_explainer(Predictor(result.bundle)),
         )
         tracking.log_run_contents(
             config,
@@ -238,6 +247,7 @@ def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None,
         extra_sections={"Data": f"{data_path}: {len(data.frame)} rows used, {len(data.rejected)} rejected"},
         top_confusions=config.report.top_confusions,
         examples_per_confusion=config.report.examples_per_confusion,
+        explain=_report_explainer(predictor),
     )
     flat = {
         "model": {"name": bundle.name, "version": bundle.version},

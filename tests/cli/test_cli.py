@@ -111,6 +111,7 @@ def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages
     assert f"messages of {small_messages_csv.parent.name}" in report
     assert "held-out test messages" not in report and "No evaluation set of real chats" not in report
     assert "No champion yet" not in report
+    assert '"why"' in report  # the example mistakes say which n-grams pushed the wrong intent
 
 
 def test_unknown_model_is_a_clear_error(first_run, workspace):
