@@ -160,6 +160,7 @@ def flag(
     window: Annotated[Optional[str], typer.Option("--window", help="attribution window, e.g. 72h")] = None,
     config: ConfigOption = None,
     columns: ColumnsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole summary as JSON (it is always written to <out>.summary.json)")] = False,
 ) -> None:
     """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
     from pipeline.bundle import ModelIntegrityError
@@ -172,7 +173,13 @@ def flag(
         summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {"columns.map": columns}))
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
         _fail(exc)
-    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+    if as_json:
+        typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+    else:
+        from pipeline.terminal import print_flag_summary
+
+        print_flag_summary(summary)
+        typer.echo(f"summary: {out.with_name(out.name + '.summary.json')}")
 
 
 @app.command()
