@@ -72,7 +72,7 @@ def train(
         cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
     try:
         summary = train_and_track(cfg, list(eval_data or []), promote)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only directory
         _fail(exc)
     typer.echo(f"run id: {summary['run_id']}")
     typer.echo(f"registered: {cfg.mlflow.registered_model} version {summary['model_version']}"
@@ -130,7 +130,7 @@ def evaluate(
     _setup_logging()
     try:
         metrics = evaluate_file(data, out, model, _config(config, {"columns.map": columns}))
-    except (ModelNotFoundError, ModelIntegrityError, DataError, ValueError) as exc:
+    except (ModelNotFoundError, ModelIntegrityError, DataError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} fallback_rate={metrics['fallback_rate']:.4f}")
     if "purchase" in metrics:
@@ -171,7 +171,7 @@ def flag(
     _setup_logging()
     try:
         summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {"columns.map": columns}))
-    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
+    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     if as_json:
         typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
@@ -202,7 +202,7 @@ def tune(
     try:  # TuneError (a bad search space) is a ValueError: a one-line error naming the key, not a traceback
         labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label, cfg.columns.names().only(LABELLED_COLUMNS))
         result = run_tune(cfg, labelled, out, n_trials=trials, folds=folds, n_jobs=n_jobs)
-    except (ConfigError, DataError, TableError, ValueError) as exc:
+    except (ConfigError, DataError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
 

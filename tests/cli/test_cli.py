@@ -140,3 +140,21 @@ def test_bad_data_is_a_clear_error(env, workspace):
     result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(bad)])
     assert result.exit_code == 2
     assert "missing required column" in result.output
+
+
+def test_a_full_disk_is_one_clear_line_not_a_traceback(first_run, workspace, monkeypatch):
+    import errno
+
+    import pipeline.workflows as workflows
+
+    source = workspace / "full.csv"
+    source.write_text("text\n在吗\n", encoding="utf-8")
+    out = workspace / "full-out.csv"
+
+    def no_space(frame, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(workflows, "write_table_atomic", no_space)
+    result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(out)])
+    assert result.exit_code == 2 and "No space left on device" in result.output and "full-out.csv" in result.output
+    assert "Traceback" not in result.output and not out.exists()
