@@ -108,7 +108,7 @@ def predict(
     _setup_logging()
     try:
         counts = predict_file(input, output, model, _config(config, {"columns.map": columns}), explain=explain, explain_top_k=explain_top_k)
-    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
+    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))
 
