@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipeline.bundle import sha256_file
 from pipeline.config import Config, Registry
 from pipeline.nudge import (
     MISSING_TIME,
@@ -779,7 +780,7 @@ def merge_results(
         "per_shop": _group_summary(counts, flagged, "shop_id"),
         "per_category": _group_summary(counts, flagged, "category") if partition["has_category"] else {},
         "output": str(out),
-        "files_sha256": {path.name: _sha256(path) for path in (out, rejected_path)},
+        "files_sha256": {path.name: sha256_file(path) for path in (out, rejected_path)},
     }
     for warning in summary["warnings"]:
         log.warning("%s", warning)
@@ -787,14 +788,6 @@ def merge_results(
         log.error("rows in (%d) != used (%d) + rejected (%d)", partition["rows_in"], rows_used, rows_rejected)
     _write_json_atomic(summary, summary_path)
     return summary
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def output_set_problems(out: str | Path) -> list[str]:
@@ -808,7 +801,7 @@ def output_set_problems(out: str | Path) -> list[str]:
     problems = []
     for name, digest in recorded.items():
         path = out.with_name(name)
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             problems.append(f"{name} is not the file {summary_path.name} describes")
     return problems
 
