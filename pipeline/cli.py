@@ -114,6 +114,32 @@ def predict(
 
 
 @app.command()
+def select(
+    input: Annotated[Path, typer.Option("--input", help="chat export (CSV/JSONL/Parquet) with a `text` column; with `role`, buyer rows only")],
+    out: Annotated[Path, typer.Option("--out", help="the queue: .csv (UTF-8 with BOM, opens in Excel) or .xlsx (needs openpyxl)")],
+    n: Annotated[int, typer.Option("--n", min=1, help="messages to queue for labelling")] = 200,
+    strategy: Annotated[str, typer.Option(help="uncertainty: margin (top-2 probabilities) or entropy")] = "margin",
+    similarity: Annotated[float, typer.Option(help="near-duplicates: character-bigram Jaccard at or above this (>1: off)")] = 0.6,
+    model: ModelOption = None,
+    config: ConfigOption = None,
+    columns: ColumnsOption = None,
+) -> None:
+    """Choose the buyer messages whose labels would teach the model most; write them with the model's guess
+    and empty `intent` and `purchase_intent` columns to fill in."""
+    from pipeline.bundle import ModelIntegrityError
+    from pipeline.inference import ModelNotFoundError
+    from pipeline.select import select_file
+    from pipeline.tables import TableError
+
+    _setup_logging()
+    try:
+        summary = select_file(input, out, n, model, _config(config, {"columns.map": columns}), strategy=strategy, similarity=similarity)
+    except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
+@app.command()
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="labelled messages: PATH or NAME=PATH (default name: the file's folder)")],
     out: Annotated[Path, typer.Option("--out", help="directory for metrics.json and the report")],
