@@ -521,11 +521,17 @@ class Benchmark:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _row(name: str, m: dict, extra: str = "") -> str:
+def _cells(m: dict, accuracy: str) -> str:
+    """The metric cells every table row shares, after its accuracy cell."""
     src = m.get("accuracy_by_source", {})
-    return (f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['purchase_f1']:.3f} "
+    return (f"{accuracy} | {m['macro_f1']:.3f} | {m['purchase_f1']:.3f} "
             f"({m['purchase_precision']:.2f} / {m['purchase_recall']:.2f}) | {m['purchase_ap']:.3f} | "
-            f"{src.get('jd_after_sales', float('nan')):.3f} | {src.get('taobao_pre_sales', float('nan')):.3f} |{extra}")
+            f"{src.get('jd_after_sales', float('nan')):.3f} | {src.get('taobao_pre_sales', float('nan')):.3f} |")
+
+
+def _row(name: str, m: dict, extra: str = "") -> str:
+    accuracy = f"{m['accuracy']:.3f}"
+    return f"| {name} | {_cells(m, accuracy)}{extra}"
 
 
 def render(results: dict, args) -> str:
@@ -589,10 +595,8 @@ def render(results: dict, args) -> str:
 
 
 def _row_curve(n: str, how: str, w: str, m: dict) -> str:
-    src = m.get("accuracy_by_source", {})
-    return (f"| {n} | {how} | {w} | {m['accuracy']:.3f} ± {m['fold_accuracy_std']:.3f} | {m['macro_f1']:.3f} | {m['purchase_f1']:.3f} "
-            f"({m['purchase_precision']:.2f} / {m['purchase_recall']:.2f}) | {m['purchase_ap']:.3f} | "
-            f"{src.get('jd_after_sales', float('nan')):.3f} | {src.get('taobao_pre_sales', float('nan')):.3f} |")
+    accuracy = f"{m['accuracy']:.3f} ± {m['fold_accuracy_std']:.3f}"
+    return f"| {n} | {how} | {w} | {_cells(m, accuracy)}"
 
 
 def summary_lines(results: dict, args) -> str:
