@@ -43,7 +43,10 @@ def _fail(exc: Exception) -> None:
 @app.command()
 def train(
     config: ConfigOption = None,
-    data: Annotated[Optional[Path], typer.Option(help="labelled messages (CSV/JSONL/Parquet)")] = None,
+    data: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="labelled messages (CSV/JSONL/Parquet/Excel); repeat to add more labelled files, e.g. the filled-in queue of `select` (weighted by extra_data_weight)"),
+    ] = None,
     eval_data: Annotated[
         Optional[list[str]],
         typer.Option("--eval-data", help="extra labelled sets to evaluate on, PATH or NAME=PATH (default name: the file's folder); repeatable"),
@@ -64,7 +67,8 @@ def train(
     _setup_logging()
     cfg = _config(
         config,
-        {"paths.data": str(data) if data else None, "paths.model_dir": str(model_dir) if model_dir else None,
+        {"paths.data": str(data[0]) if data else None, "paths.extra_data": [str(p) for p in data[1:]] if data and len(data) > 1 else None,
+         "paths.model_dir": str(model_dir) if model_dir else None,
          "paths.conversations": str(conversations) if conversations else None, "paths.orders": str(orders) if orders else None,
          "seed": seed, "columns.map": columns},
     )

@@ -28,6 +28,7 @@ class _Strict(BaseModel):
 
 class Paths(_Strict):
     data: str
+    extra_data: list[str]  # labelled files merged into training (a shop's labelled queue), weighted
     conversations: str | None
     orders: str | None  # orders of the labelled conversations: the nudge list is evaluated on held-out ones
     reports: str
@@ -258,6 +259,7 @@ class Config(_Strict):
 
     seed: int
     n_jobs: int = Field(ge=1)
+    extra_data_weight: float = Field(gt=0)
     paths: Paths
     mlflow: MlflowSettings
     split: SplitSettings

@@ -9,6 +9,7 @@ the same test messages.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pipeline.text import normalize
 REQUIRED_COLUMNS = ("text", "intent")
 OPTIONAL_COLUMNS = ("purchase_intent", "group")
 LABELLED_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)  # the columns export headers are mapped to
+log = logging.getLogger(__name__)
 _LABEL_RE = re.compile(r"^[^\s,;]{1,64}$")
 
 
@@ -59,7 +61,9 @@ def validate_labelled(frame: pd.DataFrame, source: str, min_examples_per_label: 
         reason = None
         if not isinstance(text, str) or not text.strip():
             reason = "empty text"
-        elif not isinstance(intent, str) or not _LABEL_RE.match(intent.strip()):
+        elif not isinstance(intent, str) or not intent.strip():
+            reason = "no intent label (an unlabelled row: fill in the intent column)"
+        elif not _LABEL_RE.match(intent.strip()):
             reason = f"bad intent label {intent!r} (one word, no spaces, commas or semicolons)"
         elif has_purchase and parse_yes_no(row["purchase_intent"]) is None:
             reason = f"purchase_intent must be yes or no (1/0, true/false, 是/否), got {row['purchase_intent']!r}"
@@ -120,6 +124,60 @@ def load_labelled(
         reasons = Counter(r.reason for r in rejected).most_common(3)
         raise DataError(f"{path}: no valid rows left ({len(rejected)} rejected; most common: {reasons})")
     return LabelledData(valid, rejected_table, str(path))
+
+
+def load_training_data(
+    path: str | Path,
+    extra_paths: list[str] | tuple[str, ...] = (),
+    quarantine_dir: str | Path | None = None,
+    min_examples_per_label: int = 1,
+    names: ColumnNames = PLAIN_COLUMNS,
+    extra_weight: float = 1.0,
+) -> LabelledData:
+    """The labelled file plus more labelled files (a shop's filled-in labelling queue), as one training set.
+
+    Every row keeps its `source` (the file's name) and a `_weight` (1 for the first file, `extra_weight` for
+    the others). An extra row whose label the first file does not have, or that misses a label, is
+    quarantined with the reason; texts, not ids, are the key: where an extra file labels a text the first
+    file also has, the extra file's label replaces it (the shop knows its own buyers)."""
+    base = load_labelled(path, quarantine_dir, min_examples_per_label, names)
+    if not extra_paths:
+        return base
+    frame = base.frame.copy()
+    if "source" not in frame.columns:
+        frame["source"] = Path(path).stem
+    frame["_weight"] = 1.0
+    labels = set(frame["intent"])
+    parts, rejected_tables = [frame], [base.rejected]
+    for extra in extra_paths:
+        data = load_labelled(extra, None, 1, names)
+        part = data.frame
+        unknown = ~part["intent"].isin(labels)
+        problems = [
+            Rejected(row, f"intent {intent!r} is not a label of {Path(path).name} ({len(labels)} labels)", text)
+            for row, intent, text in zip(part.loc[unknown, "_row"], part.loc[unknown, "intent"], part.loc[unknown, "text"], strict=True)
+        ]
+        if base.has_purchase_labels and not data.has_purchase_labels:
+            raise DataError(f"{extra}: no purchase_intent column, but {path} has one (label both, or neither)")
+        rejected = pd.concat([data.rejected, rejected_frame(problems, Path(extra))], ignore_index=True)
+        if quarantine_dir is not None and len(rejected):
+            write_table_atomic(rejected, Path(quarantine_dir) / f"{Path(extra).stem}.rejected.csv")
+        rejected_tables.append(rejected)
+        part = part[~unknown].copy()
+        part["group"] = Path(extra).stem + ":" + part["group"].astype(str)
+        part["source"] = Path(extra).stem
+        part["_weight"] = float(extra_weight)
+        parts.append(part[[c for c in frame.columns if c in part.columns]])
+    merged = pd.concat(parts, ignore_index=True)
+    # The last extra file that labels a text decides it, and a shop's label replaces the bundled one.
+    is_extra = np.arange(len(merged)) >= len(frame)
+    replaced = ~is_extra & merged["normalized"].isin(set(merged.loc[is_extra, "normalized"]))
+    superseded = is_extra & merged["normalized"].where(is_extra).duplicated(keep="last")
+    if replaced.any() or superseded.any():
+        log.info("extra labelled files: %d rows of %s and %d earlier extra rows relabelled by a later file",
+                 int(replaced.sum()), path, int(superseded.sum()))
+    merged = merged[~(replaced | superseded)].reset_index(drop=True)
+    return LabelledData(merged, pd.concat(rejected_tables, ignore_index=True), ", ".join([str(path), *map(str, extra_paths)]))
 
 
 def _stable_rank(seed: int, key: str) -> int:

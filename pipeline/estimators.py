@@ -194,8 +194,10 @@ def _scores(estimator, X) -> np.ndarray:
     return np.asarray(estimator.predict_log_proba(X), dtype=np.float64)
 
 
-def _fit_clone(estimator, X, y, rows):
-    return clone(estimator).fit(X[rows], y[rows])
+def _fit_clone(estimator, X, y, rows, sample_weight=None):
+    if sample_weight is None:
+        return clone(estimator).fit(X[rows], y[rows])
+    return clone(estimator).fit(X[rows], y[rows], sample_weight=sample_weight[rows])
 
 
 def _fit_temperature(scores: np.ndarray, y_index: np.ndarray) -> float:
@@ -222,6 +224,8 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
 
     Multiclass: temperature scaling (keeps the arg-max, so accuracy is untouched); binary: Platt scaling.
     Folds are grouped when `groups` is passed, so variants of one message never calibrate each other.
+    `sample_weight` weights the linear fits (e.g. a shop's own labels against the bundled corpus); the
+    calibration treats every out-of-fold message alike.
     """
 
     def __init__(self, estimator=None, n_folds: int = 3, random_state: int | None = 0, n_jobs: int | None = None):
@@ -230,8 +234,12 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def fit(self, X, y, groups=None):
+    def fit(self, X, y, groups=None, sample_weight=None):
         y = np.asarray(y)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != y.shape:
+                raise ValueError(f"sample_weight has shape {sample_weight.shape}, y has {y.shape}")
         self.classes_ = np.unique(y)
         y_index = np.searchsorted(self.classes_, y)
         binary = len(self.classes_) == 2
@@ -246,7 +254,7 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         folds = list(folds)
         # The fold models and the final model are independent fits: run them side by side.
         fitted = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fit_clone)(self.estimator, X, y_index, rows)
+            delayed(_fit_clone)(self.estimator, X, y_index, rows, sample_weight)
             for rows in [train for train, _ in folds] + [np.arange(X.shape[0])]
         )
         self.estimator_ = fitted[-1]

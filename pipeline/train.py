@@ -79,11 +79,12 @@ def _fit_message_models(config: Config, train: pd.DataFrame, has_purchase: bool)
     normalizer = intent_pipeline.named_steps["normalize"].fit(train["text"])
     features = intent_pipeline.named_steps["features"]
     matrix = features.fit_transform(train["normalized"].tolist())
-    intent_pipeline.named_steps["classifier"].fit(matrix, train["intent"].to_numpy(), groups=train["group"].to_numpy())
+    weights = train["_weight"].to_numpy() if "_weight" in train.columns else None  # extra labelled files count more
+    intent_pipeline.named_steps["classifier"].fit(matrix, train["intent"].to_numpy(), groups=train["group"].to_numpy(), sample_weight=weights)
     purchase_pipeline = None
     if has_purchase:
         classifier = make_purchase_classifier(config)
-        classifier.fit(matrix, train["purchase_intent"].to_numpy(), groups=train["group"].to_numpy())
+        classifier.fit(matrix, train["purchase_intent"].to_numpy(), groups=train["group"].to_numpy(), sample_weight=weights)
         # The same fitted feature steps: features are computed once for both models at prediction time.
         purchase_pipeline = Pipeline([("normalize", normalizer), ("features", features), ("classifier", classifier)])
     return intent_pipeline, purchase_pipeline
@@ -226,6 +227,12 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
         "splits": {name: int((frame["split"] == name).sum()) for name in ("train", "val", "test")},
         "rejected_rows": int(len(data.rejected)),
     }
+    if "_weight" in frame.columns:  # extra labelled files: how many rows each source gave, and their weight
+        fingerprints["sources"] = {
+            str(source): {"rows": int(len(part)), "weight": float(part["_weight"].iloc[0]),
+                          **{name: int((part["split"] == name).sum()) for name in ("train", "val", "test")}}
+            for source, part in frame.groupby("source", sort=False)
+        }
     if conversations is not None and purchase_pipeline is not None and not conversations.frame.empty:
         conversation_started = time.perf_counter()
         metrics["conversation"], conversation_test = _fit_conversation_model(config, predictor, conversations, bundle)

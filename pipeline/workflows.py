@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.bundle import ModelBundle, save_bundle
 from pipeline.config import Config, Registry
-from pipeline.data import LABELLED_COLUMNS, LabelledData, load_labelled, load_labelled_conversations
+from pipeline.data import LABELLED_COLUMNS, LabelledData, load_labelled, load_labelled_conversations, load_training_data
 from pipeline.evaluate import headline_metrics, intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
 from pipeline.tables import iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
@@ -75,7 +75,10 @@ def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, f
 
 def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
     """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
-    data = load_labelled(config.paths.data, config.paths.quarantine, config.split.min_examples_per_label, config.columns.names().only(LABELLED_COLUMNS))
+    data = load_training_data(
+        config.paths.data, config.paths.extra_data, config.paths.quarantine, config.split.min_examples_per_label,
+        config.columns.names().only(LABELLED_COLUMNS), config.extra_data_weight,
+    )
     log.info("%s: %d valid rows, %d quarantined", data.source, len(data.frame), len(data.rejected))
     conversations = None
     if config.paths.conversations and Path(config.paths.conversations).exists():
@@ -84,6 +87,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         conversations = ConversationData(frame, config.paths.conversations)
     result = train(config, data, conversations)
     predictor = Predictor(result.bundle)
+    result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
     for set_name, path in map(eval_set_spec, eval_data or []):
         eval_set = load_labelled(path, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))

@@ -158,3 +158,23 @@ def test_a_full_disk_is_one_clear_line_not_a_traceback(first_run, workspace, mon
     result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(out)])
     assert result.exit_code == 2 and "No space left on device" in result.output and "full-out.csv" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_train_merges_a_labelled_queue_with_its_own_figures(first_run, env, workspace, small_messages_csv):
+    corpus = pd.read_csv(REPO / "data" / "messages.csv", dtype=str, keep_default_na=False)
+    small = pd.read_csv(small_messages_csv, dtype=str, keep_default_na=False)
+    unseen = corpus[~corpus["group"].isin(set(small["group"]))].drop_duplicates("group")
+    labelled = unseen.groupby("intent").head(8)
+    queue = pd.DataFrame({"text": labelled["text"], "guess_intent": "greeting", "intent": labelled["intent"],
+                          "purchase_intent": labelled["purchase_intent"]})
+    unlabelled = pd.DataFrame({"text": ["还没标的一条", "标错的一条"], "guess_intent": "greeting", "intent": ["", "not_a_label"],
+                               "purchase_intent": ["", "0"]})
+    path = workspace / "queue.csv"
+    pd.concat([queue, unlabelled]).to_csv(path, index=False, encoding="utf-8-sig")
+    result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(small_messages_csv), "--data", str(path), "--no-promote"])
+    assert result.exit_code == 0, result.output
+    run = mlflow.MlflowClient(env).get_run(result.output.split("run id:")[1].split()[0])
+    assert {"test/queue_intent_accuracy", "test/messages_intent_accuracy"} <= set(run.data.metrics)
+    assert run.data.params["extra_data_weight"] == "5.0"
+    rejected = pd.read_csv(workspace / "data" / "quarantine" / "queue.rejected.csv")
+    assert len(rejected) == 2 and rejected["reason"].str.contains("no intent label|not a label").all()
