@@ -464,13 +464,31 @@ def read_table(path: str | Path, names: ColumnNames = PLAIN_COLUMNS) -> tuple[pd
     return frame, rejected
 
 
+# Characters a worksheet cannot hold (openpyxl refuses the whole file): shown as U+FFFD instead.
+_EXCEL_ILLEGAL = {c: "\ufffd" for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]}
+
+
+def _write_xlsx(frame: pd.DataFrame, handle: io.BufferedWriter) -> None:
+    """Buyer text stays text: a message starting with `=` is written as a string, never as a formula
+    Excel would run when the queue or nudge list is opened (formula injection)."""
+    frame = frame.copy()
+    for column in [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)]:
+        frame[column] = frame[column].map(lambda v: v.translate(_EXCEL_ILLEGAL) if isinstance(v, str) else v)
+    with pd.ExcelWriter(handle, engine="openpyxl") as writer:
+        frame.to_excel(writer, index=False)
+        for row in writer.sheets["Sheet1"].iter_rows():
+            for cell in row:
+                if cell.data_type == "f":  # the frame holds no formulas: this is text that looks like one
+                    cell.data_type = "s"
+
+
 def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str) -> None:
     if fmt == "csv":  # with a BOM: Excel on Chinese Windows reads plain UTF-8 as GBK (mojibake)
         handle.write(frame.to_csv(index=False).encode("utf-8-sig"))
     elif fmt == "jsonl":
         handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
     elif fmt == "xlsx":
-        frame.to_excel(handle, index=False, engine="openpyxl")
+        _write_xlsx(frame, handle)
     else:
         frame.to_parquet(handle, index=False)
 
