@@ -313,3 +313,72 @@ def test_matplotlib_is_not_imported_at_module_level():
         node.module or "" for node in top_level if isinstance(node, ast.ImportFrom)
     ]
     assert names and not any(name.split(".")[0] in ("matplotlib", "pylab") for name in names)
+
+
+def test_per_intent_table_shows_the_metrics_passed_in(full):
+    table = md_table(full["md"], "| intent | precision | recall | F1 |")
+    per_intent = full["metrics"]["test"]["intent"]["per_intent"]
+    assert set(table) == set(per_intent)
+    for label, values in per_intent.items():
+        assert table[label][1:5] == [f"{values['precision']:.3f}", f"{values['recall']:.3f}", f"{values['f1']:.3f}", str(values["support"])]
+
+
+def test_group_precision_and_recall_match_sklearn(full):
+    from sklearn.metrics import precision_score, recall_score
+
+    conversations, _ = make_conversations()
+    table = md_table(full["md"], "| category | conversations | true share | flagged share | precision | recall |")
+    for category, part in conversations.groupby("category"):
+        truth, flagged = part["expressed_purchase_intent"], part["flag"]
+        assert table[category][4] == f"{precision_score(truth, flagged):.3f}"
+        assert table[category][5] == f"{recall_score(truth, flagged):.3f}"
+
+
+def test_hostile_text_outside_messages_is_escaped_and_tables_hold(tmp_path):
+    """Title, extra sections and a message with Markdown table syntax: escaped in HTML, inert in Markdown."""
+    scored = make_scored()
+    scored.loc[3, "text"] = "在不在 | 不在 | **急** <img src=x onerror=alert(1)>"
+    metrics = make_metrics(scored)
+    result = write_report(
+        tmp_path,
+        title="<script>alert('title')</script>",
+        metrics=metrics,
+        scored=scored,
+        thresholds=THRESHOLDS,
+        headline=headline_metrics(metrics),
+        extra_sections={"<b>run</b>": "```\n{\"a\": \"<i>x</i>\"}\n```", "Note": "run `abc` <script>x</script>"},
+    )
+    html = result["html"].read_text(encoding="utf-8")
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert "<script" not in html and "<img src=x" not in html and "<b>run" not in html and "<i>x" not in html
+    assert "&lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt;" in html
+    assert "<pre>{&#34;a&#34;: &#34;&lt;i&gt;x&lt;/i&gt;&#34;}</pre>" in html  # the fenced block is code, without its fences
+    assert "<code>abc</code>" in html
+    assert "<script" not in md and "<img" not in md and "<b>run" not in md
+    row = next(line for line in md.splitlines() if "在不在" in line)
+    cells = re.split(r"(?<!\\)\|", row.strip().strip("|"))
+    assert len(cells) == len(md_table(md, "| # | true → predicted |")["1"])  # the pipes in the message do not add columns
+    assert r"在不在 \| 不在 \| \*\*急\*\*" in row
+
+
+def test_no_figure_is_left_open_and_the_backend_is_untouched(full, tmp_path):
+    import matplotlib
+
+    backend = matplotlib.rcParams._get("backend")
+    scored = make_scored()
+    metrics = make_metrics(scored)
+    write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
+    assert matplotlib.rcParams._get("backend") == backend
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []
+
+
+def test_a_report_without_labels_draws_no_purchase_curve_and_says_why(tmp_path):
+    scored = make_scored()
+    scored["purchase_intent"] = 0  # no purchase-intent message in the split
+    metrics = make_metrics(scored)
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert "No purchase-intent messages in the test split: no curve to draw." in md
+    assert "purchase_pr_curve.png" not in [p.name for p in result["plots"]]
