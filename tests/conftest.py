@@ -71,7 +71,7 @@ SLOW_FIXTURES = frozenset(
         "orders",
     }
 )
-SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving")
+SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "tracking")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
