@@ -139,7 +139,7 @@ def _rejected_table(rows: list[dict]) -> pa.Table:
 
 def _raw(values: list[Any]) -> str:
     """A rejected row as one masked line: rejected files hold buyer text too."""
-    return mask_pii(",".join("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values))
+    return mask_pii(",".join("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values)).replace("\x00", "\\x00")
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -197,7 +197,7 @@ def _jsonl_is_conversations(path: Path, look_at: int = 1000) -> bool:
             if line.strip():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
                     continue
                 if isinstance(record, dict):
                     return "messages" in record
@@ -239,8 +239,8 @@ def _explode_conversations(frame: pd.DataFrame, seen: dict[tuple[str, str], Any]
 
 
 def validate_chat_rows(frame: pd.DataFrame, policy: NudgePolicy) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
-    """Valid rows in shard layout, and (position, reason) for each rejected row: missing fields, unknown
-    role, unparseable sent_at, text damaged by a bad encoding (U+FFFD), an `ordered` value that is not 0/1."""
+    """Valid rows in shard layout, and (position, reason) for each rejected row: missing fields, a NUL byte,
+    unknown role, unparseable sent_at, text damaged by a bad encoding (U+FFFD), an `ordered` value that is not 0/1."""
     n = len(frame)
     reasons = np.full(n, None, dtype=object)
 
@@ -253,6 +253,8 @@ def validate_chat_rows(frame: pd.DataFrame, policy: NudgePolicy) -> tuple[pd.Dat
     text = {name: _as_text(frame[name]) for name in CHAT_COLUMNS if name != "sent_at"}
     for name in ("conversation_id", "buyer_id", "shop_id"):
         reject(is_blank(text[name]), f"missing {name}")
+    for name in ("conversation_id", "buyer_id", "shop_id", "text"):  # a NUL would reach the nudge list (CRMs, databases refuse it)
+        reject(text[name].str.contains("\x00", regex=False).fillna(False).to_numpy(bool), f"NUL byte in {name}")
     sent_source = frame["sent_at"] if sent_is_datetime else _as_text(frame["sent_at"])
     turns = check_turns(text["role"], text["text"], sent_source, policy, time_required=True)
     reject(turns.reasons != None, lambda i: turns.reasons[i])  # noqa: E711

@@ -170,7 +170,7 @@ def read_header(path: str | Path) -> list[str]:
         return [name.strip() for name in next(csv.reader([text]), [])]
     try:
         record = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return []
     return list(record) if isinstance(record, dict) else []
 
@@ -343,6 +343,9 @@ def _iter_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 rejected.append(Rejected(line_no, f"not valid JSON: {exc.msg}", line.rstrip("\n")))
+                continue
+            except RecursionError:  # json's decoder recurses per level: a hostile line is rejected, not the run
+                rejected.append(Rejected(line_no, "not valid JSON: nested too deeply", line.rstrip("\n")[:1000]))
                 continue
             if not isinstance(record, dict):
                 rejected.append(Rejected(line_no, "a line must be a JSON object", line.rstrip("\n")))

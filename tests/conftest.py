@@ -53,6 +53,25 @@ def small_messages_csv(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def flag_bundle_dir(tmp_path_factory) -> Path:
+    """A small real bundle (message models and a conversation model) trained in seconds on tests/batch/builders.py."""
+    from pipeline.bundle import save_bundle
+    from pipeline.config import load_config
+    from pipeline.conversation import Turn
+    from pipeline.data import LabelledData, validate_labelled
+    from pipeline.train import ConversationData, train
+    from tests.batch.builders import labelled_conversations, labelled_messages
+
+    config = load_config(overrides={"paths.data": "unused.csv"})
+    valid, _ = validate_labelled(labelled_messages(), "fixture", config.split.min_examples_per_label)
+    data = LabelledData(valid, pd.DataFrame(columns=["source", "row", "reason", "raw"]), "fixture")
+    conversations = pd.DataFrame(labelled_conversations())
+    conversations["turns"] = [[Turn(role, text) for role, text in turns] for turns in conversations["turns"]]
+    result = train(config, data, ConversationData(conversations, "fixture"))
+    return save_bundle(result.bundle, tmp_path_factory.mktemp("flag-model") / "bundle", result.user_dict_text)
+
+
 # Fixtures that train a model, build the corpus tables or start a server: a test using one is `slow`,
 # so `pytest -m "not slow"` is the quick tier (code and data-free behaviour tests).
 SLOW_FIXTURES = frozenset(
@@ -71,7 +90,7 @@ SLOW_FIXTURES = frozenset(
         "orders",
     }
 )
-SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "tracking")
+SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "reliability")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
