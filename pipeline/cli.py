@@ -22,6 +22,14 @@ ModelOption = Annotated[
     Optional[str],
     typer.Option("--model", help="models:/buyer-intent@champion (default), a registered version, or a local model directory"),
 ]
+EngineOption = Annotated[str, typer.Option("--engine", help="local (this machine's cores) or spark (PySpark; see README, On Spark)")]
+MasterOption = Annotated[str, typer.Option("--master", help="with --engine spark: the Spark master URL")]
+ConfOption = Annotated[Optional[list[str]], typer.Option("--conf", help="with --engine spark: a Spark setting key=value; repeatable")]
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"--engine must be local or spark, got {engine!r}")
 
 
 def _setup_logging() -> None:
@@ -102,6 +110,9 @@ def predict(
                      "with their contributions to the model's logits (pipeline/explain.py)"),
     ] = False,
     explain_top_k: Annotated[Optional[int], typer.Option("--explain-top-k", min=1, help="n-grams listed per model with --explain (default 5)")] = None,
+    engine: EngineOption = "local",
+    master: MasterOption = "local[*]",
+    conf: ConfOption = None,
 ) -> None:
     """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row (and `explanation` with --explain)."""
     from pipeline.bundle import ModelIntegrityError
@@ -110,8 +121,16 @@ def predict(
     from pipeline.workflows import predict_file
 
     _setup_logging()
+    _check_engine(engine)
     try:
-        counts = predict_file(input, output, model, _config(config, {"columns.map": columns}), explain=explain, explain_top_k=explain_top_k)
+        if engine == "spark":
+            from pipeline.spark_engine import SparkEngineError, parse_conf, run_predict
+
+            if explain:
+                raise SparkEngineError("--explain runs with --engine local only")
+            counts = run_predict(input, output, model, _config(config, {"columns.map": columns}), master=master, conf=parse_conf(conf))
+        else:
+            counts = predict_file(input, output, model, _config(config, {"columns.map": columns}), explain=explain, explain_top_k=explain_top_k)
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))
@@ -191,6 +210,9 @@ def flag(
     config: ConfigOption = None,
     columns: ColumnsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the whole summary as JSON (it is always written to <out>.summary.json)")] = False,
+    engine: EngineOption = "local",
+    master: MasterOption = "local[*]",
+    conf: ConfOption = None,
 ) -> None:
     """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
     from pipeline.bundle import ModelIntegrityError
@@ -199,8 +221,15 @@ def flag(
     from pipeline.tables import TableError
 
     _setup_logging()
+    _check_engine(engine)
     try:
-        summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {"columns.map": columns}))
+        if engine == "spark":
+            from pipeline.spark_engine import parse_conf, run_flag_spark
+
+            summary = run_flag_spark(chats, out, orders, model, _parse_window(window) if window else None,
+                                     _config(config, {"columns.map": columns}), master=master, conf=parse_conf(conf))
+        else:
+            summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {"columns.map": columns}))
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     if as_json:
