@@ -74,6 +74,7 @@ from pipeline.tables import (
     atomic_file,
     detect_encoding,
     iter_table,
+    named_os_error,
     parse_yes_no_column,
     require_columns,
     table_format,
@@ -306,7 +307,11 @@ def partition_chats(
 ) -> dict[str, Any]:
     """Phase 1: validated rows into shards (whole conversations per shard), rejected rows with reasons."""
     part_dir = work / "partition"
-    shutil.rmtree(part_dir, ignore_errors=True)
+    if part_dir.exists():  # an unrecorded partition of a killed run; not ignore_errors: on a read-only disk
+        try:  # that made the error a misleading "File exists"
+            shutil.rmtree(part_dir)
+        except OSError as exc:  # rmtree names the entry only
+            raise OSError(exc.errno, os.strerror(exc.errno or 0), str(part_dir)) from exc
     part_dir.mkdir(parents=True)
     source = str(chats)
     readable, rejected_rows, encoding_rejects = readable_copy(chats, part_dir, source)
@@ -380,11 +385,16 @@ def partition_chats(
             bar.update(len(frame) + len(exploded_rejects) + len(chunk.rejected))
     except TableError as exc:
         raise FlagError(str(exc)) from exc
+    except OSError as exc:  # a full disk: name the work directory (flag.work_dir moves it)
+        raise named_os_error(exc, part_dir) from exc
     finally:
         bar.close()
-        for writer in writers.values():
-            writer.close()
-        rejected_writer.close()
+        try:  # closing writes each file's footer: the disk may fill here too
+            for writer in writers.values():
+                writer.close()
+            rejected_writer.close()
+        except OSError as exc:
+            raise named_os_error(exc, part_dir) from exc
     for shard in writers:
         os.replace(part_dir / f".shard-{shard:05d}.parquet.tmp", part_dir / f"shard-{shard:05d}.parquet")
     if readable != chats:
@@ -494,13 +504,14 @@ def _die_with_parent(parent: int, interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _init_worker(model_dir: str, expected_seal: str | None, settings_json: str, orders_path: str | None) -> None:
-    """Load the model and the orders index once per worker process."""
+def _init_worker(model_dir: str, expected_seal: str | None, settings_json: str, orders_path: str | None, parent: int | None = None) -> None:
+    """Load the model and the orders index once per worker process (`parent`: the job's pid, to exit with it)."""
     from pipeline.bundle import load_bundle
     from pipeline.conversation import ConversationScorer
     from pipeline.inference import Predictor
 
-    _die_with_parent(os.getppid())
+    if parent is not None:
+        _die_with_parent(parent)
     settings = FlagSettings.model_validate_json(settings_json)
     predictor = Predictor(load_bundle(model_dir, expected_seal))
     predictor.warm_up()
@@ -647,7 +658,10 @@ def _run_shards(
                 bar.update(1)
             return done
         context = multiprocessing.get_context("spawn")  # no fork: pyarrow and BLAS thread pools do not survive it
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
+        # the job's pid, not the worker's getppid(): a worker still starting when the job is killed would
+        # read the pid of the process it was reparented to, and live on
+        pool_args = (*init_args, os.getpid())
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=pool_args) as pool:
             futures = [pool.submit(process_shard, task) for task in tasks]
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -727,11 +741,22 @@ def merge_results(
     output = flagged[columns].copy()
     output["priority"] = output["priority"].astype(np.int64)
     summary_path = out.with_name(f"{out.name}.summary.json")
-    # The summary is the set's commit record: removed before the new files replace the old ones and
-    # written last with their digests, so a kill in between leaves no summary (an unfinished run)
-    # rather than a summary that describes other files.
-    summary_path.unlink(missing_ok=True)
-    write_table_atomic(output, out)
+    rejected_path = out.with_name(f"{out.name}.rejected.csv")
+    # The new files are written whole beside the old set first (a full disk or a kill there leaves the
+    # previous set as it was). The summary is the set's commit record: removed before the new files
+    # replace the old ones and written last with their digests, so a kill in between leaves no summary
+    # (an unfinished run) rather than a summary that describes other files.
+    staged = {path: path.with_name(f".{path.name}.staged{path.suffix}") for path in (out, rejected_path)}
+    for leftover in out.parent.iterdir():  # temporary and staged files of a killed run
+        if leftover.name.startswith((f".{out.name}.", f"..{out.name}.")) and leftover.is_file() and (
+            leftover.name.endswith((".tmp", *(f".staged{p.suffix}" for p in staged)))
+        ):
+            leftover.unlink(missing_ok=True)
+    try:
+        write_table_atomic(output, staged[out])
+    except BaseException:
+        staged[out].unlink(missing_ok=True)
+        raise
 
     rejected_parts = [pq.read_table(work / "partition" / "rejected.parquet").to_pandas()]
     shard_rejects = pd.concat([pd.read_parquet(results / f"{name}.rejected.parquet") for name in shard_names], ignore_index=True)
@@ -740,8 +765,12 @@ def merge_results(
     chat_rejected = pd.concat(rejected_parts, ignore_index=True).sort_values("seq", kind="mergesort")
     order_rejected = pd.read_parquet(work / "orders-rejected.parquet") if orders is not None else REJECTED_SCHEMA.empty_table().to_pandas()
     rejected = pd.concat([chat_rejected, order_rejected.sort_values("seq", kind="mergesort")], ignore_index=True)
-    rejected_path = out.with_name(f"{out.name}.rejected.csv")
-    write_table_atomic(rejected[["source", "row", "reason", "raw"]], rejected_path)
+    try:
+        write_table_atomic(rejected[["source", "row", "reason", "raw"]], staged[rejected_path])
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        raise
 
     rows_used = sum(d["rows_used"] for d in done)
     rows_rejected = partition["rows_rejected"] + sum(d["rows_rejected"] for d in done)
@@ -782,12 +811,15 @@ def merge_results(
         "per_shop": _group_summary(counts, flagged, "shop_id"),
         "per_category": _group_summary(counts, flagged, "category") if partition["has_category"] else {},
         "output": str(out),
-        "files_sha256": {path.name: sha256_file(path) for path in (out, rejected_path)},
+        "files_sha256": {path.name: sha256_file(staged[path]) for path in (out, rejected_path)},
     }
     for warning in summary["warnings"]:
         log.warning("%s", warning)
     if not summary["rows"]["balanced"]:
         log.error("rows in (%d) != used (%d) + rejected (%d)", partition["rows_in"], rows_used, rows_rejected)
+    summary_path.unlink(missing_ok=True)
+    for path, new in staged.items():
+        os.replace(new, path)
     _write_json_atomic(summary, summary_path)
     return summary
 

@@ -516,9 +516,19 @@ def atomic_file(path: str | Path) -> Iterator[io.BufferedWriter]:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, _default_mode())
         os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise named_os_error(exc, path) from exc
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def named_os_error(exc: OSError, path: str | Path) -> OSError:
+    """A failed write (a full disk) names no file, pyarrow's neither: the same error naming `path`."""
+    if exc.filename is not None or not exc.errno:
+        return exc
+    return type(exc)(exc.errno, os.strerror(exc.errno), str(path))
 
 
 def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> Path:

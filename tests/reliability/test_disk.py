@@ -1,0 +1,70 @@
+"""A full disk and a read-only output directory, for real: a small tmpfs mounted in a private mount
+namespace (`unshare -m`, root in this container). The job ends with one line naming the file or
+directory (exit 2), nothing partial is visible, and the previous output set stays whole and valid."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.flag import output_set_problems
+from tests.batch.builders import flat_rows, write_csv
+
+from .conftest import REPO, env, error_lines, flag_args, visible
+
+SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=1m tmpfs "$MNT"
+flag() { "$PY" -m pipeline.cli flag --chats "$1" --orders "$ORDERS" --out "$MNT/nudges.csv" --model "$MODEL" --config "$2"; }
+flag "$SMALL" "$CONFIG" > /dev/null 2> "$RESULT/first.err"; echo $? > "$RESULT/first.rc"
+cp -a "$MNT/." "$RESULT/before/"
+avail=$(df --output=avail -B1 "$MNT" | tail -1)
+head -c $((avail - 16384)) /dev/zero > "$MNT/.filler" 2>/dev/null
+flag "$CHATS" "$CONFIG" > /dev/null 2> "$RESULT/full.err"; echo $? > "$RESULT/full.rc"
+flag "$CHATS" "$WORK_ELSEWHERE" > /dev/null 2> "$RESULT/full-publish.err"; echo $? > "$RESULT/full-publish.rc"
+rm -f "$MNT/.filler"
+mount -o remount,ro "$MNT"
+flag "$CHATS" "$CONFIG" > /dev/null 2> "$RESULT/readonly.err"; echo $? > "$RESULT/readonly.rc"
+cp -a "$MNT/." "$RESULT/after/"
+"""
+
+
+@pytest.fixture()
+def namespace_ok():
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (needs root or user namespaces)")
+
+
+def test_a_full_disk_and_a_read_only_directory_are_one_line_and_keep_the_previous_set(
+    tmp_path, namespace_ok, job_files, flag_bundle_dir
+):
+    mnt, result = tmp_path / "mnt", tmp_path / "result"
+    for directory in (mnt, result / "before", result / "after"):
+        directory.mkdir(parents=True)
+    small = write_csv(flat_rows(), tmp_path / "small.csv")
+    elsewhere = tmp_path / "work-elsewhere.yaml"  # checkpoints on a disk with room: the output disk fills while publishing
+    elsewhere.write_text(job_files["config"].read_text(encoding="utf-8") + f"  work_dir: {tmp_path / 'work'}\n", encoding="utf-8")
+    variables = {"MNT": mnt, "RESULT": result, "PY": sys.executable, "ORDERS": job_files["orders"], "MODEL": flag_bundle_dir,
+                 "CONFIG": job_files["config"], "SMALL": small, "CHATS": job_files["chats"], "WORK_ELSEWHERE": elsewhere}
+    done = subprocess.run(["unshare", "-m", "bash", "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**env(), **{k: str(v) for k, v in variables.items()}})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (result / "first.rc").read_text().strip() == "0", (result / "first.err").read_text()[-2000:]
+    previous = visible(result / "before")
+    assert set(previous) == {"nudges.csv", "nudges.csv.rejected.csv", "nudges.csv.summary.json"}
+    expected = {"full": ("No space left on device", ".nudges.csv.work"),  # checkpoints beside --out: the work directory is named
+                "full-publish": ("No space left on device", "nudges.csv"),  # main: the old summary was already deleted here
+                "readonly": ("Read-only file system", str(mnt))}
+    for case, (message, where) in expected.items():
+        rc, err = (result / f"{case}.rc").read_text().strip(), (result / f"{case}.err").read_text()
+        assert rc == "2", (case, err[-3000:])
+        lines = error_lines(err)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0] and where in lines[0], (case, lines)
+        assert "Traceback" not in err
+    after = result / "after"
+    assert visible(after) == previous  # the previous set, byte for byte, still whole and valid
+    assert output_set_problems(after / "nudges.csv") == []
+    assert not [p.name for p in after.iterdir() if p.name.endswith((".tmp", ".staged.csv"))]
