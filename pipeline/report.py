@@ -627,7 +627,8 @@ def write_report(
             "warn_no_eval_set": not (eval_names or scored_is_real),
         },
         "champion": None if scored_is_real else _champion(headline, champion_headline, n),
-        "eval_sets": _eval_sets(metrics, eval_names),
+        # the test split per source (a shop's labelled queue next to the bundled corpus), then every evaluation set
+        "eval_sets": _eval_sets(metrics, sorted(k for k in metrics if str(k).startswith("test/")) + eval_names),
         "per_intent": _per_intent(intent, scored) if intent.get("per_intent") else {},
         "confusion_matrix": confusion,
         "confusions": _confusions(scored, max(int(top_confusions), 0), max(int(examples_per_confusion), 0), explain),

@@ -382,3 +382,15 @@ def test_a_report_without_labels_draws_no_purchase_curve_and_says_why(tmp_path):
     md = result["markdown"].read_text(encoding="utf-8")
     assert "No purchase-intent messages in the test split: no curve to draw." in md
     assert "purchase_pr_curve.png" not in [p.name for p in result["plots"]]
+
+
+def test_the_test_split_per_source_sits_beside_the_evaluation_sets(tmp_path):
+    # train --data corpus --data queue: the shop's labelled queue gets its own test column
+    scored = make_scored()
+    metrics = make_metrics(scored)
+    metrics["test/queue"] = make_metrics(scored.iloc[:10].reset_index(drop=True))["test"]
+    metrics["eval:real_chats"] = make_metrics(scored.iloc[:12].reset_index(drop=True))["test"]
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
+    table = md_table(result["markdown"].read_text(encoding="utf-8"), "| metric | test | test/queue | real_chats |")
+    assert table["messages"][1:] == [str(metrics["test"]["intent"]["n"]), "10", "12"]
+    assert table["Intent accuracy"][2] == f"{metrics['test/queue']['intent']['accuracy']:.3f}"
