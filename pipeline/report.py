@@ -362,7 +362,7 @@ def _eval_sets(metrics: dict[str, Any], eval_names: list[str]) -> dict[str, Any]
     columns = [("metric", "text"), ("test", "num"), *((name.removeprefix("eval:"), "num") for name in eval_names)]
     rows = [["messages", *(str(metrics[s].get("intent", {}).get("n", "—")) for s in splits)]]
     rows += [[_metric_label(key)[0], *(per_split[s].get(key) for s in splits)] for key in keys]
-    return {"columns": columns, "rows": rows, "names": eval_names}
+    return {"columns": columns, "rows": rows, "names": [name for name in eval_names if name.startswith("eval:")]}
 
 
 def _per_intent(intent: dict[str, Any], scored: pd.DataFrame) -> dict[str, Any]:
