@@ -885,7 +885,7 @@ def run_flag(
 
     Shards run in `workers` spawned processes (config `flag.workers`; 0 = one per CPU): a script calling
     this must do so under `if __name__ == "__main__":`, as multiprocessing requires."""
-    from pipeline.bundle import read_manifest
+    from pipeline.bundle import verify_bundle
     from pipeline.inference import resolve_model
 
     started = time.perf_counter()
@@ -916,7 +916,7 @@ def run_flag(
         raise FlagError(str(exc)) from exc
 
     resolved = resolve_model(model, Registry.from_config(config))
-    manifest = read_manifest(resolved.directory)
+    manifest = verify_bundle(resolved.directory, resolved.expected_seal)  # a tampered model is refused before any work
     thresholds = manifest.get("thresholds", {})
     model_threshold = float(thresholds.get("conversation", thresholds.get("purchase", 0.5)))
     model_identity = {"sha256": (manifest.get("sha256") or {}).get("models.skops"), "version": resolved.version, "name": resolved.name}

@@ -220,6 +220,7 @@ def predict_file(
             skipped += int((~buyers).sum())
         parts.append(pd.concat([frame, predictions], axis=1))
     output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", *PREDICTION_COLUMNS, *(("explanation",) if explain else ())])
+    Path(f"{output_path}.rejected.csv").unlink(missing_ok=True)  # a previous run's: it would describe other rows
     write_table_atomic(output, output_path)
     if rejected:
         write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv")
