@@ -22,7 +22,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from pipeline.text import MAX_CHARS, normalize
 
@@ -235,11 +236,13 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def fit(self, X, y, groups=None, sample_weight=None):
-        y = np.asarray(y)
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], dtype=None)
+        check_classification_targets(y)
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=np.float64)
             if sample_weight.shape != y.shape:
                 raise ValueError(f"sample_weight has shape {sample_weight.shape}, y has {y.shape}")
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)  # finite numbers
         self.classes_ = np.unique(y)
         y_index = np.searchsorted(self.classes_, y)
         binary = len(self.classes_) == 2
@@ -275,7 +278,7 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
     def recalibrate(self, X, y):
         """Refit only the calibration (temperature or Platt) on held-out data, keeping the linear model:
         probabilities then reflect how the model does on text unlike its training text."""
-        check_is_fitted(self, "estimator_")
+        check_is_fitted(self)
         y = np.asarray(y)
         known = np.isin(y, self.classes_)  # a label the model never saw cannot be calibrated for
         y_index = np.searchsorted(self.classes_, y[known])
@@ -287,7 +290,9 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
+        check_is_fitted(self)
+        # dtype=None: the float32 TF-IDF rows are scored as they are (the compiled path's numbers)
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=None, reset=False)
         scores = _scores(self.estimator_, X)
         if len(self.classes_) == 2 and scores.ndim == 2:
             scores = scores[:, 1] - scores[:, 0]
@@ -302,4 +307,10 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         return softmax(scores / self.temperature_, axis=1)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        best = np.argmax(self.predict_proba(X), axis=1)  # checks the fit before classes_ is read
+        return self.classes_[best]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # TF-IDF rows
+        return tags
