@@ -1,8 +1,13 @@
 """Request and response models of the service, with the limits of the `serving:` config section.
 
-The limits are read once, when this module is imported, from the YAML named by `BUYER_INTENT_CONFIG`
-(default: configs/default.yaml), so they appear in the OpenAPI document (`/docs.json`) as
-`maxItems` / `maxLength` and a request that breaks one is refused with 400 before any work is done.
+Importing this module reads nothing. The config named by `BUYER_INTENT_CONFIG` (default:
+configs/default.yaml) is read on first use (`serving_config`, once per process), and the request models,
+whose limits come from it, are built then (`request_models`), so the limits appear in the OpenAPI
+document (`/docs.json`) as `maxItems` / `maxLength` and a request that breaks one is refused with 400
+before any work is done. BentoML takes a service's settings (`@bentoml.service`: workers, port,
+timeout) and its request models (`@bentoml.api(input_spec=...)`) when the service class is defined, so
+`serving.service`, the module `bentoml serve` imports, asks for both at its import: that is the one
+place the user's config is read at import, because BentoML has no later hook for them.
 
 Every request model is strict (no silent coercion: `1` is not a string, `"yes"` is not a boolean),
 forbids unknown fields (a typo in a field name is an error, not an ignored field) and hides the
@@ -11,12 +16,14 @@ offending input in its errors, so buyer text never reaches the logs through a va
 
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from pipeline.config import Config, ServingSettings, load_config  # noqa: F401 (ServingSettings re-exported)
+from pipeline.config import Config, ServingSettings, load_config
 from pipeline.nudge import NudgePolicy
 
 CONFIG_ENV = "BUYER_INTENT_CONFIG"
@@ -26,15 +33,24 @@ def config_path() -> str | None:
     return os.environ.get(CONFIG_ENV) or None
 
 
-CONFIG = load_config(config_path())
-SETTINGS = CONFIG.serving
-# The lost-shopper policy of `buyer-intent flag`, from the same config's `flag:` section.
-POLICY = NudgePolicy.from_config(CONFIG.flag)
-ROLE_NAMES = tuple(sorted(POLICY.role_aliases))
+@functools.cache
+def serving_config() -> Config:
+    """The service's config (`BUYER_INTENT_CONFIG`, default configs/default.yaml), read and validated on first use."""
+    return load_config(config_path())
+
+
+def serving_settings() -> ServingSettings:
+    return serving_config().serving
+
+
+@functools.cache
+def nudge_policy() -> NudgePolicy:
+    """The lost-shopper policy of `buyer-intent flag`, from the same config's `flag:` section."""
+    return NudgePolicy.from_config(serving_config().flag)
+
 
 _REQUEST_CONFIG = ConfigDict(strict=True, extra="forbid", hide_input_in_errors=True)
 
-Text = Annotated[str, StringConstraints(max_length=SETTINGS.max_chars)]
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
 
@@ -56,21 +72,6 @@ class ErrorResponse(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------- classify
-
-
-class ClassifyRequest(BaseModel):
-    model_config = _REQUEST_CONFIG
-
-    messages: list[Text] = Field(
-        max_length=SETTINGS.max_messages,
-        description=f"buyer messages, at most {SETTINGS.max_messages}, each at most {SETTINGS.max_chars} characters; "
-        "an empty string is valid and classifies as `other` with `fallback`",
-    )
-    explain: bool = Field(
-        default=False,
-        description="also return, per message, the n-grams that pushed the predicted intent and the purchase score, "
-        "with their contributions to the linear models' logits (`explanation`); without it the response has no `explanation`",
-    )
 
 
 class IntentScore(BaseModel):
@@ -129,66 +130,6 @@ class ClassifyResponse(BaseModel):
 # --------------------------------------------------------------------------------------- conversations
 
 
-class Turn(BaseModel):
-    model_config = _REQUEST_CONFIG
-
-    role: str = Field(
-        max_length=32,
-        json_schema_extra={"enum": list(ROLE_NAMES)},
-        description="`buyer`, `agent` or `bot`, or an alias from the `flag.roles` config (买家, 客服 ...); case is ignored",
-    )
-    text: Text = Field(description="the message; turns with empty text are ignored, as the batch job rejects such rows")
-    sent_at: str = Field(
-        min_length=1,
-        max_length=64,
-        json_schema_extra={"format": "date-time"},
-        description="ISO 8601 time, e.g. 2026-11-20T21:13:05+08:00; without an offset it is read in the `flag.timezone` zone",
-    )
-
-    @field_validator("role")
-    @classmethod
-    def _known_role(cls, value: str) -> str:
-        if value.strip().lower() not in POLICY.role_aliases:
-            raise ValueError(f"unknown role; expected one of {', '.join(ROLE_NAMES)}")
-        return value
-
-
-class Conversation(BaseModel):
-    model_config = _REQUEST_CONFIG
-
-    conversation_id: Identifier
-    buyer_id: Identifier | None = Field(default=None, description="default: conversation_id")
-    shop_id: Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)] | None = Field(default=None, description="default: empty")
-    category: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
-    messages: list[Turn] = Field(min_length=1, max_length=SETTINGS.max_turns, description=f"the turns, at most {SETTINGS.max_turns}")
-    ordered: bool | None = Field(
-        default=None,
-        description="did the buyer pay an order at this shop within the attribution window (`flag.window_hours`); "
-        "null: not known, and then the conversation is never flagged",
-    )
-
-
-class FlagConversation(Conversation):
-    """On /flag, buyer and shop are required: one nudge per buyer per shop per window is decided on them."""
-
-    buyer_id: Identifier
-    shop_id: Identifier
-
-
-class ScoreRequest(BaseModel):
-    model_config = _REQUEST_CONFIG
-
-    conversation: Conversation
-
-
-class FlagRequest(BaseModel):
-    model_config = _REQUEST_CONFIG
-
-    conversations: list[FlagConversation] = Field(
-        max_length=SETTINGS.max_conversations, description=f"at most {SETTINGS.max_conversations} conversations"
-    )
-
-
 class ScoreResponse(BaseModel):
     """The decision `buyer-intent flag` makes for this conversation (pipeline.nudge.decide)."""
 
@@ -233,3 +174,114 @@ class FlagResponse(BaseModel):
     conversations: int
     flagged: int
     reasons: dict[str, int] = Field(description="conversations per decision reason")
+
+
+# ------------------------------------------------------------------------------------ request models
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request models, with the limits and role names of one config."""
+
+    ClassifyRequest: type[BaseModel]
+    Turn: type[BaseModel]
+    Conversation: type[BaseModel]
+    FlagConversation: type[BaseModel]
+    ScoreRequest: type[BaseModel]
+    FlagRequest: type[BaseModel]
+
+
+@functools.cache
+def request_models() -> RequestModels:
+    """The request models of the service's config (`serving_config`), built once, on first use."""
+    settings, policy = serving_settings(), nudge_policy()
+    role_names = tuple(sorted(policy.role_aliases))
+    Text = Annotated[str, StringConstraints(max_length=settings.max_chars)]  # noqa: N806 (a type)
+
+    class ClassifyRequest(BaseModel):
+        model_config = _REQUEST_CONFIG
+
+        messages: list[Text] = Field(
+            max_length=settings.max_messages,
+            description=f"buyer messages, at most {settings.max_messages}, each at most {settings.max_chars} characters; "
+            "an empty string is valid and classifies as `other` with `fallback`",
+        )
+        explain: bool = Field(
+            default=False,
+            description="also return, per message, the n-grams that pushed the predicted intent and the purchase score, "
+            "with their contributions to the linear models' logits (`explanation`); without it the response has no `explanation`",
+        )
+
+
+    class Turn(BaseModel):
+        model_config = _REQUEST_CONFIG
+
+        role: str = Field(
+            max_length=32,
+            json_schema_extra={"enum": list(role_names)},
+            description="`buyer`, `agent` or `bot`, or an alias from the `flag.roles` config (买家, 客服 ...); case is ignored",
+        )
+        text: Text = Field(description="the message; turns with empty text are ignored, as the batch job rejects such rows")
+        sent_at: str = Field(
+            min_length=1,
+            max_length=64,
+            json_schema_extra={"format": "date-time"},
+            description="ISO 8601 time, e.g. 2026-11-20T21:13:05+08:00; without an offset it is read in the `flag.timezone` zone",
+        )
+
+        @field_validator("role")
+        @classmethod
+        def _known_role(cls, value: str) -> str:
+            if value.strip().lower() not in policy.role_aliases:
+                raise ValueError(f"unknown role; expected one of {', '.join(role_names)}")
+            return value
+
+
+    class Conversation(BaseModel):
+        model_config = _REQUEST_CONFIG
+
+        conversation_id: Identifier
+        buyer_id: Identifier | None = Field(default=None, description="default: conversation_id")
+        shop_id: Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)] | None = Field(default=None, description="default: empty")
+        category: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+        messages: list[Turn] = Field(min_length=1, max_length=settings.max_turns, description=f"the turns, at most {settings.max_turns}")
+        ordered: bool | None = Field(
+            default=None,
+            description="did the buyer pay an order at this shop within the attribution window (`flag.window_hours`); "
+            "null: not known, and then the conversation is never flagged",
+        )
+
+
+    class FlagConversation(Conversation):
+        """On /flag, buyer and shop are required: one nudge per buyer per shop per window is decided on them."""
+
+        buyer_id: Identifier
+        shop_id: Identifier
+
+
+    class ScoreRequest(BaseModel):
+        model_config = _REQUEST_CONFIG
+
+        conversation: Conversation
+
+
+    class FlagRequest(BaseModel):
+        model_config = _REQUEST_CONFIG
+
+        conversations: list[FlagConversation] = Field(
+            max_length=settings.max_conversations, description=f"at most {settings.max_conversations} conversations"
+        )
+
+    return RequestModels(ClassifyRequest, Turn, Conversation, FlagConversation, ScoreRequest, FlagRequest)
+
+
+_LAZY = {"SETTINGS": serving_settings, "POLICY": nudge_policy, "CONFIG": serving_config}
+
+
+def __getattr__(name: str):
+    """`serving.schemas.Conversation` (and the other request models), SETTINGS, POLICY, CONFIG: built on first access."""
+    if name in RequestModels.__dataclass_fields__:
+        return getattr(request_models(), name)
+    if name in _LAZY:
+        return _LAZY[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,22 +35,17 @@ from pipeline.explain import DEFAULT_TOP_K, Explainer, UnsupportedExplanation
 from pipeline.inference import Predictor
 from serving.conversations import InvalidConversation, decide_conversations, nudge_rows, reason_counts, score_response
 from serving.schemas import (
-    POLICY,
-    SETTINGS,
-    ClassifyRequest,
     ClassifyResponse,
-    Conversation,
     ErrorResponse,
     Explanation,
-    FlagConversation,
-    FlagRequest,
     FlagResponse,
     IntentScore,
     MessageResult,
     ModelInfo,
-    ScoreRequest,
     ScoreResponse,
-    Turn,
+    nudge_policy,
+    request_models,
+    serving_settings,
 )
 from serving.runtime import (
     BENTO_MODEL_ENV,
@@ -66,6 +61,18 @@ log = logging.getLogger("bentoml.buyer_intent")  # under "bentoml": the server's
 
 SERVICE_NAME = "buyer_intent"
 API_ROUTES = ("/classify", "/score_conversation", "/flag")
+
+
+# ------------------------------------------------------------------- what BentoML takes at import
+# `bentoml serve` imports this module and reads the service's settings (@bentoml.service) and request
+# models (@bentoml.api input_spec) from the class definition below, so the config is read here, once
+# (serving.schemas reads nothing at its own import), and the request models are built from its limits.
+
+SETTINGS = serving_settings()
+POLICY = nudge_policy()
+_REQUESTS = request_models()
+ClassifyRequest, Turn, Conversation = _REQUESTS.ClassifyRequest, _REQUESTS.Turn, _REQUESTS.Conversation
+FlagConversation, ScoreRequest, FlagRequest = _REQUESTS.FlagConversation, _REQUESTS.ScoreRequest, _REQUESTS.FlagRequest
 
 
 # ----------------------------------------------------------------------------- model check at import
