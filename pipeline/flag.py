@@ -530,6 +530,18 @@ class ShardTask:
     results: str  # directory for the shard's results
 
 
+def conversation_categories(category_values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each conversation's category: the first non-empty one among its rows (rows grouped by `starts`)."""
+    n_conv = len(starts) - 1
+    conv_of_row = np.repeat(np.arange(n_conv), np.diff(starts))
+    category = np.full(n_conv, "", dtype=object)
+    known = np.flatnonzero(category_values != "")
+    if len(known):
+        convs, first = np.unique(conv_of_row[known], return_index=True)
+        category[convs] = category_values[known[first]]
+    return category
+
+
 def _conversation_starts(frame: pd.DataFrame) -> np.ndarray:
     shop, cid = frame["shop_id"].to_numpy(object), frame["conversation_id"].to_numpy(object)
     change = np.ones(len(frame), dtype=bool)
@@ -568,13 +580,7 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
     heads = starts[:-1]
     n_conv = len(heads)
     sent_at = frame["sent_at"].to_numpy(np.int64)
-    conv_of_row = np.repeat(np.arange(n_conv), np.diff(starts))
-    category_values = frame["category"].to_numpy(object)
-    category = np.full(n_conv, "", dtype=object)
-    known = np.flatnonzero(category_values != "")
-    if len(known):
-        convs, first = np.unique(conv_of_row[known], return_index=True)
-        category[convs] = category_values[known[first]]
+    category = conversation_categories(frame["category"].to_numpy(object), starts)
     ordered = np.maximum.reduceat(frame["ordered"].to_numpy(np.int8), heads) if n_conv else np.zeros(0, np.int8)
     scored, stats = score_flat(
         frame["role"].to_numpy(object), frame["text"].to_numpy(object), starts, scorer, policy, settings.predict_batch

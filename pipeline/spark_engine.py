@@ -566,7 +566,7 @@ def _conversations(frame: pd.DataFrame, bundle_name: str, seal: str, settings_js
     """One row per conversation of `frame` (sorted by shop, conversation, sent_at, input order), as the
     local engine's `process_shard` builds it: first/last time, category, ordered, and `nudge.score_flat`."""
     from pipeline.conversation import ConversationScorer
-    from pipeline.flag import _conversation_starts
+    from pipeline.flag import _conversation_starts, conversation_categories
     from pipeline.nudge import buyer_shop_keys, score_flat
 
     settings, policy = _policy(settings_json)
@@ -581,13 +581,7 @@ def _conversations(frame: pd.DataFrame, bundle_name: str, seal: str, settings_js
     heads = starts[:-1]
     n_conv = len(heads)
     sent_at = frame["sent_at"].to_numpy(np.int64)
-    conv_of_row = np.repeat(np.arange(n_conv), np.diff(starts))
-    category_values = frame["category"].to_numpy(object)
-    category = np.full(n_conv, "", dtype=object)
-    known = np.flatnonzero(category_values != "")
-    if len(known):
-        convs, first = np.unique(conv_of_row[known], return_index=True)
-        category[convs] = category_values[known[first]]
+    category = conversation_categories(frame["category"].to_numpy(object), starts)
     ordered = np.maximum.reduceat(frame["ordered"].to_numpy(np.int8), heads)
     scored, _ = score_flat(frame["role"].to_numpy(object), frame["text"].to_numpy(object), starts, scorer, policy, settings.predict_batch)
     buyers, shops = frame["buyer_id"].to_numpy(object)[heads], frame["shop_id"].to_numpy(object)[heads]
