@@ -13,10 +13,12 @@ file or user dictionary changed by one byte is refused.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -76,6 +78,29 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _backup_of(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}.old")
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE), so a model directory is never
+    missing, not even for an instant; False where the system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if result == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this kernel or file system does not exchange
+        return False
+    raise OSError(errno, os.strerror(errno), f"{a} <-> {b}")
+
+
 def save_bundle(bundle: ModelBundle, directory: str | Path, user_dict_text: str | None = None) -> Path:
     """Write the bundle; the directory appears complete or not at all."""
     directory = Path(directory)
@@ -92,8 +117,10 @@ def save_bundle(bundle: ModelBundle, directory: str | Path, user_dict_text: str 
         manifest["format_version"] = FORMAT_VERSION
         manifest["sha256"] = {name: sha256_file(staging / name) for name in files}
         (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True), encoding="utf-8")
-        if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old")
+        if directory.exists() and exchange_paths(staging, directory):
+            shutil.rmtree(staging, ignore_errors=True)  # now the previous model
+        elif directory.exists():  # no atomic exchange here: a kill between the renames leaves the old model as .<name>.old
+            backup = _backup_of(directory)
             shutil.rmtree(backup, ignore_errors=True)
             os.replace(directory, backup)
             os.replace(staging, directory)
@@ -110,6 +137,10 @@ def save_bundle(bundle: ModelBundle, directory: str | Path, user_dict_text: str 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
+        backup = _backup_of(Path(directory))
+        if not Path(directory).exists() and (backup / MANIFEST).is_file():
+            raise ModelIntegrityError(f"{directory}: missing; a save was interrupted and the previous model is in {backup} "
+                                      f"(rename it back to {directory}, or train again)")
         raise ModelIntegrityError(f"{directory}: not a model directory (no {MANIFEST})")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
