@@ -65,6 +65,27 @@ class UnsupportedModel(ValueError):
     """The fitted model is not of a structure the compiled path reproduces exactly."""
 
 
+MODEL_STEPS = ("normalize", "features", "classifier")  # the steps of a message-level model (pipeline/model.py)
+
+
+def model_steps(pipeline) -> tuple:
+    """The fitted (normalize, features, classifier) steps of a message-level model, read by name.
+
+    Raises `UnsupportedModel` when the pipeline's steps are not exactly these, in this order: a renamed,
+    missing, skipped ("passthrough") or extra step (a scaler, a selector) would otherwise be skipped or
+    taken for another one by whoever reads the steps."""
+    if not isinstance(pipeline, Pipeline):
+        raise UnsupportedModel(f"{type(pipeline).__name__} is not a scikit-learn Pipeline")
+    names = tuple(name for name, _ in pipeline.steps)
+    if names != MODEL_STEPS:
+        raise UnsupportedModel(f"pipeline steps {list(names)} are not {' -> '.join(MODEL_STEPS)}")
+    steps = tuple(pipeline.named_steps[name] for name in MODEL_STEPS)
+    skipped = [name for name, step in zip(MODEL_STEPS, steps, strict=True) if step is None or isinstance(step, str)]
+    if skipped:
+        raise UnsupportedModel(f"pipeline step {skipped[0]} is {pipeline.named_steps[skipped[0]]!r}, not a fitted step")
+    return steps
+
+
 def _tf_values(counts: np.ndarray, dtype: np.dtype, sublinear: bool) -> np.ndarray:
     """What `CountVectorizer._count_vocab` and `TfidfTransformer.transform` make of term counts: the
     counts in the vectorizer's dtype, then `np.log(data, data); data += 1.0` when sublinear."""
@@ -337,7 +358,7 @@ class CompiledClassifier:
 class CompiledModel:
     """One fitted pipeline (normalize -> TF-IDF features -> calibrated linear classifier), compiled.
 
-    `predict_proba(normalized)` equals `pipeline.steps[-1][1].predict_proba(pipeline.steps[1][1].transform(normalized))`
+    `predict_proba(normalized)` equals `named_steps["classifier"].predict_proba(named_steps["features"].transform(normalized))`
     for texts already normalised, as `Predictor` passes them."""
 
     def __init__(self, pipeline, features: CompiledFeatures, classifier: CompiledClassifier):
@@ -351,15 +372,12 @@ class CompiledModel:
     def from_pipeline(cls, pipeline, features: CompiledFeatures | None = None) -> CompiledModel:
         """Compile a fitted pipeline; `features` is reused when it was compiled from this pipeline's feature
         step (the same fitted object shared by two pipelines). Raises `UnsupportedModel` otherwise."""
-        if type(pipeline) is not Pipeline:
+        if type(pipeline) is not Pipeline:  # a subclass may transform or predict otherwise
             raise UnsupportedModel(f"{type(pipeline).__name__} is not a scikit-learn Pipeline")
-        names = [name for name, _ in pipeline.steps]
-        if len(names) != 3 or names[0] != "normalize":
-            raise UnsupportedModel(f"pipeline steps {names} are not normalize -> features -> classifier")
-        step = pipeline.steps[1][1]
+        _, step, classifier = model_steps(pipeline)
         if features is None or features.step is not step:
             features = CompiledFeatures(step)
-        return cls(pipeline, features, CompiledClassifier(pipeline.steps[-1][1], features.n_features))
+        return cls(pipeline, features, CompiledClassifier(classifier, features.n_features))
 
     def is_current(self) -> bool:
         """False when a fitted part this was compiled from has been replaced since (a refit)."""
@@ -380,9 +398,8 @@ class CompiledModel:
 def _fitted_parts(pipeline) -> list:
     """Every fitted object a compiled pipeline was built from, read afresh from the pipeline: a refit or a
     replaced step shows as a different object (a recalibration does not: calibration is read per call)."""
-    steps = pipeline.steps
-    step, classifier = steps[1][1], steps[-1][1]
-    parts = [pipeline, steps[0][1], step, classifier, getattr(step, "transformer_weights", None)]
+    normalizer, step, classifier = model_steps(pipeline)
+    parts = [pipeline, normalizer, step, classifier, getattr(step, "transformer_weights", None)]
     for transformer in [t for _, t in step.transformer_list] if isinstance(step, FeatureUnion) else [step]:
         tfidf = getattr(transformer, "_tfidf", None)
         parts += [transformer, getattr(transformer, "vocabulary_", None), tfidf, getattr(tfidf, "idf_", None)]

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from pipeline.compiled import CompiledBundle, _fitted_parts, _same, compile_bundle
+from pipeline.compiled import CompiledBundle, UnsupportedModel, _fitted_parts, _same, compile_bundle, model_steps
 from pipeline.text import TOKENS, mask_pii
 
 DEFAULT_TOP_K = 5
@@ -78,6 +78,21 @@ _DISPLAY_TABLE = str.maketrans({char: _TOKEN_DISPLAY[kind] for kind, char in TOK
 
 class UnsupportedExplanation(ValueError):
     """The model is not linear over TF-IDF n-grams, so its predictions cannot be read from its weights."""
+
+
+def _model_steps(pipeline) -> tuple:
+    """`compiled.model_steps`: the (normalize, features, classifier) steps by name, or UnsupportedExplanation."""
+    try:
+        return model_steps(pipeline)
+    except UnsupportedModel as exc:
+        raise UnsupportedExplanation(str(exc)) from exc
+
+
+def _pipeline_parts(pipelines: list) -> list:
+    """The fitted parts of the pipelines (`compiled._fitted_parts`), to notice a refit."""
+    for pipeline in pipelines:
+        _model_steps(pipeline)
+    return [part for pipeline in pipelines for part in _fitted_parts(pipeline)]
 
 
 def display_ngram(ngram: str, kind: str = "word") -> str:
@@ -191,7 +206,7 @@ class Explainer:
     def __init__(self, bundle, compiled: CompiledBundle | None = None):
         self.bundle = bundle
         self.compiled = compiled
-        self._normalize = bundle.intent.named_steps["normalize"].transform
+        self._normalize = _model_steps(bundle.intent)[0].transform
         self._build()
 
     @classmethod
@@ -208,10 +223,11 @@ class Explainer:
             families = [[_Family(f.vectorizer, f.offset, f.width, _kind(f.vectorizer)) for f in model.features.families] for model in models]
             classifiers = [model.classifier.classifier for model in models]
         else:
-            steps = [pipe.steps[1][1] for pipe in pipelines]
+            fitted = [_model_steps(pipe) for pipe in pipelines]
+            steps = [features for _, features, _ in fitted]
+            classifiers = [classifier for _, _, classifier in fitted]
             self._sources = steps
             families = [_step_families(step) for step in steps]
-            classifiers = [pipe.steps[-1][1] for pipe in pipelines]
         if len(steps) == 2 and steps[0] is steps[1]:  # a shared feature step: transformed once, one n-gram table
             families[1] = families[0]
         self._steps = steps
@@ -222,12 +238,12 @@ class Explainer:
         ]
         if self._linear[0].coef.shape[0] == 1 and len(self._linear[0].classes) != 2:
             raise UnsupportedExplanation("the intent model has one weight row for more than two classes")
-        self._parts = [part for pipe in pipelines for part in _fitted_parts(pipe)]
+        self._parts = _pipeline_parts(pipelines)
 
     def _current(self) -> None:
         """Follow a refit as `Predictor` does: recompile (or rebuild) when a fitted part was replaced."""
         pipelines = [self.bundle.intent] + ([self.bundle.purchase] if self.bundle.purchase is not None else [])
-        if _same([part for pipe in pipelines for part in _fitted_parts(pipe)], self._parts):
+        if _same(_pipeline_parts(pipelines), self._parts):
             return
         if self.compiled is not None:
             self.compiled = compile_bundle(self.bundle)
