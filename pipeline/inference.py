@@ -17,7 +17,7 @@ from scipy import sparse
 from sklearn.pipeline import FeatureUnion
 
 from pipeline.bundle import ModelBundle, ModelIntegrityError, load_bundle, read_manifest
-from pipeline.compiled import compile_bundle
+from pipeline.compiled import compile_bundle, model_steps
 
 BUNDLE_ARTIFACT = "bundle"
 
@@ -112,10 +112,11 @@ class Predictor:
         self.fallback_threshold = float(thresholds.get("fallback", 0.0))
         self.purchase_threshold = float(thresholds.get("purchase", 0.5))
         self.empty_label = "other" if "other" in self.labels else bundle.manifest.get("empty_label", self.labels[0])
-        steps_i = bundle.intent.steps
-        steps_p = bundle.purchase.steps if bundle.purchase is not None else None
+        # (features, classifier) of each model, read by name: a pipeline of another shape is refused here.
+        self._intent_steps = model_steps(bundle.intent)[1:]
+        self._purchase_steps = model_steps(bundle.purchase)[1:] if bundle.purchase is not None else None
         # When both models share their fitted feature steps, features are computed once per batch.
-        self._shared_features = steps_p is not None and steps_i[1][1] is steps_p[1][1]
+        self._shared_features = self._purchase_steps is not None and self._intent_steps[0] is self._purchase_steps[0]
         # The compiled path (pipeline/compiled.py): the same probabilities without scikit-learn per call;
         # None (one warning) for a model of another structure, or compiled=False: the scikit-learn path.
         self._compiled = compile_bundle(bundle) if compiled else None
@@ -132,14 +133,14 @@ class Predictor:
             self._compiled = compile_bundle(self.bundle)
         if self._compiled is not None:
             return self._compiled.probabilities(normalized)
-        intent_steps = self.bundle.intent.steps
-        features = transform_features(intent_steps[1][1], normalized)
-        intent_proba = intent_steps[-1][1].predict_proba(features)
+        intent_features, intent_classifier = self._intent_steps
+        features = transform_features(intent_features, normalized)
+        intent_proba = intent_classifier.predict_proba(features)
         purchase = None
-        if self.bundle.purchase is not None:
-            purchase_steps = self.bundle.purchase.steps
-            purchase_features = features if self._shared_features else transform_features(purchase_steps[1][1], normalized)
-            purchase = purchase_steps[-1][1].predict_proba(purchase_features)[:, 1]
+        if self._purchase_steps is not None:
+            purchase_features, purchase_classifier = self._purchase_steps
+            purchase_features = features if self._shared_features else transform_features(purchase_features, normalized)
+            purchase = purchase_classifier.predict_proba(purchase_features)[:, 1]
         return intent_proba, purchase
 
     def predict_arrays(self, texts: Sequence[str], top_k: int = 0) -> dict[str, np.ndarray | list]:

@@ -13,6 +13,7 @@ from pipeline.bundle import ModelBundle
 from pipeline.compiled import CompiledBundle, UnsupportedModel, model_steps
 from pipeline.estimators import CalibratedLinearClassifier, CompactTfidfVectorizer, TextNormalizer
 from pipeline.explain import Explainer, UnsupportedExplanation
+from pipeline.inference import Predictor
 
 TEXTS = ["在吗 亲", "有货吗 有货我就拍", "能便宜点吗", "什么时候发货", "我要退货 退款", "包邮吗", "好的谢谢", "偏大还是偏小"] * 4
 LABELS = ["greeting", "stock", "price", "shipping", "refund", "shipping", "thanks", "size"] * 4
@@ -54,6 +55,14 @@ def test_an_extra_step_is_refused_not_skipped():
         CompiledBundle(_bundle(pipeline))
     with pytest.raises(UnsupportedExplanation, match=r"normalize -> features -> classifier"):
         Explainer(_bundle(pipeline))
+    with pytest.raises(UnsupportedModel, match="scale"):  # the scikit-learn path of Predictor as well
+        Predictor(_bundle(pipeline), compiled=False)
+
+
+def test_the_scikit_learn_path_of_the_predictor_reads_the_steps_by_name():
+    pipeline = _fitted()
+    predicted = Predictor(_bundle(pipeline), compiled=False).predict(TEXTS)
+    assert predicted["intent"].tolist() == pipeline.predict(TEXTS).tolist()
 
 
 @pytest.mark.parametrize("names", [("normalize", "tfidf", "classifier"), ("normalize", "features", "clf")])
