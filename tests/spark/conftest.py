@@ -1,4 +1,5 @@
-"""One SparkSession (local[2]) for the whole folder, a small model, and a generated day of chats."""
+"""One SparkSession (local[2], two shuffle partitions: one per core) for the whole folder, a small model, and a
+generated day of chats."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from tests.batch.builders import labelled_conversations, labelled_messages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,8 +20,12 @@ def spark():
     try:
         session, created = spark_session(
             "local[2]",
-            {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2",
-             "spark.sql.adaptive.enabled": "true"},
+            {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+             "spark.sql.adaptive.enabled": "true",
+             # Small data, many short jobs: the JVM's own CPU (compiling generated code, JIT) is most of a test's
+             # time. Interpreted plans and the quick JIT tier give the same rows.
+             "spark.sql.codegen.wholeStage": "false",
+             "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"},
         )
     except SparkEngineError as exc:
         pytest.skip(str(exc))
@@ -32,21 +35,10 @@ def spark():
 
 
 @pytest.fixture(scope="session")
-def spark_bundle_dir(tmp_path_factory) -> Path:
-    """The batch tests' small model (distinctive phrases per intent), trained in seconds."""
-    from pipeline.bundle import save_bundle
-    from pipeline.config import load_config
-    from pipeline.conversation import Turn
-    from pipeline.data import LabelledData, validate_labelled
-    from pipeline.train import ConversationData, train
-
-    config = load_config(overrides={"paths.data": "unused.csv"})
-    valid, _ = validate_labelled(labelled_messages(), "fixture", config.split.min_examples_per_label)
-    data = LabelledData(valid, pd.DataFrame(columns=["source", "row", "reason", "raw"]), "fixture")
-    conversations = pd.DataFrame(labelled_conversations())
-    conversations["turns"] = [[Turn(role, text) for role, text in turns] for turns in conversations["turns"]]
-    result = train(config, data, ConversationData(conversations, "fixture"))
-    return save_bundle(result.bundle, tmp_path_factory.mktemp("spark-model") / "bundle", result.user_dict_text)
+def spark_bundle_dir(flag_bundle_dir) -> Path:
+    """The batch tests' small model (distinctive phrases per intent), trained in seconds: the same bundle
+    as tests/conftest.py's `flag_bundle_dir`, so a whole-suite run trains it once."""
+    return flag_bundle_dir
 
 
 @pytest.fixture(scope="session")

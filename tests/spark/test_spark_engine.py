@@ -4,6 +4,7 @@ quarantine; output appears whole or not at all."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -27,17 +28,36 @@ def _spark(chats, out, orders, bundle, config):
     return run_flag_spark(chats, out, orders, str(bundle), None, config)
 
 
-def test_both_engines_give_identical_nudge_rows_and_summary(tmp_path, spark, spark_bundle_dir, generated_day, flag_settings):
+@pytest.fixture(scope="module")
+def flagged_day(tmp_path_factory, spark, spark_bundle_dir, generated_day) -> dict:
+    """The generated day flagged once by each engine, for every test that needs a whole run's output.
+    The local engine publishes its set first; a copy is kept aside, then the spark engine publishes over it
+    (the same names), so its run also replaces an existing output set."""
+    from pipeline.config import load_config
+
+    settings = load_config(overrides={"paths.data": "unused.csv", "flag.workers": 1})
     chats, orders = generated_day
-    local = _local(chats, tmp_path / "local.csv", orders, spark_bundle_dir, flag_settings)
-    on_spark = _spark(chats, tmp_path / "spark.csv", orders, spark_bundle_dir, flag_settings)
+    directory = tmp_path_factory.mktemp("flagged-day")
+    out, aside = directory / "run" / "nudges.csv", directory / "local"
+    out.parent.mkdir()
+    local = _local(chats, out, orders, spark_bundle_dir, settings)
+    shutil.copytree(out.parent, aside)
+    on_spark = _spark(chats, out, orders, spark_bundle_dir, settings)
+    return {"local": local, "spark": on_spark, "local_dir": aside, "spark_dir": out.parent}
+
+
+def test_both_engines_give_identical_nudge_rows_and_summary(flagged_day, generated_day):
+    chats, _ = generated_day
+    local, on_spark = flagged_day["local"], flagged_day["spark"]
     assert 100 < local["flagged"] < local["lost_shoppers"]  # the comparison is about real decisions
     assert local["suppressed_one_per_window"] > 0  # ... including the one-per-window rule
-    assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert (flagged_day["spark_dir"] / "nudges.csv").read_bytes() == (flagged_day["local_dir"] / "nudges.csv").read_bytes()
     assert {k: v for k, v in on_spark.items() if k not in RUN_SPECIFIC} == {k: v for k, v in local.items() if k not in RUN_SPECIFIC}
     assert on_spark["rows"]["balanced"] and on_spark["rows"]["in"] == local["rows"]["in"] == pd.read_parquet(chats).shape[0]
-    written = json.loads((tmp_path / "spark.csv.summary.json").read_text(encoding="utf-8"))
-    assert written["files_sha256"]["spark.csv"] == local["files_sha256"]["local.csv"]
+    written = json.loads((flagged_day["spark_dir"] / "nudges.csv.summary.json").read_text(encoding="utf-8"))
+    assert written["engine"]["name"] == "spark"  # the local set it replaced is gone
+    assert written["files_sha256"]["nudges.csv"] == local["files_sha256"]["nudges.csv"]
+    assert written["files_sha256"]["nudges.csv.rejected.csv"] == local["files_sha256"]["nudges.csv.rejected.csv"]
 
 
 def test_both_engines_give_identical_predictions(tmp_path, spark, spark_bundle_dir, generated_day, flag_settings):
@@ -94,7 +114,8 @@ def test_a_gb18030_export_is_read_through_sparks_encoding(tmp_path, spark, spark
     assert "能便宜点吗" in (tmp_path / "spark.csv").read_text(encoding="utf-8-sig")
 
 
-def test_a_killed_job_leaves_no_output_and_a_rerun_gives_the_same_bytes(tmp_path, spark, spark_bundle_dir, generated_day, flag_settings):
+def test_a_killed_job_leaves_no_output_and_a_rerun_gives_the_same_bytes(tmp_path, spark, spark_bundle_dir, generated_day, flag_settings,
+                                                                        flagged_day):
     chats, orders = generated_day
     out = tmp_path / "nudges.csv"
     tracker = spark.sparkContext.statusTracker()
@@ -119,10 +140,10 @@ def test_a_killed_job_leaves_no_output_and_a_rerun_gives_the_same_bytes(tmp_path
     assert cancelled.is_set()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no rejected file, no summary, no staging
     _spark(chats, out, orders, spark_bundle_dir, flag_settings)
-    first = out.read_bytes()
-    _spark(chats, out, orders, spark_bundle_dir, flag_settings)
-    assert out.read_bytes() == first and len(first.splitlines()) > 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nudges.csv", "nudges.csv.rejected.csv", "nudges.csv.summary.json"]
+    first = (flagged_day["spark_dir"] / "nudges.csv").read_bytes()  # an earlier, uninterrupted run of the same job
+    assert out.read_bytes() == first and len(first.splitlines()) > 100
+    assert (tmp_path / "nudges.csv.rejected.csv").read_bytes() == (flagged_day["spark_dir"] / "nudges.csv.rejected.csv").read_bytes()
 
 
 def test_a_driver_interrupted_while_publishing_keeps_the_old_output(tmp_path, monkeypatch, spark, spark_bundle_dir, flag_settings):
@@ -131,8 +152,9 @@ def test_a_driver_interrupted_while_publishing_keeps_the_old_output(tmp_path, mo
     orders = write_orders(tmp_path / "orders.csv")
     chats = write_csv(flat_rows(), tmp_path / "chats.csv")
     out = tmp_path / "nudges.csv"
-    _spark(chats, out, orders, spark_bundle_dir, flag_settings)
+    _local(chats, out, orders, spark_bundle_dir, flag_settings)  # the old output set (the engines write the same files)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"nudges.csv", "nudges.csv.rejected.csv", "nudges.csv.summary.json"} <= set(before)
     calls = []
 
     def interrupted(*args, **kwargs):
