@@ -90,7 +90,7 @@ SLOW_FIXTURES = frozenset(
         "orders",
     }
 )
-SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "reliability", "spark")
+SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "reliability", "tracking", "spark")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
