@@ -175,8 +175,16 @@ def read_spark_table(spark, path: Path, names: ColumnNames, lower: bool = False)
     if lower:
         columns = [str(c).strip().lower() for c in columns]
     if fmt == "parquet":
-        frame = spark.read.parquet(str(path))
-        frame = frame.toDF(*columns).withColumn("_bad", F.lit(None).cast("string")).withColumn("_raw", F.lit(None).cast("string"))
+        frame = spark.read.parquet(str(path)).toDF(*columns)
+        # Spark hands timestamps to Python as naive times in its session zone (UTC): an instant would then be
+        # read as shop-local time, hours off. As ISO text they mean what the local engine reads: an instant
+        # with its offset, a time without a zone (TIMESTAMP_NTZ) as the shop's wall clock.
+        for field in frame.schema.fields:
+            if isinstance(field.dataType, T.TimestampType):
+                frame = frame.withColumn(field.name, F.date_format(F.col(field.name), "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"))
+            elif isinstance(field.dataType, T.TimestampNTZType):
+                frame = frame.withColumn(field.name, F.date_format(F.col(field.name), "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"))
+        frame = frame.withColumn("_bad", F.lit(None).cast("string")).withColumn("_raw", F.lit(None).cast("string"))
     elif fmt == "csv":
         encoding = detect_encoding(path)
         if encoding != "utf-8":  # Spark 4 reads only UTF/ISO charsets unless its legacy Java-charset switch is on

@@ -185,3 +185,20 @@ def test_spark_errors_name_the_file_and_the_problem(tmp_path, spark, spark_bundl
         parse_conf(["spark.executor.memory"])
     assert parse_conf(["spark.executor.memory=2g", "a.b = c"]) == {"spark.executor.memory": "2g", "a.b": "c"}
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["instant", "wall_clock"])
+def test_parquet_timestamps_mean_the_same_times_on_both_engines(tmp_path, spark, spark_bundle_dir, flag_settings, kind):
+    """A Parquet export with real timestamp columns: an instant (+08:00 stored as UTC) or a wall-clock time
+    without a zone (read in the shop's time zone). Spark hands timestamps to Python in its session zone; the
+    engine must not shift them, or send times and the lost rule move by hours."""
+    orders = write_orders(tmp_path / "orders.csv")
+    frame = flat_rows()
+    times = pd.to_datetime(frame["sent_at"], format="ISO8601")
+    frame["sent_at"] = times if kind == "instant" else times.dt.tz_localize(None)  # the builders' times are +08:00
+    chats = tmp_path / "chats.parquet"
+    frame.to_parquet(chats, index=False)
+    local = _local(chats, tmp_path / "local.csv", orders, spark_bundle_dir, flag_settings)
+    remote = _spark(chats, tmp_path / "spark.csv", orders, spark_bundle_dir, flag_settings)
+    assert local["flagged"] > 0 and remote["rows"]["rejected"] == local["rows"]["rejected"] == 0
+    assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
