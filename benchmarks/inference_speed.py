@@ -300,12 +300,12 @@ def render(results: dict, texts_name: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, section: str) -> None:
-    """Replace the marked section of the results file, or append it."""
+def update_results(path: Path, section: str, start_marker: str = SECTION_START, end_marker: str = SECTION_END) -> None:
+    """Replace the section between the markers in the results file, or append it (other benchmarks pass theirs)."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len(SECTION_END):].lstrip("\n")
+        text = text[:start] + section + text[end + len(end_marker):].lstrip("\n")
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section
     path.write_text(text, encoding="utf-8")

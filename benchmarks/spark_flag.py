@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from flag_throughput import _existing  # noqa: E402  (the generated day, shared with the flag benchmark)
+from inference_speed import update_results  # noqa: E402  (the marked-section writer of benchmarks/RESULTS.md)
 
 SECTION_START = "<!-- spark-flag:start -->"
 SECTION_END = "<!-- spark-flag:end -->"
@@ -249,17 +250,6 @@ def render(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, section: str) -> None:
-    """Replace this benchmark's marked section of the results file, or append it."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len(SECTION_END):].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model bundle directory or models:/ URI (default: the champion)")
@@ -328,7 +318,7 @@ def main() -> None:
     section = render(rows, meta)
     print(section)
     if args.results:
-        update_results(args.results, section)
+        update_results(args.results, section, SECTION_START, SECTION_END)
 
 
 if __name__ == "__main__":
