@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -874,6 +874,46 @@ def _run_key(chats: Path, orders: Path | None, model_identity: dict, settings: F
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:20]
 
 
+class FlagJob(NamedTuple):
+    chats: Path
+    out: Path
+    orders: Path | None
+    settings: FlagSettings
+    policy: NudgePolicy
+    chat_names: ColumnNames
+    order_names: ColumnNames
+
+
+def checked_job(chats: Path, out: Path, orders: Path | None, config: Config, window_hours: float | None) -> FlagJob:
+    """A flag job's paths, settings and column names, with the files, formats and headers checked before a
+    model is resolved or loaded: one set of checks and messages for both engines."""
+    chats, out = Path(chats), Path(out)
+    orders = Path(orders) if orders is not None else None
+    settings = load_flag_settings(config.flag, window_hours)
+    for path, what in ((chats, "chats"), (orders, "orders")):
+        if path is not None:
+            if not path.is_file():
+                raise FlagError(f"{path}: {what} file not found")
+            try:
+                table_format(path)
+            except TableError as exc:
+                raise FlagError(str(exc)) from exc
+    try:
+        table_format(out)
+    except TableError as exc:
+        raise FlagError(f"--out {exc}") from exc
+    chat_names = config.columns.names().only((*CHAT_COLUMNS, "category", "ordered"))
+    order_names = config.columns.names().only(ORDER_COLUMNS)
+    try:
+        if not (table_format(chats) == "jsonl" and _jsonl_is_conversations(chats)):
+            require_columns(chats, CHAT_COLUMNS, chat_names)
+        if orders is not None:
+            require_columns(orders, ORDER_COLUMNS, order_names)
+    except TableError as exc:
+        raise FlagError(str(exc)) from exc
+    return FlagJob(chats, out, orders, settings, NudgePolicy.from_settings(settings), chat_names, order_names)
+
+
 def run_flag(
     chats: Path,
     out: Path,
@@ -895,31 +935,7 @@ def run_flag(
     from pipeline.inference import resolve_model
 
     started = time.perf_counter()
-    chats, out = Path(chats), Path(out)
-    orders = Path(orders) if orders is not None else None
-    settings = load_flag_settings(config.flag, window_hours)
-    policy = NudgePolicy.from_settings(settings)
-    for path, what in ((chats, "chats"), (orders, "orders")):
-        if path is not None:
-            if not path.is_file():
-                raise FlagError(f"{path}: {what} file not found")
-            try:
-                table_format(path)
-            except TableError as exc:
-                raise FlagError(str(exc)) from exc
-    try:
-        table_format(out)
-    except TableError as exc:
-        raise FlagError(f"--out {exc}") from exc
-    chat_names = config.columns.names().only((*CHAT_COLUMNS, "category", "ordered"))
-    order_names = config.columns.names().only(ORDER_COLUMNS)
-    try:  # headers are checked before the model is resolved and loaded
-        if not (table_format(chats) == "jsonl" and _jsonl_is_conversations(chats)):
-            require_columns(chats, CHAT_COLUMNS, chat_names)
-        if orders is not None:
-            require_columns(orders, ORDER_COLUMNS, order_names)
-    except TableError as exc:
-        raise FlagError(str(exc)) from exc
+    chats, out, orders, settings, policy, chat_names, order_names = checked_job(chats, out, orders, config, window_hours)
 
     resolved = resolve_model(model, Registry.from_config(config))
     manifest = verify_bundle(resolved.directory, resolved.expected_seal)  # a tampered model is refused before any work

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
 from pipeline.config import Config, Registry
-from pipeline.tables import ColumnNames, TableError, detect_encoding, read_header, require_columns, table_format
+from pipeline.tables import ColumnNames, detect_encoding, read_header, require_columns, table_format
 
 log = logging.getLogger(__name__)
 
@@ -683,34 +683,16 @@ def run_flag_spark(
     """`buyer-intent flag --engine spark`: the nudge list, `<out>.rejected.csv` and `<out>.summary.json`
     as the local engine writes them (same rows, same order, same summary keys)."""
     from pipeline.flag import (
-        CHAT_COLUMNS, FlagError, _open_window_warnings, _orders_warnings, _share, _write_json_atomic, reason_kind,
+        CHAT_COLUMNS, FlagError, _open_window_warnings, _orders_warnings, _share, _write_json_atomic, checked_job, reason_kind,
     )
     from pipeline.inference import resolve_model
     from pipeline.nudge import (
         NUDGE_COLUMNS, ORDER_COLUMNS, ORDERED_NO, ORDERED_YES, REASON_FLAGGED, REASON_ORDER_UNKNOWN, REASON_SKIPPED,
-        NudgePolicy, format_times, load_flag_settings, share_warnings,
+        format_times, share_warnings,
     )
 
     started = time.perf_counter()
-    chats, out = Path(chats), Path(out)
-    orders = Path(orders) if orders is not None else None
-    settings = load_flag_settings(config.flag, window_hours)
-    policy = NudgePolicy.from_settings(settings)
-    for path, what in ((chats, "chats"), (orders, "orders")):
-        if path is not None and not path.is_file():
-            raise FlagError(f"{path}: {what} file not found")
-    try:
-        for path in (chats, orders, out):
-            if path is not None:
-                table_format(path)
-        chat_names = config.columns.names().only((*CHAT_COLUMNS, "category", "ordered"))
-        order_names = config.columns.names().only(ORDER_COLUMNS)
-        if table_format(chats) != "jsonl":
-            require_columns(chats, CHAT_COLUMNS, chat_names)
-        if orders is not None:
-            require_columns(orders, ORDER_COLUMNS, order_names)
-    except TableError as exc:
-        raise FlagError(str(exc)) from exc
+    chats, out, orders, settings, policy, chat_names, order_names = checked_job(chats, out, orders, config, window_hours)
     resolved = resolve_model(model, Registry.from_config(config))
     manifest = read_manifest(resolved.directory)
     thresholds = manifest.get("thresholds", {})
