@@ -57,3 +57,29 @@ def test_unsorted_turns_are_used_in_time_order_when_every_turn_has_a_time(policy
     assert usable_turns(turns, policy)[1] == ["第一句", "第二句"]
     without_time = [Turn("buyer", "第二句", None), Turn("buyer", "第一句", "2026-11-20 10:00:01")]
     assert usable_turns(without_time, policy)[1] == ["第二句", "第一句"]
+
+
+def test_laying_many_conversations_flat_keeps_what_each_one_keeps_on_its_own(policy):
+    """`lay_flat` checks every turn of a batch in one call; it must keep, order and time each conversation's
+    turns exactly as `usable_turns` does for that conversation alone."""
+    import random
+
+    import numpy as np
+
+    from pipeline.nudge import lay_flat
+
+    rng = random.Random(5)
+    times = ["2026-11-20 10:00:0%d" % s for s in range(10)] + ["", None, "not a time", "1732068000"]
+    roles = ["buyer", "买家", "客服", "agent", "martian", None]
+    texts = ["有货吗", "   ", "好的", None, "乱\ufffd", "拍了", "1"]
+    conversations = [
+        [Turn(rng.choice(roles), rng.choice(texts), rng.choice(times)) for _ in range(rng.randint(0, 7))] for _ in range(300)
+    ]
+    flat_roles, flat_texts, starts, flat_times = lay_flat(conversations, policy)
+    assert len(starts) == len(conversations) + 1 and len(flat_times) == len(conversations)
+    for c, turns in enumerate(conversations):
+        alone_roles, alone_texts, alone_times = usable_turns(turns, policy)
+        assert flat_roles[starts[c] : starts[c + 1]] == alone_roles
+        assert flat_texts[starts[c] : starts[c + 1]] == alone_texts
+        assert np.array_equal(flat_times[c], alone_times)
+    assert any(starts[c + 1] - starts[c] > 1 for c in range(len(conversations)))  # the case is not trivial
