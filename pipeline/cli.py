@@ -67,8 +67,20 @@ def train(
     promote: Annotated[Optional[bool], typer.Option("--promote/--no-promote", help="force or forbid setting the champion alias")] = None,
     seed: Annotated[Optional[int], typer.Option(help="override the config seed")] = None,
     columns: ColumnsOption = None,
+    unlabelled: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--unlabelled",
+            help="a shop's unlabelled chat export (CSV/JSONL/Parquet/Excel; with a role column, buyer rows only); repeatable. "
+            "Fits only the TF-IDF IDF on the training text + these messages: the vocabulary and the classifiers stay the "
+            "training text's, and the model keeps no unlabelled text (benchmarks/ADAPTATION.md: neutral to slightly "
+            "positive on real chats). Self-training and importance weighting are not offered: they did not help there",
+        ),
+    ] = None,
 ) -> None:
-    """Fit, evaluate, log to MLflow, register `buyer-intent`, maybe promote to champion, write the report."""
+    """Fit, evaluate, log to MLflow, register `buyer-intent`, maybe promote to champion, write the report.
+
+    With --unlabelled the shop's own buyer messages also weigh the n-grams (IDF only)."""
     from pipeline.data import DataError
     from pipeline.workflows import train_and_track
 
@@ -78,7 +90,7 @@ def train(
         {"paths.data": str(data[0]) if data else None, "paths.extra_data": [str(p) for p in data[1:]] if data and len(data) > 1 else None,
          "paths.model_dir": str(model_dir) if model_dir else None,
          "paths.conversations": str(conversations) if conversations else None, "paths.orders": str(orders) if orders else None,
-         "seed": seed, "columns.map": columns},
+         "seed": seed, "columns.map": columns, "paths.unlabelled": [str(p) for p in unlabelled] if unlabelled else None},
     )
     if conversations and not orders:  # the config's orders belong to the config's conversations, not to these
         cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
@@ -89,6 +101,10 @@ def train(
     typer.echo(f"run id: {summary['run_id']}")
     typer.echo(f"registered: {cfg.mlflow.registered_model} version {summary['model_version']}"
                f" ({'promoted to @' + cfg.mlflow.alias if summary['promoted'] else 'not promoted'}: {summary['promotion_reason']})")
+    if summary.get("unlabelled"):
+        used = summary["unlabelled"]
+        typer.echo(f"IDF fitted on the training text + {used['messages_used']} unlabelled buyer messages ({used['rows_rejected']} rows "
+                   f"quarantined in {cfg.paths.quarantine}, {used['excluded_held_out']} left out as validation/test/evaluation texts)")
     typer.echo("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["headline"].items()))
     for name, headline in summary["eval"].items():
         typer.echo(f"{name} metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))

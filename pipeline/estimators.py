@@ -18,7 +18,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, softmax
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -161,6 +161,46 @@ class CompactTfidfVectorizer(TfidfVectorizer):
     seconds and loading slow. Arrays are stored as plain .npy blocks. The pruned-terms set
     (`stop_words_`) is only for introspection and is not kept.
     """
+
+    IDF_BATCH = 20_000  # unlabelled documents counted per call: bounds the memory of `idf_documents`
+
+    def fit(self, raw_documents, y=None, idf_documents=None):
+        if idf_documents is None:
+            return super().fit(raw_documents, y)
+        self.fit_transform(raw_documents, y, idf_documents=idf_documents)
+        return self
+
+    def fit_transform(self, raw_documents, y=None, idf_documents=None):
+        """TfidfVectorizer's fit; with `idf_documents` (a shop's unlabelled messages, `train --unlabelled`)
+        the vocabulary (min_df, max_features) is still learnt from `raw_documents` alone, and only the IDF
+        counts both: idf = ln((1 + n) / (1 + df)) + 1 over the documents of both (smooth_idf), for the
+        training vocabulary's terms. Nothing of `idf_documents` is kept but those idf values.
+        Without `idf_documents` it is TfidfVectorizer.fit_transform itself."""
+        if idf_documents is None:
+            return super().fit_transform(raw_documents, y)
+        self._check_params()
+        self._tfidf = TfidfTransformer(norm=self.norm, use_idf=self.use_idf, smooth_idf=self.smooth_idf, sublinear_tf=self.sublinear_tf)
+        counts = CountVectorizer.fit_transform(self, raw_documents)  # the vocabulary of the training text only
+        self._tfidf.fit(counts)  # validation, n_features_in_; the idf is replaced below
+        if self.use_idf:
+            df = np.bincount(counts.tocsr().indices, minlength=counts.shape[1]).astype(np.int64)
+            n_documents = counts.shape[0]
+            idf_documents = list(idf_documents)
+            for start in range(0, len(idf_documents), self.IDF_BATCH):
+                extra = CountVectorizer.transform(self, idf_documents[start : start + self.IDF_BATCH]).tocsr()
+                df += np.bincount(extra.indices, minlength=counts.shape[1])
+                n_documents += extra.shape[0]
+            # TfidfTransformer.fit's arithmetic, in its dtype, on the document frequencies of both sets
+            dtype = counts.dtype if counts.dtype in (np.float64, np.float32) else np.float64
+            df = df.astype(dtype)
+            df += float(self.smooth_idf)
+            n_documents += int(self.smooth_idf)
+            idf = np.full_like(df, fill_value=n_documents, dtype=dtype)
+            idf /= df
+            np.log(idf, out=idf)
+            idf += 1.0
+            self._tfidf.idf_ = idf
+        return self._tfidf.transform(counts, copy=False)
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__

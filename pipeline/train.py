@@ -30,6 +30,7 @@ from pipeline.flag_eval import evaluate_flagging, load_orders_index
 from pipeline.inference import Predictor
 from pipeline.nudge import NudgePolicy, features_from_turns, load_flag_settings
 from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
+from pipeline.text import normalize
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ log = logging.getLogger(__name__)
 class ConversationData:
     frame: pd.DataFrame  # conversation_id, buyer_id, expressed_purchase_intent, turns (list[Turn]), stage, category
     source: str
+
+
+@dataclass
+class UnlabelledData:
+    """A shop's unlabelled buyer messages (`train --unlabelled`), used for one thing only: the IDF of the
+    TF-IDF features is fitted on the training split's text plus these. The vocabulary stays the training
+    text's, and the model keeps nothing of these texts but the idf values of that vocabulary."""
+
+    texts: list[str]  # normalised (`pipeline.text.normalize` with text.max_chars), one per usable buyer row
+    files: list[dict[str, Any]]  # per file: source, sha256, rows_in, messages_used, rows_not_buyer, rows_rejected
 
 
 @dataclass
@@ -74,11 +85,19 @@ def score_labelled(predictor: Predictor, frame: pd.DataFrame) -> tuple[dict[str,
     return metrics, scored
 
 
-def _fit_message_models(config: Config, train: pd.DataFrame, has_purchase: bool) -> tuple[Pipeline, Pipeline | None]:
+def _fit_message_models(
+    config: Config, train: pd.DataFrame, has_purchase: bool, idf_texts: list[str] | None = None
+) -> tuple[Pipeline, Pipeline | None]:
+    """`idf_texts` (normalised unlabelled messages): the feature step's IDF is fitted on the training text
+    plus these (CompactTfidfVectorizer's `idf_documents`); the vocabulary and the classifiers see the
+    training text only."""
     intent_pipeline = build_intent_pipeline(config)
     normalizer = intent_pipeline.named_steps["normalize"].fit(train["text"])
     features = intent_pipeline.named_steps["features"]
-    matrix = features.fit_transform(train["normalized"].tolist())
+    if idf_texts is None:
+        matrix = features.fit_transform(train["normalized"].tolist())
+    else:
+        matrix = features.fit_transform(train["normalized"].tolist(), idf_documents=idf_texts)
     weights = train["_weight"].to_numpy() if "_weight" in train.columns else None  # extra labelled files count more
     intent_pipeline.named_steps["classifier"].fit(matrix, train["intent"].to_numpy(), groups=train["group"].to_numpy(), sample_weight=weights)
     purchase_pipeline = None
@@ -175,8 +194,28 @@ def _evaluate_flagging(config: Config, predictor: Predictor, test: pd.DataFrame)
     return metrics, table
 
 
-def train(config: Config, data: LabelledData, conversations: ConversationData | None = None) -> TrainResult:
-    """Fit on the train split, choose thresholds on validation, measure once on test."""
+def _idf_texts(config: Config, unlabelled: UnlabelledData, held_out: list[pd.Series], evaluation_texts: list[str]) -> tuple[list[str], int]:
+    """The unlabelled messages that may enter the IDF fit: none whose normalised text is a validation,
+    test or evaluation-set text (those are measured on, so nothing of them is fitted on). Returns the
+    texts and how many were left out."""
+    max_chars = config.text.max_chars
+    measured = {normalize(text, max_chars) for part in held_out for text in part.astype(str)}
+    measured.update(normalize(text, max_chars) for text in evaluation_texts)
+    kept = [text for text in unlabelled.texts if text not in measured]
+    return kept, len(unlabelled.texts) - len(kept)
+
+
+def train(
+    config: Config,
+    data: LabelledData,
+    conversations: ConversationData | None = None,
+    unlabelled: UnlabelledData | None = None,
+    evaluation_texts: list[str] | tuple[str, ...] = (),
+) -> TrainResult:
+    """Fit on the train split, choose thresholds on validation, measure once on test.
+
+    `unlabelled`: the IDF (only) is fitted on the training text plus these messages, less any that is also
+    a validation or test text or one of `evaluation_texts` (the sets the caller will measure on)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     frame = data.frame.copy()
@@ -186,7 +225,22 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
         raise ValueError("validation or test split is empty: the data set is too small to train and evaluate honestly")
     log.info("split: %d train / %d val / %d test messages", len(train_part), len(val_part), len(test_part))
 
-    intent_pipeline, purchase_pipeline = _fit_message_models(config, train_part, data.has_purchase_labels)
+    idf_texts, unlabelled_summary = None, None
+    if unlabelled is not None:
+        idf_texts, excluded = _idf_texts(config, unlabelled, [val_part["text"], test_part["text"]], list(evaluation_texts))
+        if not idf_texts:
+            raise ValueError(f"no unlabelled message left for the IDF fit ({excluded} were validation, test or evaluation texts)")
+        unlabelled_summary = {
+            "fitted": "idf only (vocabulary and classifiers: the training split)",
+            "messages_used": len(idf_texts),
+            "rows_rejected": sum(f["rows_rejected"] for f in unlabelled.files),
+            "excluded_held_out": excluded,
+            "files": unlabelled.files,
+        }
+        log.info("IDF fitted on %d training + %d unlabelled messages (%d left out: validation, test or evaluation texts)",
+                 len(train_part), len(idf_texts), excluded)
+
+    intent_pipeline, purchase_pipeline = _fit_message_models(config, train_part, data.has_purchase_labels, idf_texts)
     timings["fit_message_models_s"] = time.perf_counter() - started
     words = user_words(config) if config.text.language == "zh" else ()
     manifest: dict[str, Any] = {
@@ -227,6 +281,8 @@ def train(config: Config, data: LabelledData, conversations: ConversationData | 
         "splits": {name: int((frame["split"] == name).sum()) for name in ("train", "val", "test")},
         "rejected_rows": int(len(data.rejected)),
     }
+    if unlabelled_summary is not None:  # counts and checksums only: no unlabelled text is kept
+        fingerprints["unlabelled"] = unlabelled_summary
     if "_weight" in frame.columns:  # extra labelled files: how many rows each source gave, and their weight
         fingerprints["sources"] = {
             str(source): {"rows": int(len(part)), "weight": float(part["_weight"].iloc[0]),

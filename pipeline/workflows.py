@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline import tracking
-from pipeline.bundle import ModelBundle, save_bundle
+from pipeline.bundle import ModelBundle, save_bundle, sha256_file
 from pipeline.config import Config, Registry
-from pipeline.data import LABELLED_COLUMNS, LabelledData, load_labelled, load_labelled_conversations, load_training_data
+from pipeline.data import LABELLED_COLUMNS, DataError, LabelledData, load_labelled, load_labelled_conversations, load_training_data
 from pipeline.evaluate import headline_metrics, intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
-from pipeline.tables import iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
-from pipeline.train import ConversationData, TrainResult, score_labelled, train
+from pipeline.tables import Rejected, TableError, iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
+from pipeline.text import normalize
+from pipeline.train import ConversationData, TrainResult, UnlabelledData, score_labelled, train
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score")
@@ -73,8 +74,100 @@ def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, f
     return headline_metrics({"test": metrics}), champion.version
 
 
+UNLABELLED_COLUMNS = ("text", "role")
+
+
+def unlabelled_rejection(value: Any, max_chars: int) -> str | None:
+    """Why a buyer row of an unlabelled export cannot be used for the IDF fit (None when it can)."""
+    if isinstance(value, dict):
+        return "text must be a string, got a JSON object"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "text must be a string, got a list"
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))) or not str(value).strip():
+        return "empty text"
+    text = str(value)
+    if "\x00" in text:
+        return "NUL byte in text"
+    if "\ufffd" in text:
+        return "bad encoding (U+FFFD in text)"
+    if len(text) > max_chars:
+        return f"longer than text.max_chars ({len(text)} > {max_chars} characters): not a chat message"
+    return None
+
+
+def load_unlabelled(paths: list[str] | tuple[str, ...], config: Config, chunk_rows: int = 100_000) -> UnlabelledData | None:
+    """The buyer messages of a shop's unlabelled chat exports (`train --unlabelled`), for the IDF fit.
+
+    Read as `predict` and `select` read chats (CSV in UTF-8, UTF-8 with BOM or GB18030, JSONL, Parquet,
+    Excel; headers through columns.aliases and --columns; with a `role` column only buyer rows). Rows the
+    reader cannot use (bad encoding, wrong field count, bad JSON) and buyer rows that are empty, hold a NUL
+    byte or U+FFFD, or are longer than text.max_chars are quarantined with their reason in
+    `<quarantine>/<name>.unlabelled.rejected.csv`. Log lines carry counts only."""
+    if not paths:
+        return None
+    names = config.columns.names().only(UNLABELLED_COLUMNS)
+    for path in paths:  # every header before any row is read
+        require_columns(path, ["text"], names)
+    max_chars = config.text.max_chars
+    texts: list[str] = []
+    files: list[dict[str, Any]] = []
+    for path in paths:
+        rejected: list[Rejected] = []
+        used = not_buyer = offset = unreadable = 0
+        for chunk in iter_table(path, chunk_rows, names):
+            rejected.extend(chunk.rejected)
+            unreadable += len(chunk.rejected)
+            frame = chunk.frame.reset_index(drop=True)
+            if frame.empty:
+                continue
+            if "text" not in frame.columns:
+                raise TableError(f"{path}: no `text` column (found {list(frame.columns)})")
+            lines = frame["_line"].tolist() if "_line" in frame.columns else list(range(offset + 1, offset + len(frame) + 1))
+            offset += len(frame)
+            buyers = buyer_rows(frame, config)
+            keep = np.ones(len(frame), dtype=bool) if buyers is None else buyers
+            not_buyer += int((~keep).sum())
+            for position in np.flatnonzero(keep):
+                value = frame.at[position, "text"]
+                reason = unlabelled_rejection(value, max_chars)
+                normalized = normalize(str(value), max_chars) if reason is None else ""
+                if reason is None and not normalized:
+                    reason = "empty text (nothing left after normalisation)"
+                if reason is not None:
+                    raw = "" if value is None else str(value)
+                    rejected.append(Rejected(lines[position], reason, raw[:max_chars]))
+                    continue
+                texts.append(normalized)
+                used += 1
+        quarantine = Path(config.paths.quarantine) / f"{Path(path).stem}.unlabelled.rejected.csv"
+        quarantine.unlink(missing_ok=True)  # a previous run's: it would describe other rows
+        if rejected:
+            write_table_atomic(rejected_frame(rejected, path), quarantine)
+        files.append({"source": str(path), "sha256": sha256_file(Path(path)), "rows_in": offset + unreadable,
+                      "messages_used": used, "rows_not_buyer": not_buyer, "rows_rejected": len(rejected)})
+        log.info("%s (unlabelled): %d buyer messages, %d rows not from the buyer, %d quarantined", path, used, not_buyer, len(rejected))
+    if not texts:
+        raise DataError(f"{', '.join(map(str, paths))}: no usable unlabelled buyer message "
+                        f"({sum(f['rows_rejected'] for f in files)} quarantined, {sum(f['rows_not_buyer'] for f in files)} not from the buyer)")
+    return UnlabelledData(texts, files)
+
+
+def unlabelled_params(fingerprints: dict[str, Any]) -> dict[str, str]:
+    """MLflow params of a run trained with --unlabelled (none without it)."""
+    summary = fingerprints.get("unlabelled")
+    if not summary:
+        return {}
+    return {
+        "unlabelled_messages_used": str(summary["messages_used"]),
+        "unlabelled_rows_rejected": str(summary["rows_rejected"]),
+        "unlabelled_excluded_held_out": str(summary["excluded_held_out"]),
+        "unlabelled_sha256": ",".join(f["sha256"] for f in summary["files"]),
+    }
+
+
 def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
     """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
+    unlabelled = load_unlabelled(config.paths.unlabelled, config)
     data = load_training_data(
         config.paths.data, config.paths.extra_data, config.paths.quarantine, config.split.min_examples_per_label,
         config.columns.names().only(LABELLED_COLUMNS), config.extra_data_weight,
@@ -85,12 +178,17 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         frame, rejected = load_labelled_conversations(config.paths.conversations, config.paths.quarantine)
         log.info("%s: %d conversations, %d quarantined", config.paths.conversations, len(frame), len(rejected))
         conversations = ConversationData(frame, config.paths.conversations)
-    result = train(config, data, conversations)
+    # The evaluation sets are read before training: with --unlabelled none of their texts enters the IDF fit.
+    eval_sets = [
+        (set_name, path, load_labelled(path, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS)))
+        for set_name, path in map(eval_set_spec, eval_data or [])
+    ]
+    evaluation_texts = [text for _, _, eval_set in eval_sets for text in eval_set.frame["text"]] if unlabelled else []
+    result = train(config, data, conversations, unlabelled, evaluation_texts)
     predictor = Predictor(result.bundle)
     result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
-    for set_name, path in map(eval_set_spec, eval_data or []):
-        eval_set = load_labelled(path, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
+    for set_name, path, eval_set in eval_sets:
         name = f"eval:{set_name}"
         result.metrics[name], eval_scored[name] = score_labelled(predictor, eval_set.frame)
         result.fingerprints[name] = {"rows": len(eval_set.frame), "rejected": len(eval_set.rejected), "source": path}
@@ -128,7 +226,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             result.fingerprints,
             report_dir,
             result.user_dict_text,
-            {"timings": json.dumps({k: round(v, 2) for k, v in result.timings.items()})},
+            {"timings": json.dumps({k: round(v, 2) for k, v in result.timings.items()}), **unlabelled_params(result.fingerprints)},
         )
         mlflow.log_metrics({f"headline_{k}": v for k, v in headline.items() if v == v})
         test_texts = result.test_predictions["text"].tolist()
@@ -150,6 +248,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         "eval": {name: headline_metrics(result.metrics, name) for name in result.metrics if name.startswith("eval:")},
         "report": str(report.get("html", report_dir)),
         "model_dir": config.paths.model_dir,
+        "unlabelled": result.fingerprints.get("unlabelled"),
     }
 
 
