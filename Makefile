@@ -32,8 +32,10 @@ demo: install
 	$(BIN)/buyer-intent flag --chats data/conversations.jsonl --orders data/orders.csv --out reports/nudges.csv
 	@echo "Browse runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
+## Two xdist workers; the tests sharing a costly fixture run on one (tests/conftest.py). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 ## The quick tier (under a minute): no trained corpus model, no corpus tables, no server.
 test-fast: install

@@ -91,10 +91,20 @@ SLOW_FIXTURES = frozenset(
     }
 )
 SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "reliability", "tracking", "spark")
+# `make test` runs the suite on two xdist workers (`--dist loadgroup`): the tests sharing an expensive
+# session fixture (the corpus model, a server, PostgreSQL, a JVM) stay on one worker, so it is built once.
+XDIST_GROUPS = {"notebooks": "corpus", "model": "corpus", "serving": "serving", "reliability": "reliability",
+                "tracking": "tracking", "spark": "spark"}
+CORPUS_FIXTURES = frozenset({"corpus_training", "corpus_bundle_dir"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = Path(str(item.fspath)).parent.name
-        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if folder in SLOW_FOLDERS or SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        group = "corpus" if CORPUS_FIXTURES & fixtures else XDIST_GROUPS.get(folder)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
