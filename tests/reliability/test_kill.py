@@ -104,9 +104,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_kill_9_while_partitioning_then_resume(tmp_path, job_files, flag_bundle_dir, reference_run):
-    """Watched from outside: killed while shard files are still being appended to."""
+    """Watched from outside: killed while shard files are still being appended to. Chunks of 10 rows make
+    the partition phase last seconds (at 200 rows it took 0.1 s, which a loaded machine's poller missed)."""
+    config = tmp_path / "small-chunks.yaml"
+    config.write_text(job_files["config"].read_text(encoding="utf-8").replace("chunk_rows: 200", "chunk_rows: 10"), encoding="utf-8")
     out = tmp_path / "out" / "nudges.csv"
-    job = subprocess.Popen([*CLI, *map(str, flag_args(job_files, out, flag_bundle_dir))], env=env(),
+    job = subprocess.Popen([*CLI, *map(str, flag_args({**job_files, "config": config}, out, flag_bundle_dir))], env=env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     work = out.parent / ".nudges.csv.work"
     _wait_for(lambda: any(work.glob("*/partition/.shard-*.parquet.tmp")), job, what="the partition phase")
