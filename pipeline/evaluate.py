@@ -155,14 +155,23 @@ def intent_metrics(y_true, predicted, confidence, fallback) -> dict[str, Any]:
     }
 
 
+def binary_scores(truth, flagged) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the positive class by scikit-learn; 0.0 where undefined (nothing
+    flagged, no positive, no rows)."""
+    truth, flagged = np.asarray(truth, dtype=int), np.asarray(flagged, dtype=int)
+    if not len(truth):
+        return 0.0, 0.0, 0.0
+    (precision,), (recall,), (f1,), _ = precision_recall_fscore_support(
+        truth, flagged, labels=[1], average=None, zero_division=0.0
+    )
+    return float(precision), float(recall), float(f1)
+
+
 def purchase_metrics(y_true, scores, threshold: float) -> dict[str, Any]:
     y_true = np.asarray(y_true, dtype=int)
     scores = np.asarray(scores, dtype=float)
     flagged = scores >= threshold
-    tp = int((flagged & (y_true == 1)).sum())
-    precision = tp / flagged.sum() if flagged.any() else 0.0
-    recall = tp / (y_true == 1).sum() if (y_true == 1).any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision, recall, f1 = binary_scores(y_true, flagged)
     return {
         "average_precision": float(average_precision_score(y_true, scores)) if y_true.any() else float("nan"),
         "precision": float(precision),

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.conversation import ConversationScorer
+from pipeline.evaluate import binary_scores
 from pipeline.nudge import ORDER_COLUMNS, REASON_DUPLICATE, REASON_SKIPPED, ConversationInput, NudgePolicy, OrdersIndex, check_order_rows, decide
 from pipeline.tables import PLAIN_COLUMNS, ColumnNames, read_table
 
@@ -48,8 +49,7 @@ def flagging_metrics(truth: np.ndarray, flagged: np.ndarray, lost: np.ndarray) -
     truth, flagged, lost = (np.asarray(a, dtype=bool) for a in (truth, flagged, lost))
     hits = int((truth & flagged).sum())
     n_flagged, n_truth, n_lost = int(flagged.sum()), int(truth.sum()), int(lost.sum())
-    precision = hits / n_flagged if n_flagged else 0.0
-    recall = hits / n_truth if n_truth else 0.0
+    precision, recall, f1 = binary_scores(truth, flagged)
     return {
         "conversations": int(len(truth)),
         "lost_shoppers": n_lost,
@@ -58,7 +58,7 @@ def flagging_metrics(truth: np.ndarray, flagged: np.ndarray, lost: np.ndarray) -
         "true_positives": hits,
         "precision": precision,
         "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "f1": f1,
         "flagged_share_of_lost": n_flagged / n_lost if n_lost else 0.0,
         "true_share_of_lost": n_truth / n_lost if n_lost else 0.0,
     }
