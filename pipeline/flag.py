@@ -469,8 +469,7 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
     except TableError as exc:
         raise FlagError(str(exc)) from exc
     index = OrdersIndex(np.concatenate(keys) if keys else np.zeros(0, np.uint64), np.concatenate(times) if times else np.zeros(0, np.int64))
-    index.save(work / ".orders.npz.tmp")
-    os.replace(work / ".orders.npz.tmp", work / "orders.npz")
+    _save_orders_index(index, work)
     for i, row in enumerate(rejected):
         row["seq"], row["source"] = i, source
     _write_parquet_atomic(_rejected_table(rejected), work / "orders-rejected.parquet")
@@ -484,6 +483,25 @@ def build_orders_index(orders: Path, work: Path, settings: FlagSettings, policy:
     }
     _write_json_atomic(info, work / "orders.json")
     return info
+
+
+def _save_orders_index(index: OrdersIndex, work: Path) -> None:
+    """`orders.npz` through a temporary file beside it. A failed write (a full disk: 16 bytes an order)
+    leaves no temporary file holding the space, and says which directory and what to do in one line."""
+    tmp, target = work / ".orders.npz.tmp", work / "orders.npz"
+    try:
+        index.save(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = exc.strerror or str(exc)
+        raise FlagError(
+            f"{reason}: cannot write the orders index {target} ({len(index)} orders); "
+            f"free space on that disk or set flag.work_dir to a directory with room"
+        ) from exc
 
 
 # --- phase 2: shards --------------------------------------------------------------------------------

@@ -12,15 +12,25 @@ place the user's config is read at import, because BentoML has no later hook for
 Every request model is strict (no silent coercion: `1` is not a string, `"yes"` is not a boolean),
 forbids unknown fields (a typo in a field name is an error, not an ignored field) and hides the
 offending input in its errors, so buyer text never reaches the logs through a validation error.
+A list's validation stops at its first invalid item (`fail_fast`): a bad request gets a few errors,
+not one per item, so a 16 MiB body of wrong values cannot make a response of millions of errors.
+
+Before any of that, `body_problem` checks the shape of the raw body in linear time (the service's
+RequestGuard calls it once the body is read, before the body takes a concurrency slot): nesting at
+most MAX_JSON_DEPTH levels, no more objects and arrays than the largest valid request holds (from
+the length limits), at most MAX_OBJECT_KEYS keys of at most MAX_KEY_CHARS characters per object, and
+no key twice in one object (JSON parsers disagree on which copy counts; I-JSON, RFC 7493, forbids it).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from pipeline.config import Config, ServingSettings, load_config
@@ -203,6 +213,7 @@ def request_models() -> RequestModels:
 
         messages: list[Text] = Field(
             max_length=settings.max_messages,
+            fail_fast=True,
             description=f"buyer messages, at most {settings.max_messages}, each at most {settings.max_chars} characters; "
             "an empty string is valid and classifies as `other` with `fallback`",
         )
@@ -244,7 +255,7 @@ def request_models() -> RequestModels:
         buyer_id: Identifier | None = Field(default=None, description="default: conversation_id")
         shop_id: Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)] | None = Field(default=None, description="default: empty")
         category: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
-        messages: list[Turn] = Field(min_length=1, max_length=settings.max_turns, description=f"the turns, at most {settings.max_turns}")
+        messages: list[Turn] = Field(min_length=1, max_length=settings.max_turns, fail_fast=True, description=f"the turns, at most {settings.max_turns}")
         ordered: bool | None = Field(
             default=None,
             description="did the buyer pay an order at this shop within the attribution window (`flag.window_hours`); "
@@ -269,10 +280,96 @@ def request_models() -> RequestModels:
         model_config = _REQUEST_CONFIG
 
         conversations: list[FlagConversation] = Field(
-            max_length=settings.max_conversations, description=f"at most {settings.max_conversations} conversations"
+            max_length=settings.max_conversations, fail_fast=True, description=f"at most {settings.max_conversations} conversations"
         )
 
     return RequestModels(ClassifyRequest, Turn, Conversation, FlagConversation, ScoreRequest, FlagRequest)
+
+
+# ------------------------------------------------------------------------------------- body shape
+
+REQUEST_DEPTH = 5  # the deepest request: /flag body > conversations > conversation > messages > turn
+MAX_JSON_DEPTH = 8  # objects and arrays nested deeper are refused before any parser (which recurses) runs
+MAX_OBJECT_KEYS = 32  # no request object has more than 6 fields; more keys are refused whole, not one error each
+MAX_KEY_CHARS = 64  # no field name is longer than 15 characters; a longer key is never echoed back or logged
+_OPENERS_CLOSERS = bytes.maketrans(b"{}", b"[]"), bytes(c for c in range(256) if c not in b"[]{}")
+_DEPTH_CHUNK = 1 << 20
+
+
+def max_json_containers(settings: ServingSettings) -> int:
+    """The most objects and arrays a valid request holds: /flag with `max_conversations` conversations
+    of `max_turns` turns (body, list, and per conversation itself, its turn list and its turns)."""
+    return 2 + settings.max_conversations * (2 + settings.max_turns)
+
+
+class _BodyRefused(ValueError):
+    pass
+
+
+def _check_object(pairs: list[tuple[str, Any]]) -> None:
+    """`json.loads` object hook: keys only (the request models read the values)."""
+    if len(pairs) > MAX_OBJECT_KEYS:
+        raise _BodyRefused(f"an object with {len(pairs)} keys; request objects have at most {MAX_OBJECT_KEYS}")
+    keys = {key for key, _ in pairs}
+    if len(keys) < len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        shown = duplicate if len(duplicate) <= MAX_KEY_CHARS else duplicate[:MAX_KEY_CHARS] + "..."
+        raise _BodyRefused(f"duplicate key {json.dumps(shown, ensure_ascii=False)} in one object; each field may appear once")
+    if keys and max(map(len, keys)) > MAX_KEY_CHARS:
+        raise _BodyRefused(f"an object key longer than {MAX_KEY_CHARS} characters; field names are short")
+    return None
+
+
+def _outside_strings(body: bytes) -> bytes:
+    """The body without its strings (their brackets do not nest): escaped backslashes, then escaped
+    quotes go first (read left to right, as in a string), then every other piece between quotes is
+    inside a string. Exact for valid JSON; in any other body it only decides which refusal is named."""
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(unescaped.split(b'"')[0::2])
+
+
+def _nesting_depth(brackets: bytes, limit: int) -> int:
+    """Deepest nesting of a string of `[` and `]` (the body's objects and arrays, strings removed), in
+    chunks (bounded memory); stops as soon as it passes `limit`."""
+    depth = deepest = 0
+    for start in range(0, len(brackets), _DEPTH_CHUNK):
+        chunk = np.frombuffer(brackets, np.uint8, count=min(_DEPTH_CHUNK, len(brackets) - start), offset=start)
+        levels = depth + np.cumsum(np.where(chunk == ord("["), 1, -1), dtype=np.int64)
+        deepest = max(deepest, int(levels.max()))
+        if deepest > limit:
+            break
+        depth = int(levels[-1])
+    return deepest
+
+
+def body_problem(body: bytes, max_containers: int = 0) -> str | None:
+    """Why a JSON request body is refused before the request models parse it, or None.
+
+    Linear time, no recursion: strings are cut out (bytes.replace and split), the nesting depth is the
+    running count of the remaining brackets, and only then is the body parsed (`json.loads`, whose
+    recursion is now bounded by MAX_JSON_DEPTH, with a hook that looks at the keys of each object).
+    `max_containers` (0: unchecked) bounds the objects and arrays, so the hook runs a bounded number of
+    times. A body that is not JSON at all is left to the request models, which say where it breaks."""
+    if not body:
+        return None
+    structure = _outside_strings(body)
+    if max_containers:
+        containers = structure.count(b"{") + structure.count(b"[")
+        if containers > max_containers:
+            return f"{containers} JSON objects and arrays; a valid request has at most {max_containers}"
+    depth = _nesting_depth(structure.translate(*_OPENERS_CLOSERS), MAX_JSON_DEPTH)
+    if depth > MAX_JSON_DEPTH:
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels; a request has at most {REQUEST_DEPTH}"
+    try:
+        json.loads(body, object_pairs_hook=_check_object, strict=False)  # strict=False: control characters are the models' call
+    except _BodyRefused as exc:
+        return str(exc)
+    except RecursionError:  # cannot happen below MAX_JSON_DEPTH; never a 500 if it did
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels; a request has at most {REQUEST_DEPTH}"
+    except ValueError:  # not JSON (or not UTF-8): the request models' parser says where and why
+        return None
+    return None
 
 
 _LAZY = {"SETTINGS": serving_settings, "POLICY": nudge_policy, "CONFIG": serving_config}

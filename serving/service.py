@@ -43,6 +43,8 @@ from serving.schemas import (
     MessageResult,
     ModelInfo,
     ScoreResponse,
+    body_problem,
+    max_json_containers,
     nudge_policy,
     request_models,
     serving_settings,
@@ -172,8 +174,8 @@ def _error_summary(errors: list[dict[str, Any]], limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": []}, status_code=status, headers=headers)
+def _json_error(status: int, message: str, headers: dict[str, str] | None = None, detail: list[dict] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": detail or []}, status_code=status, headers=headers)
 
 
 def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -186,6 +188,8 @@ class RequestGuard:
     """ASGI middleware in front of the API routes.
 
     * request bodies: only JSON (415 otherwise), at most `serving.max_body_mb` (413, read no further);
+      then their shape, in linear time and before the body takes a slot (`serving.schemas.body_problem`:
+      nesting depth, objects and arrays beyond the largest valid request, oversized or duplicate keys): 400;
     * 4xx answers get one shape, `{"error": "<field>: <why>", "detail": [...]}` (BentoML answers
       validation errors with a generic title, and its other 4xx errors as a one-element list);
     * /docs.json: BentoML's OpenAPI document completed with the error responses and nullable fields;
@@ -203,8 +207,10 @@ class RequestGuard:
         api_routes: tuple[str, ...] = API_ROUTES,
         max_in_flight: int = 0,
         body_timeout_s: float = 0.0,
+        max_json_containers: int = 0,
     ):
         self.app = app
+        self.max_json_containers = max_json_containers
         self.max_body_bytes = max_body_bytes
         self.keepalive_requests = keepalive_requests
         self.max_in_flight = max_in_flight
@@ -267,6 +273,11 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        problem = body_problem(body, self.max_json_containers)
+        if problem:  # never parsed by the request models: no recursion, no error per item
+            log.info("refused request %s: body: %s", path, problem)
+            detail = [{"type": "json_invalid", "loc": [], "msg": problem}]
+            return await _json_error(400, f"body: {problem}", detail=detail)(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -496,6 +507,7 @@ BuyerIntent.add_asgi_middleware(
     keepalive_requests=SETTINGS.keepalive_requests,
     max_in_flight=max(1, SETTINGS.max_concurrency // SETTINGS.workers),
     body_timeout_s=SETTINGS.body_timeout_s,
+    max_json_containers=max_json_containers(SETTINGS),
 )
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pipeline.flag import output_set_problems
-from tests.batch.builders import flat_rows, write_csv
+from tests.batch.builders import flat_rows, write_csv, write_orders
 
 from .conftest import REPO, env, error_lines, flag_args, visible
 
@@ -68,3 +68,43 @@ def test_a_full_disk_and_a_read_only_directory_are_one_line_and_keep_the_previou
     assert visible(after) == previous  # the previous set, byte for byte, still whole and valid
     assert output_set_problems(after / "nudges.csv") == []
     assert not [p.name for p in after.iterdir() if p.name.endswith((".tmp", ".staged.csv"))]
+
+
+ORDERS_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=1m tmpfs "$MNT"
+flag() { "$PY" -m pipeline.cli flag --chats "$SMALL" --orders "$1" --out "$MNT/nudges.csv" --model "$MODEL" --config "$CONFIG"; }
+flag "$ORDERS" > /dev/null 2> "$RESULT/first.err"; echo $? > "$RESULT/first.rc"
+cp -a "$MNT/." "$RESULT/before/"
+flag "$MANY_ORDERS" > /dev/null 2> "$RESULT/full.err"; echo $? > "$RESULT/full.rc"
+cp -a "$MNT/." "$RESULT/after/"
+"""
+
+
+def test_a_full_disk_while_the_orders_index_is_written_is_one_line_and_keeps_the_previous_set(
+    tmp_path, namespace_ok, job_files, flag_bundle_dir
+):
+    """The chats' partition fits on the 1 MiB disk, the index of 100,000 orders (1.6 MB) does not."""
+    mnt, result = tmp_path / "mnt", tmp_path / "result"
+    for directory in (mnt, result / "before", result / "after"):
+        directory.mkdir(parents=True)
+    many_orders = write_orders(tmp_path / "many-orders.csv", [(f"o{i}", f"b{i}", "s1", "2024-05-02T10:00:00+08:00") for i in range(100_000)])
+    variables = {"MNT": mnt, "RESULT": result, "PY": sys.executable, "ORDERS": job_files["orders"], "MANY_ORDERS": many_orders,
+                 "MODEL": flag_bundle_dir, "CONFIG": job_files["config"], "SMALL": write_csv(flat_rows(), tmp_path / "small.csv")}
+    done = subprocess.run(["unshare", "-m", "bash", "-c", ORDERS_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**env(), **{k: str(v) for k, v in variables.items()}})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (result / "first.rc").read_text().strip() == "0", (result / "first.err").read_text()[-2000:]
+    previous = visible(result / "before")
+    assert set(previous) == {"nudges.csv", "nudges.csv.rejected.csv", "nudges.csv.summary.json"}
+    rc, err = (result / "full.rc").read_text().strip(), (result / "full.err").read_text()
+    assert rc == "2", err[-3000:]
+    lines = error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "No space left on device" in lines[0] and ".nudges.csv.work" in lines[0] and "flag.work_dir" in lines[0], lines
+    assert "Traceback" not in err
+    after = result / "after"
+    assert visible(after) == previous
+    assert output_set_problems(after / "nudges.csv") == []
+    left = [p.relative_to(after) for p in after.rglob("*") if p.name.endswith((".tmp", ".staged.csv"))]
+    assert not left, left
