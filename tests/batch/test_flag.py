@@ -367,13 +367,14 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     parent = subprocess.Popen([sys.executable, str(tmp_path / "job.py"), str(pid_file)], env=env)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # the spawned child imports pipeline.flag first: 30 s was too short on a loaded 2-core machine
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert pid_file.exists() and pid_file.read_text(), "the spawned worker never started"
         child = int(pid_file.read_text())
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 os.kill(child, 0)
