@@ -22,7 +22,7 @@ def records() -> list[SeedRecord]:
 
 def test_many_writers_each_with_their_own_table(records) -> None:
     writers = Counter(r.writer for r in records)
-    assert len(writers) >= 8 and min(writers.values()) >= 500
+    assert len(writers) >= 8 and min(writers.values()) >= 400  # a writer is a whole sheet (450-1,500 seeds), never a handful
     for path in TABLES:
         assert {r.writer for r in read_records(path)} == {path.stem}
         assert all(r.id.startswith(f"{path.stem}-") for r in read_records(path))
