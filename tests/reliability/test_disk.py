@@ -38,26 +38,34 @@ def namespace_ok():
         pytest.skip("no private mount namespace here (needs root or user namespaces)")
 
 
-def test_a_full_disk_and_a_read_only_directory_are_one_line_and_keep_the_previous_set(
-    tmp_path, namespace_ok, job_files, flag_bundle_dir
-):
+def _on_a_small_disk(tmp_path, script: str, variables: dict, timeout: float) -> tuple:
+    """Run `script` in a private mount namespace with $MNT (the disk) and $RESULT (what the script copies
+    out: `before/`, `after/`, `<case>.rc`, `<case>.err`); the first, uninterrupted run must have published a
+    whole set. Returns the result directory and that previous set."""
     mnt, result = tmp_path / "mnt", tmp_path / "result"
     for directory in (mnt, result / "before", result / "after"):
         directory.mkdir(parents=True)
-    small = write_csv(flat_rows(), tmp_path / "small.csv")
-    elsewhere = tmp_path / "work-elsewhere.yaml"  # checkpoints on a disk with room: the output disk fills while publishing
-    elsewhere.write_text(job_files["config"].read_text(encoding="utf-8") + f"  work_dir: {tmp_path / 'work'}\n", encoding="utf-8")
-    variables = {"MNT": mnt, "RESULT": result, "PY": sys.executable, "ORDERS": job_files["orders"], "MODEL": flag_bundle_dir,
-                 "CONFIG": job_files["config"], "SMALL": small, "CHATS": job_files["chats"], "WORK_ELSEWHERE": elsewhere}
-    done = subprocess.run(["unshare", "-m", "bash", "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=600,
+    variables = {"MNT": mnt, "RESULT": result, "PY": sys.executable, **variables}
+    done = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**env(), **{k: str(v) for k, v in variables.items()}})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (result / "first.rc").read_text().strip() == "0", (result / "first.err").read_text()[-2000:]
     previous = visible(result / "before")
     assert set(previous) == {"nudges.csv", "nudges.csv.rejected.csv", "nudges.csv.summary.json"}
+    return result, previous
+
+
+def test_a_full_disk_and_a_read_only_directory_are_one_line_and_keep_the_previous_set(
+    tmp_path, namespace_ok, job_files, flag_bundle_dir
+):
+    elsewhere = tmp_path / "work-elsewhere.yaml"  # checkpoints on a disk with room: the output disk fills while publishing
+    elsewhere.write_text(job_files["config"].read_text(encoding="utf-8") + f"  work_dir: {tmp_path / 'work'}\n", encoding="utf-8")
+    variables = {"ORDERS": job_files["orders"], "MODEL": flag_bundle_dir, "CONFIG": job_files["config"],
+                 "SMALL": write_csv(flat_rows(), tmp_path / "small.csv"), "CHATS": job_files["chats"], "WORK_ELSEWHERE": elsewhere}
+    result, previous = _on_a_small_disk(tmp_path, SCRIPT, variables, timeout=600)
     expected = {"full": ("No space left on device", ".nudges.csv.work"),  # checkpoints beside --out: the work directory is named
                 "full-publish": ("No space left on device", "nudges.csv"),  # main: the old summary was already deleted here
-                "readonly": ("Read-only file system", str(mnt))}
+                "readonly": ("Read-only file system", str(tmp_path / "mnt"))}
     for case, (message, where) in expected.items():
         rc, err = (result / f"{case}.rc").read_text().strip(), (result / f"{case}.err").read_text()
         assert rc == "2", (case, err[-3000:])
@@ -85,18 +93,10 @@ def test_a_full_disk_while_the_orders_index_is_written_is_one_line_and_keeps_the
     tmp_path, namespace_ok, job_files, flag_bundle_dir
 ):
     """The chats' partition fits on the 1 MiB disk, the index of 100,000 orders (1.6 MB) does not."""
-    mnt, result = tmp_path / "mnt", tmp_path / "result"
-    for directory in (mnt, result / "before", result / "after"):
-        directory.mkdir(parents=True)
     many_orders = write_orders(tmp_path / "many-orders.csv", [(f"o{i}", f"b{i}", "s1", "2024-05-02T10:00:00+08:00") for i in range(100_000)])
-    variables = {"MNT": mnt, "RESULT": result, "PY": sys.executable, "ORDERS": job_files["orders"], "MANY_ORDERS": many_orders,
-                 "MODEL": flag_bundle_dir, "CONFIG": job_files["config"], "SMALL": write_csv(flat_rows(), tmp_path / "small.csv")}
-    done = subprocess.run(["unshare", "-m", "bash", "-c", ORDERS_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**env(), **{k: str(v) for k, v in variables.items()}})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (result / "first.rc").read_text().strip() == "0", (result / "first.err").read_text()[-2000:]
-    previous = visible(result / "before")
-    assert set(previous) == {"nudges.csv", "nudges.csv.rejected.csv", "nudges.csv.summary.json"}
+    variables = {"ORDERS": job_files["orders"], "MANY_ORDERS": many_orders, "MODEL": flag_bundle_dir, "CONFIG": job_files["config"],
+                 "SMALL": write_csv(flat_rows(), tmp_path / "small.csv")}
+    result, previous = _on_a_small_disk(tmp_path, ORDERS_SCRIPT, variables, timeout=300)
     rc, err = (result / "full.rc").read_text().strip(), (result / "full.err").read_text()
     assert rc == "2", err[-3000:]
     lines = error_lines(err)
