@@ -21,7 +21,6 @@ log lines carry counts only.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import unicodedata
 from collections import Counter, defaultdict
@@ -242,27 +241,17 @@ def select_messages(
 
 
 def write_queue(queue: pd.DataFrame, path: str | Path) -> Path:
-    """CSV in UTF-8 with a BOM (Excel opens it with the Chinese intact), or .xlsx when openpyxl is
-    installed; written atomically. The queue is sorted by guessed intent, least sure first, which is
+    """CSV in UTF-8 with a BOM (Excel opens it with the Chinese intact) or .xlsx, written atomically by
+    the same writer as every other output (buyer text that looks like a formula stays text). The queue is sorted by guessed intent, least sure first, which is
     how it is fastest to label."""
-    from pipeline.tables import atomic_file
+    from pipeline.tables import write_table_atomic
 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in QUEUE_SUFFIXES:
         raise SelectError(f"{path}: the queue is written as .csv (UTF-8 with BOM) or .xlsx, not {suffix!r}")
     table = queue[list(QUEUE_COLUMNS)].sort_values(["guess_intent", "guess_confidence"], kind="stable").reset_index(drop=True)
-    if suffix == ".xlsx":
-        try:
-            import openpyxl  # noqa: F401
-        except ImportError as exc:
-            raise SelectError(f"{path}: writing .xlsx needs openpyxl, which is not installed; write a .csv (UTF-8 with BOM, opens in Excel)") from exc
-        with atomic_file(path) as handle:
-            table.to_excel(handle, index=False, engine="openpyxl")
-        return path
-    with atomic_file(path) as handle:
-        handle.write(codecs.BOM_UTF8 + table.to_csv(index=False).encode("utf-8"))
-    return path
+    return write_table_atomic(table, path)  # .xlsx: text cells as text; .csv: BOM, formulas defused
 
 
 def select_file(

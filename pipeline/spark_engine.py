@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
 from pipeline.config import Config, Registry
-from pipeline.tables import ColumnNames, detect_encoding, read_header, require_columns, table_format
+from pipeline.tables import ColumnNames, csv_bytes, detect_encoding, read_header, require_columns, table_format, write_xlsx
 
 log = logging.getLogger(__name__)
 
@@ -313,10 +313,10 @@ def assemble(frame, parts_dir: Path, target: Path, finish=None) -> None:
         if fmt == "csv":
             wrote = False
             for chunk in chunks():
-                handle.write(chunk.to_csv(index=False, header=not wrote).encode("utf-8-sig" if not wrote else "utf-8"))
+                handle.write(csv_bytes(chunk, header=not wrote))
                 wrote = True
             if not wrote:
-                handle.write((finish(empty) if finish else empty).to_csv(index=False).encode("utf-8-sig"))
+                handle.write(csv_bytes(finish(empty) if finish else empty))
         elif fmt == "jsonl":
             for chunk in chunks():
                 handle.write(chunk.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
@@ -334,7 +334,7 @@ def assemble(frame, parts_dir: Path, target: Path, finish=None) -> None:
                 writer.close()
         else:  # xlsx: one sheet, built in memory (Excel stops at 1,048,576 rows anyway)
             whole = pd.concat(list(chunks()), ignore_index=True) if parts else empty
-            whole.to_excel(handle, index=False, engine="openpyxl")
+            write_xlsx(whole, handle)
         handle.flush()
         os.fsync(handle.fileno())
     shutil.rmtree(parts_dir, ignore_errors=True)

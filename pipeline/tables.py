@@ -471,11 +471,15 @@ def read_table(path: str | Path, names: ColumnNames = PLAIN_COLUMNS) -> tuple[pd
 _EXCEL_ILLEGAL = {c: "\ufffd" for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]}
 
 
-def _write_xlsx(frame: pd.DataFrame, handle: io.BufferedWriter) -> None:
+def _text_columns(frame: pd.DataFrame) -> list:
+    return [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)]
+
+
+def write_xlsx(frame: pd.DataFrame, handle: io.BufferedWriter) -> None:
     """Buyer text stays text: a message starting with `=` is written as a string, never as a formula
     Excel would run when the queue or nudge list is opened (formula injection)."""
     frame = frame.copy()
-    for column in [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)]:
+    for column in _text_columns(frame):
         frame[column] = frame[column].map(lambda v: v.translate(_EXCEL_ILLEGAL) if isinstance(v, str) else v)
     with pd.ExcelWriter(handle, engine="openpyxl") as writer:
         frame.to_excel(writer, index=False)
@@ -485,13 +489,36 @@ def _write_xlsx(frame: pd.DataFrame, handle: io.BufferedWriter) -> None:
                     cell.data_type = "s"
 
 
+# A CSV cell starting with one of these is run as a formula when the file is opened in Excel or
+# LibreOffice (=HYPERLINK(...), +cmd|..., @SUM(...)); OWASP's defence: a leading apostrophe, which
+# Excel shows as nothing and drops when the sheet is saved again.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _defuse_cell(value: object) -> object:
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
+def csv_bytes(frame: pd.DataFrame, header: bool = True) -> bytes:
+    """A frame as the CSV every job writes: text cells that Excel would run as a formula get a leading
+    apostrophe (only text columns: a negative number stays a number), UTF-8 with a BOM when the header
+    is written (Excel on Chinese Windows reads plain UTF-8 as GBK: mojibake). Chunks written after the
+    first pass header=False and get neither header nor BOM."""
+    columns = [c for c in _text_columns(frame) if frame[c].map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_STARTS)).any()]
+    if columns:
+        frame = frame.copy()
+        for column in columns:
+            frame[column] = frame[column].map(_defuse_cell)
+    return frame.to_csv(index=False, header=header).encode("utf-8-sig" if header else "utf-8")
+
+
 def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str) -> None:
-    if fmt == "csv":  # with a BOM: Excel on Chinese Windows reads plain UTF-8 as GBK (mojibake)
-        handle.write(frame.to_csv(index=False).encode("utf-8-sig"))
+    if fmt == "csv":
+        handle.write(csv_bytes(frame))
     elif fmt == "jsonl":
         handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
     elif fmt == "xlsx":
-        _write_xlsx(frame, handle)
+        write_xlsx(frame, handle)
     else:
         frame.to_parquet(handle, index=False)
 
