@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import threading
 from importlib import resources
@@ -75,6 +76,9 @@ class JiebaTokenizer:
                 if segmenter is None:
                     import jieba
 
+                    # jieba logs its dictionary loading at DEBUG through its own stderr handler *and* the
+                    # root logger's, so every CLI run printed each line twice: only its warnings are kept.
+                    jieba.setLogLevel(logging.WARNING)
                     tokenizer = jieba.Tokenizer()
                     tokenizer.initialize()
                     for entry in self.user_words:

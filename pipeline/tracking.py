@@ -12,7 +12,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import ColSpec, Schema
 
 from pipeline.bundle import MODELS_FILE, bundle_seal, save_bundle
 from pipeline.config import Config, config_as_flat_dict, resolve_tracking_uri
@@ -37,6 +38,15 @@ def setup(config: Config) -> str:
     experiment_id = mlflow.create_experiment(config.mlflow.experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+_COLUMN_TYPES = {"O": "string", "U": "string", "f": "double", "b": "boolean", "i": "long", "u": "long"}
+
+
+def output_schema(output: pd.DataFrame) -> Schema:
+    """The prediction columns as they are: `purchase_intent` is a 0/1 integer that is never missing
+    (MLflow's inference warns about integer columns that might be)."""
+    return Schema([ColSpec(_COLUMN_TYPES[output[column].dtype.kind], str(column)) for column in output.columns])
 
 
 def _pip_requirements() -> list[str]:
@@ -97,7 +107,7 @@ def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_t
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"bundle": str(bundle_dir)},
-            signature=infer_signature(example, output),
+            signature=ModelSignature(inputs=infer_signature(example).inputs, outputs=output_schema(output)),
             input_example=example,
             pip_requirements=_pip_requirements(),
             registered_model_name=config.mlflow.registered_model,

@@ -178,3 +178,26 @@ def test_train_merges_a_labelled_queue_with_its_own_figures(first_run, env, work
     assert run.data.params["extra_data_weight"] == "5.0"
     rejected = pd.read_csv(workspace / "data" / "quarantine" / "queue.rejected.csv")
     assert len(rejected) == 2 and rejected["reason"].str.contains("no intent label|not a label").all()
+
+
+def test_a_training_run_prints_each_line_once_and_no_library_warnings(tmp_path, small_messages_csv):
+    """What a person reads in the terminal: jieba's dictionary lines used to appear twice (its own
+    handler and the root logger's), MLflow warned about missing type hints and integer columns on every
+    run, and its download bars cut through the log lines."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONWARNINGS": "default"}
+    env.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "train", "--config", CONFIG, "--data", str(small_messages_csv),
+         "--model-dir", str(tmp_path / "model"), "--no-promote"],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "prefix dict" not in result.stderr and "Loading model cost" not in result.stderr
+    assert "Add type hints" not in result.stderr
+    assert "Inferred schema contains integer" not in result.stderr
+    assert "Downloading artifacts" not in result.stderr
+    assert "registered: buyer-intent version" in result.stdout
