@@ -242,8 +242,8 @@ def select_messages(
 
 def write_queue(queue: pd.DataFrame, path: str | Path) -> Path:
     """CSV in UTF-8 with a BOM (Excel opens it with the Chinese intact) or .xlsx, written atomically by
-    the same writer as every other output (buyer text that looks like a formula stays text). The queue is sorted by guessed intent, least sure first, which is
-    how it is fastest to label."""
+    the same writer as every other output (buyer text that looks like a formula stays text). The queue
+    is sorted by guessed intent, least sure first, which is how it is fastest to label."""
     from pipeline.tables import write_table_atomic
 
     path = Path(path)
