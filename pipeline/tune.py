@@ -17,7 +17,8 @@ The search space lives in the config's `tune:` section (defaults in configs/defa
         linear_svc: {intent_model.C: {log_uniform: [0.1, 10]}}
         logreg: {intent_model.C: {log_uniform: [1, 100]}}
 
-A value is a list of choices, `{log_uniform: [low, high]}` or `{uniform: [low, high]}`. Trial 0 is
+A value is a list of choices, `{log_uniform: [low, high]}` or `{uniform: [low, high]}`, drawn by
+scikit-learn's `ParameterSampler` (one sub-space per classifier, scipy's `loguniform` / `uniform`). Trial 0 is
 always the config as given, so the written config is never worse in cross-validation than the start.
 Cross-validation scores the uncalibrated linear model: the temperature scaling that `train` adds
 keeps the arg-max, so accuracy and macro-F1 are the same.
@@ -28,16 +29,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from scipy.stats import loguniform, uniform
 from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import ParameterGrid, ParameterSampler, StratifiedGroupKFold
 
 from pipeline.config import Config, ConfigError
 from pipeline.data import LabelledData, fingerprint, merged_groups, split_by_settings
@@ -53,11 +54,12 @@ class TuneError(ValueError):
 # --------------------------------------------------------------------------------------- the space
 
 
-def _sample_value(spec: Any, rng: np.random.Generator, key: str) -> Any:
+def _distribution(spec: Any, key: str) -> Any:
+    """A config value as ParameterSampler takes it: a list of choices or a scipy distribution."""
     if isinstance(spec, list):
         if not spec:
             raise TuneError(f"tune: {key} has no choices")
-        return copy.deepcopy(spec[int(rng.integers(len(spec)))])
+        return spec
     if isinstance(spec, dict) and len(spec) == 1:
         (kind, bounds), = spec.items()
         if kind in ("log_uniform", "uniform") and isinstance(bounds, list) and len(bounds) == 2:
@@ -65,9 +67,9 @@ def _sample_value(spec: Any, rng: np.random.Generator, key: str) -> Any:
             valid = 0 < low <= high if kind == "log_uniform" else low <= high
             if not valid:
                 raise TuneError(f"tune: {key} has bad bounds {bounds}")
-            if kind == "log_uniform":
-                return float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.4g}")
-            return float(f"{rng.uniform(low, high):.4g}")
+            if low == high:
+                return [low]
+            return loguniform(low, high) if kind == "log_uniform" else uniform(low, high - low)
     raise TuneError(f"tune: {key} must be a list of choices, {{log_uniform: [low, high]}} or {{uniform: [low, high]}}; got {spec!r}")
 
 
@@ -76,15 +78,39 @@ def search_space(config: Config) -> tuple[dict[str, Any], dict[str, dict[str, An
     return dict(config.tune.space), {name: dict(sub or {}) for name, sub in config.tune.classifiers.items()}
 
 
-def sample_params(space: dict[str, Any], classifiers: dict[str, dict[str, Any]], rng: np.random.Generator) -> dict[str, Any]:
-    names = sorted(classifiers)
-    classifier = names[int(rng.integers(len(names)))]
-    params: dict[str, Any] = {"intent_model.classifier": classifier}
-    for key in sorted(space):
-        params[key] = _sample_value(space[key], rng, key)
-    for key in sorted(classifiers[classifier]):
-        params[key] = _sample_value(classifiers[classifier][key], rng, f"classifiers.{classifier}.{key}")
-    return params
+def sampler_grid(space: dict[str, Any], classifiers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One sub-space per classifier, the shared keys in each: ParameterSampler picks a sub-space
+    uniformly for every draw, then a value for each of its keys."""
+    return [
+        {
+            "intent_model.classifier": [name],
+            **{key: _distribution(spec, key) for key, spec in space.items()},
+            **{key: _distribution(spec, f"classifiers.{name}.{key}") for key, spec in classifiers[name].items()},
+        }
+        for name in sorted(classifiers)
+    ]
+
+
+def _readable(value: Any) -> Any:
+    """A drawn float to 4 significant digits (a YAML a person reads); choices copied, not shared."""
+    if isinstance(value, (float, np.floating)):
+        return float(f"{float(value):.4g}")
+    return copy.deepcopy(value)
+
+
+def draw_params(space: dict[str, Any], classifiers: dict[str, dict[str, Any]], n_draws: int, seed: int) -> list[dict[str, Any]]:
+    """Up to `n_draws` distinct parameter sets (fewer when the space holds fewer), in draw order."""
+    grid = sampler_grid(space, classifiers)
+    if all(isinstance(values, list) for sub in grid for values in sub.values()):
+        n_draws = min(n_draws, len(ParameterGrid(grid)))  # without replacement: no more than the grid holds
+    draws, seen = [], set()
+    for params in ParameterSampler(grid, n_iter=n_draws, random_state=seed):
+        params = {key: _readable(params[key]) for key in sorted(params)}
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            draws.append(params)
+    return draws
 
 
 def apply_params(config: Config, params: dict[str, Any]) -> Config:
@@ -185,19 +211,12 @@ def run_tune(config: Config, data: LabelledData, out: Path, n_trials: int = 20, 
         raise TuneError("folds must be at least 2")
     metric = config.tune.metric
     space, classifiers = search_space(config)
-    rng = np.random.default_rng(config.seed)
 
     # Trial 0 is the config as given; then distinct random draws (validated before any fitting).
     candidates: list[tuple[dict[str, Any], Config]] = [({}, config)]
-    seen = {json.dumps({}, sort_keys=True)}
-    attempts = 0
-    while len(candidates) < n_trials and attempts < 50 * n_trials:
-        attempts += 1
-        params = sample_params(space, classifiers, rng)
-        key = json.dumps(params, sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
+    for params in draw_params(space, classifiers, 50 * n_trials, config.seed):
+        if len(candidates) == n_trials:
+            break
         candidates.append((params, apply_params(config, params)))
 
     train_part = _training_split(config, data)
