@@ -44,15 +44,21 @@ def user_words() -> list[tuple[str, int | None]]:
     return words
 
 
-def jieba_reference(words):
-    import jieba
+def _jieba_api(module_name: str, distribution: str, words):
+    """jieba and the ports that copy its Python API: a Tokenizer with the user words, cut with the HMM."""
+    import importlib
 
-    jieba.setLogLevel(logging.WARNING)
-    tokenizer = jieba.Tokenizer()
+    module = importlib.import_module(module_name)
+    module.setLogLevel(logging.WARNING)
+    tokenizer = module.Tokenizer()
     tokenizer.initialize()
     for word, freq in words:
         tokenizer.add_word(word, freq=freq)
-    return f"jieba {importlib.metadata.version('jieba')}", lambda text: tokenizer.lcut(text, HMM=True)
+    return f"{distribution} {importlib.metadata.version(distribution)}", lambda text: tokenizer.lcut(text, HMM=True)
+
+
+def jieba_reference(words):
+    return _jieba_api("jieba", "jieba", words)
 
 
 def rjieba_candidate(words):
@@ -65,14 +71,7 @@ def rjieba_candidate(words):
 
 
 def jieba_fast_dat_candidate(words):
-    import jieba_fast_dat
-
-    jieba_fast_dat.setLogLevel(logging.WARNING)
-    tokenizer = jieba_fast_dat.Tokenizer()
-    tokenizer.initialize()
-    for word, freq in words:
-        tokenizer.add_word(word, freq=freq)
-    return f"jieba-fast-dat {importlib.metadata.version('jieba-fast-dat')}", lambda text: tokenizer.lcut(text, HMM=True)
+    return _jieba_api("jieba_fast_dat", "jieba-fast-dat", words)
 
 
 def project_tokenizer(words):
