@@ -106,55 +106,34 @@ def timed(cut, texts: list[str]) -> tuple[list[list[str]], float]:
     return out, len(texts) / (time.perf_counter() - started)
 
 
-def run(corpus_sample: int, seed: int) -> tuple[list[dict], list[str]]:
+def run(corpus_sample: int, seed: int, shown: int = 5) -> tuple[list[dict], list[str], list[str]]:
+    """(table rows, segmenter names, a few differences on the corpus sample: authored text, never a real chat)."""
     words = user_words()
     name, reference = jieba_reference(words)
     names = [name]
-    loaded = {}
+    segmenters = [("the project's JiebaTokenizer (jieba + memoised word runs)", None)]
     for key, build in CANDIDATES.items():
         try:
-            loaded[key] = build(words)
-            names.append(loaded[key][0])
+            segmenters.append(build(words))
+            names.append(segmenters[-1][0])
         except ImportError:
             print(f"{key}: not installed (run with `uv run --with {key}`)")
-    rows = []
-    for set_name, texts in text_sets(corpus_sample, seed).items():
+    rows, diffs = [], []
+    for position, (set_name, texts) in enumerate(text_sets(corpus_sample, seed).items()):
         tokens(reference, texts[0])  # dictionary loaded before timing
         expected, reference_rate = timed(reference, texts)
         rows.append({"texts": set_name, "segmenter": name, "identical texts": "reference", "differing tokens": "", "msgs/s": reference_rate, "x jieba": 1.0})
-        memoised = project_tokenizer(words)
-        memoised(texts[0])
-        got, rate = timed(memoised, texts)
-        same = sum(a == b for a, b in zip(expected, got))
-        rows.append({"texts": set_name, "segmenter": "the project's JiebaTokenizer (jieba + memoised word runs)",
-                     "identical texts": f"{same:,} / {len(texts):,} ({same / len(texts):.1%})", "differing tokens": "", "msgs/s": rate,
-                     "x jieba": rate / reference_rate})
-        for label, cut in loaded.values():
+        for label, cut in segmenters:
+            cut = cut or project_tokenizer(words)  # a fresh memo per text set
             tokens(cut, texts[0])
             got, rate = timed(cut, texts)
-            same = sum(a == b for a, b in zip(expected, got))
-            differing = sum(len(set(a) ^ set(b)) for a, b in zip(expected, got) if a != b)
-            rows.append({"texts": set_name, "segmenter": label, "identical texts": f"{same:,} / {len(texts):,} ({same / len(texts):.1%})",
-                         "differing tokens": f"{differing:,}", "msgs/s": rate, "x jieba": rate / reference_rate})
-    return rows, names
-
-
-def examples(words, loaded_names: list[str], texts: list[str], n: int = 5) -> list[str]:
-    """A few differences on the corpus sample (authored text only, never a real chat)."""
-    _, reference = jieba_reference(words)
-    lines = []
-    for key, build in CANDIDATES.items():
-        try:
-            label, cut = build(words)
-        except ImportError:
-            continue
-        shown = 0
-        for text in texts:
-            a, b = tokens(reference, text), tokens(cut, text)
-            if a != b and shown < n:
-                lines.append(f"- {label}: `{' / '.join(b)}` where jieba gives `{' / '.join(a)}`")
-                shown += 1
-    return lines
+            differ = [(text, a, b) for text, a, b in zip(texts, expected, got) if a != b]
+            rows.append({"texts": set_name, "segmenter": label,
+                         "identical texts": f"{len(texts) - len(differ):,} / {len(texts):,} ({1 - len(differ) / len(texts):.1%})",
+                         "differing tokens": f"{sum(len(set(a) ^ set(b)) for _, a, b in differ):,}", "msgs/s": rate, "x jieba": rate / reference_rate})
+            if position == 0:
+                diffs += [f"- {label}: `{' / '.join(b)}` where jieba gives `{' / '.join(a)}`" for _, a, b in differ[:shown]]
+    return rows, names, diffs
 
 
 def markdown(rows: list[dict], names: list[str], diffs: list[str], command: str) -> str:
@@ -178,9 +157,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, help="write the section into this Markdown file")
     args = parser.parse_args()
-    rows, names = run(args.corpus_sample, args.seed)
-    corpus_texts = next(iter(text_sets(args.corpus_sample, args.seed).values()))
-    diffs = examples(user_words(), names, corpus_texts)
+    rows, names, diffs = run(args.corpus_sample, args.seed)
     command = "uv run --with rjieba --with jieba-fast-dat python benchmarks/segmenter.py" + (f" --results {args.results}" if args.results else "")
     section = markdown(rows, names, diffs, command)
     print(section)
