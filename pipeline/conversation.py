@@ -1,6 +1,6 @@
 """Conversation-level purchase intent: features over message-level outputs, and scoring.
 
-Conversations reach these features through one path, `pipeline.nudge.flat_features` (roles mapped,
+Conversations reach these features through one path, `pipeline.nudge.features.flat_features` (roles mapped,
 turns in time order, blank turns left out), used by training, `buyer-intent flag` and the service's
 `/score_conversation`, so a conversation gets the same score wherever it is scored.
 """

@@ -42,30 +42,13 @@ from tqdm import tqdm
 
 from pipeline.bundle import sha256_file
 from pipeline.config import Config, Registry
-from pipeline.nudge import (
-    MISSING_TIME,
-    NUDGE_COLUMNS,
-    ORDERED_UNKNOWN,
-    REASON_FLAGGED,
-    REASON_ORDER_UNKNOWN,
-    REASON_SKIPPED,
-    FlagSettings,
-    NudgePolicy,
-    OrdersIndex,
-    ShareAlertSettings,
-    apply_one_per_window,
-    ORDER_COLUMNS,
-    check_order_rows,
-    check_turns,
-    is_blank,
-    decide_table,
-    format_times,
-    load_flag_settings,
-    normalize_roles,
-    parse_times,
-    score_flat,
-    share_warnings,
-)
+from pipeline.config import FlagSettings, ShareAlertSettings, load_flag_settings
+from pipeline.nudge import NUDGE_COLUMNS, NudgePolicy, OrdersIndex
+from pipeline.nudge.features import score_flat
+from pipeline.nudge.policy import ORDERED_UNKNOWN, REASON_FLAGGED, REASON_ORDER_UNKNOWN, REASON_SKIPPED, share_warnings
+from pipeline.nudge.rows import ORDER_COLUMNS, check_order_rows, check_turns, is_blank
+from pipeline.nudge.rules import apply_one_per_window, decide_table
+from pipeline.times import format_times
 from pipeline.tables import (
     BINARY_FORMATS,
     PLAIN_COLUMNS,

@@ -19,13 +19,15 @@ import pandas as pd
 
 from pipeline.conversation import ConversationScorer
 from pipeline.evaluate import binary_scores
-from pipeline.nudge import ORDER_COLUMNS, REASON_DUPLICATE, REASON_SKIPPED, ConversationInput, NudgePolicy, OrdersIndex, check_order_rows, decide
+from pipeline.nudge import ConversationInput, NudgePolicy, OrdersIndex, decide
+from pipeline.nudge.policy import REASON_DUPLICATE, REASON_SKIPPED
+from pipeline.nudge.rows import ORDER_COLUMNS, check_order_rows
 from pipeline.tables import PLAIN_COLUMNS, ColumnNames, read_table
 
 
 def load_orders_index(orders: str | Path, policy: NudgePolicy, names: ColumnNames = PLAIN_COLUMNS) -> tuple[OrdersIndex, dict[str, Any]]:
     """The orders of the labelled conversations (a small file read whole), checked by the flag job's
-    row check (`nudge.check_order_rows`), and their row counts."""
+    row check (`nudge.rows.check_order_rows`), and their row counts."""
     frame, rejected = read_table(orders, names.only(ORDER_COLUMNS))
     frame = frame.drop(columns=["_line"], errors="ignore")
     frame.columns = [str(c).strip().lower() for c in frame.columns]

@@ -3,12 +3,12 @@
 Nothing here is imported by the local engine or the service: pyspark is imported inside these functions.
 The rules are not written twice. Every pandas UDF below calls the local engine's own functions:
 
-- rows are checked by `flag.validate_chat_rows` / `nudge.check_order_rows` (the same reasons), CSV rows
+- rows are checked by `flag.validate_chat_rows` / `nudge.rows.check_order_rows` (the same reasons), CSV rows
   with a wrong number of fields get the local reader's reason, JSONL lines are parsed as the local reader does;
 - messages are scored by `Predictor.predict` (distinct texts once: `predict` scores `DISTINCT text`,
   `flag` the distinct texts of each batch, as `nudge.predict_messages` does), conversations by
-  `nudge.score_flat`, decisions by `nudge.decide_table`, one nudge per buyer/shop/window by
-  `nudge.apply_one_per_window` (applyInPandas per buyer and shop with more than one candidate).
+  `nudge.features.score_flat`, decisions by `nudge.rules.decide_table`, one nudge per buyer/shop/window by
+  `nudge.rules.apply_one_per_window` (applyInPandas per buyer and shop with more than one candidate).
 
 Spark does the data movement: reading (CSV with Spark's `encoding` option, so GB18030 works; Parquet; JSONL
 read as text lines), the shuffle of messages by (shop_id, conversation_id) so every conversation is whole in
@@ -480,7 +480,8 @@ ORDERS_SCHEMA = "_seq long, _key long, paid_at long, _bad string, _raw string"
 
 
 def _policy(settings_json: str):
-    from pipeline.nudge import FlagSettings, NudgePolicy
+    from pipeline.config import FlagSettings
+    from pipeline.nudge import NudgePolicy
 
     key = ("policy", settings_json)
     if key not in _WORKER:
@@ -542,9 +543,9 @@ def _validate_chats(batches: Iterator[pd.DataFrame], settings_json: str, columns
 
 
 def _validate_orders(batches: Iterator[pd.DataFrame], settings_json: str, columns: list[str]) -> Iterator[pd.DataFrame]:
-    """`nudge.check_order_rows` on each batch: usable orders as (buyer/shop key, paid_at), the rest rejected."""
+    """`nudge.rows.check_order_rows` on each batch: usable orders as (buyer/shop key, paid_at), the rest rejected."""
     from pipeline.flag import _raw
-    from pipeline.nudge import check_order_rows
+    from pipeline.nudge.rows import check_order_rows
     from pipeline.text import mask_pii
 
     _, policy = _policy(settings_json)
@@ -572,10 +573,11 @@ def _validate_orders(batches: Iterator[pd.DataFrame], settings_json: str, column
 
 def _conversations(frame: pd.DataFrame, bundle_name: str, seal: str, settings_json: str) -> pd.DataFrame:
     """One row per conversation of `frame` (sorted by shop, conversation, sent_at, input order), as the
-    local engine's `process_shard` builds it: first/last time, category, ordered, and `nudge.score_flat`."""
+    local engine's `process_shard` builds it: first/last time, category, ordered, and `nudge.features.score_flat`."""
     from pipeline.conversation import ConversationScorer
     from pipeline.flag import _conversation_starts, conversation_categories
-    from pipeline.nudge import buyer_shop_keys, score_flat
+    from pipeline.nudge.features import score_flat
+    from pipeline.nudge.orders import buyer_shop_keys
 
     settings, policy = _policy(settings_json)
     key = ("scorer", bundle_name, seal)
@@ -632,8 +634,8 @@ def _score_partition(batches: Iterator[pd.DataFrame], bundle_name: str, seal: st
 
 
 def _decide(batches: Iterator[pd.DataFrame], settings_json: str, threshold: float) -> Iterator[pd.DataFrame]:
-    """`nudge.decide_table` per batch of conversations (`ordered` already carries the orders join)."""
-    from pipeline.nudge import decide_table
+    """`nudge.rules.decide_table` per batch of conversations (`ordered` already carries the orders join)."""
+    from pipeline.nudge.rules import decide_table
 
     _, policy = _policy(settings_json)
     for batch in batches:
@@ -645,14 +647,14 @@ def _decide(batches: Iterator[pd.DataFrame], settings_json: str, threshold: floa
 
 
 def _one_per_window(group: pd.DataFrame, settings_json: str) -> pd.DataFrame:
-    from pipeline.nudge import apply_one_per_window
+    from pipeline.nudge.rules import apply_one_per_window
 
     _, policy = _policy(settings_json)
     return group[apply_one_per_window(group.reset_index(drop=True), policy)]
 
 
 def _format_send_after(batches: Iterator[pd.DataFrame], settings_json: str, columns: list[str]) -> Iterator[pd.DataFrame]:
-    from pipeline.nudge import format_times
+    from pipeline.times import format_times
 
     _, policy = _policy(settings_json)
     for batch in batches:
@@ -686,10 +688,17 @@ def run_flag_spark(
         CHAT_COLUMNS, FlagError, _open_window_warnings, _orders_warnings, _share, _write_json_atomic, checked_job, reason_kind,
     )
     from pipeline.inference import resolve_model
-    from pipeline.nudge import (
-        NUDGE_COLUMNS, ORDER_COLUMNS, ORDERED_NO, ORDERED_YES, REASON_FLAGGED, REASON_ORDER_UNKNOWN, REASON_SKIPPED,
-        format_times, share_warnings,
+    from pipeline.nudge import NUDGE_COLUMNS
+    from pipeline.nudge.policy import (
+        ORDERED_NO,
+        ORDERED_YES,
+        REASON_FLAGGED,
+        REASON_ORDER_UNKNOWN,
+        REASON_SKIPPED,
+        share_warnings,
     )
+    from pipeline.nudge.rows import ORDER_COLUMNS
+    from pipeline.times import format_times
 
     started = time.perf_counter()
     chats, out, orders, settings, policy, chat_names, order_names = checked_job(chats, out, orders, config, window_hours)

@@ -28,7 +28,9 @@ from pipeline.evaluate import (
 )
 from pipeline.flag_eval import evaluate_flagging, load_orders_index
 from pipeline.inference import Predictor
-from pipeline.nudge import NudgePolicy, features_from_turns, load_flag_settings
+from pipeline.config import load_flag_settings
+from pipeline.nudge import NudgePolicy
+from pipeline.nudge.features import features_from_turns
 from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
 from pipeline.text import normalize
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.conversation import ConversationScorer, Turn
-from pipeline.nudge import NUDGE_COLUMNS, UNREADABLE_TIME, ConversationInput, Decision, NudgePolicy, check_turns, decide, parse_times
+from pipeline.nudge import NUDGE_COLUMNS, ConversationInput, Decision, NudgePolicy, decide
+from pipeline.nudge.rows import UNREADABLE_TIME, check_turns
+from pipeline.times import parse_times
 from serving.schemas import Conversation, ModelInfo, NudgeRow, ScoreResponse
 
 
@@ -34,7 +36,7 @@ class InvalidConversation(ValueError):
 
 def to_inputs(conversations: Sequence[Conversation], policy: NudgePolicy, single: bool = False) -> list[ConversationInput]:
     """`decide` inputs; raises InvalidConversation for a `sent_at` the batch job could not read. Turns the
-    batch job would reject for other reasons (empty text) are left out by `decide` (`nudge.check_turns`).
+    batch job would reject for other reasons (empty text) are left out by `decide` (`nudge.rows.check_turns`).
     `single`: the request holds one `conversation` (/score_conversation), not a `conversations` list."""
     turns = [turn for conversation in conversations for turn in conversation.messages]
     checked = check_turns([t.role for t in turns], [t.text for t in turns], [t.sent_at for t in turns], policy, time_required=True)

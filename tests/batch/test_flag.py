@@ -253,7 +253,8 @@ def test_cli_end_to_end(tmp_path, inputs, flag_bundle_dir):
 def test_service_decide_matches_the_batch_job(tmp_path, inputs, flag_bundle_dir, flag_config, flag_scorer):
     """The service imports pipeline.nudge.decide: it must flag exactly what the batch job flags."""
     from pipeline.conversation import Turn
-    from pipeline.nudge import ConversationInput, NudgePolicy, OrdersIndex, decide, parse_times
+    from pipeline.nudge import ConversationInput, NudgePolicy, OrdersIndex, decide
+    from pipeline.times import parse_times
 
     from .builders import orders_fixture
 
@@ -283,7 +284,8 @@ def test_service_decide_matches_the_batch_job(tmp_path, inputs, flag_bundle_dir,
 
 def test_decide_leaves_out_turns_the_batch_would_reject(flag_scorer):
     from pipeline.conversation import Turn
-    from pipeline.nudge import ConversationInput, NudgePolicy, decide, usable_turns
+    from pipeline.nudge import ConversationInput, NudgePolicy, decide
+    from pipeline.nudge.rows import usable_turns
 
     policy = NudgePolicy.from_config({"min_score": 0.0})
     turns = [Turn("买家", "我要了", "2024-05-01T10:05:00+08:00"), Turn("buyer", "  ", "2024-05-01T10:06:00+08:00"),

@@ -1,4 +1,4 @@
-"""The decision rules of pipeline/nudge.py, shared by the batch job and the service."""
+"""The decision rules of pipeline/nudge/, shared by the batch job and the service."""
 
 from __future__ import annotations
 
@@ -7,30 +7,19 @@ import pandas as pd
 import pytest
 
 from pipeline.conversation import Turn
-from pipeline.nudge import (
-    MISSING_TIME,
+from pipeline.config import FlagSettingsError
+from pipeline.nudge import ConversationInput, NudgePolicy, OrdersIndex, decide
+from pipeline.nudge.features import features_from_turns, predict_messages, score_flat
+from pipeline.nudge.policy import (
     REASON_DUPLICATE,
     REASON_FLAGGED,
     REASON_NO_INTENT,
     REASON_NOT_LOST,
     REASON_ORDER_UNKNOWN,
     REASON_SKIPPED,
-    ConversationInput,
-    FlagSettingsError,
-    NudgePolicy,
-    OrdersIndex,
-    apply_one_per_window,
-    choose_nudges,
-    decide,
-    format_times,
-    features_from_turns,
-    lost_status,
-    next_allowed_time,
-    parse_times,
-    predict_messages,
-    priorities,
-    score_flat,
 )
+from pipeline.nudge.rules import apply_one_per_window, choose_nudges, lost_status, next_allowed_time, priorities
+from pipeline.times import MISSING_TIME, format_times, parse_times
 
 from .builders import PHRASES
 
@@ -103,7 +92,7 @@ def test_orders_index_many_keys_and_times_match_a_plain_scan(policy):
     qb, qs = rng.integers(0, 60, 500).astype(str), rng.integers(0, 6, 500).astype(str)
     start = rng.integers(-10**8, 10**9, 500).astype(np.int64)
     end = start + rng.integers(0, 10**8, 500)
-    from pipeline.nudge import buyer_shop_keys
+    from pipeline.nudge.orders import buyer_shop_keys
 
     got = index.any_paid_between(buyer_shop_keys(qb, qs), start, end)
     expected = [bool(((buyers == b) & (shops == s) & (paid >= lo) & (paid <= hi)).any()) for b, s, lo, hi in zip(qb, qs, start, end)]
@@ -275,7 +264,7 @@ def test_decide_threshold_and_orders_index(flag_scorer, policy):
 def test_a_partial_flag_section_decides_like_the_default_config():
     """A partial `flag:` section is laid over configs/default.yaml's: the rest decides as the default does."""
     from pipeline.config import load_config
-    from pipeline.nudge import load_flag_settings
+    from pipeline.config import load_flag_settings
 
     default = load_config().flag
     partial = load_flag_settings({"min_score": 0.5})
@@ -284,7 +273,8 @@ def test_a_partial_flag_section_decides_like_the_default_config():
 
 
 def test_share_warnings_bounds():
-    from pipeline.nudge import ShareAlertSettings, share_warnings
+    from pipeline.config import ShareAlertSettings
+    from pipeline.nudge.policy import share_warnings
 
     alert = ShareAlertSettings(expected=0.2, factor=2.0, min_lost=100)
     assert share_warnings(20, 100, alert) == [] and share_warnings(10, 100, alert) == [] and share_warnings(40, 100, alert) == []

@@ -9,7 +9,9 @@ import pytest
 from pipeline.conversation import ConversationScorer, Turn
 from pipeline.flag_eval import evaluate_flagging, flagging_metrics
 from pipeline.inference import Predictor
-from pipeline.nudge import NudgePolicy, OrdersIndex, load_flag_settings, parse_times
+from pipeline.config import load_flag_settings
+from pipeline.nudge import NudgePolicy, OrdersIndex
+from pipeline.times import parse_times
 
 
 def test_flagging_metrics_count_what_they_say():

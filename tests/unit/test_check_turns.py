@@ -7,7 +7,8 @@ import pytest
 from pipeline.config import load_config
 from pipeline.conversation import Turn
 from pipeline.flag import validate_chat_rows
-from pipeline.nudge import NudgePolicy, check_turns, usable_turns
+from pipeline.nudge import NudgePolicy
+from pipeline.nudge.rows import check_turns, usable_turns
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_laying_many_conversations_flat_keeps_what_each_one_keeps_on_its_own(pol
 
     import numpy as np
 
-    from pipeline.nudge import lay_flat
+    from pipeline.nudge.rows import lay_flat
 
     rng = random.Random(5)
     times = ["2026-11-20 10:00:0%d" % s for s in range(10)] + ["", None, "not a time", "1732068000"]
