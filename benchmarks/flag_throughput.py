@@ -234,7 +234,7 @@ def main() -> None:
     n_conversations = 1_000_000 if args.large else args.conversations
 
     from pipeline.config import load_config
-    from pipeline.flag import run_flag
+    from pipeline.jobs.flag import run_flag
     from pipeline.inference import Predictor, load_model
 
     config = load_config(args.config, {"flag.keep_work_dir": True})  # to read the shards' CPU times

@@ -116,7 +116,7 @@ def run_one(engine: str, chats: Path, orders: Path, out: Path, model: str | None
     config = load_config(None)
     result: dict = {"engine": engine}
     if engine == "local":
-        from pipeline.flag import run_flag
+        from pipeline.jobs.flag import run_flag
 
         t = time.perf_counter()
         summary = run_flag(chats, out, orders, model, None, config, progress=False)
@@ -124,7 +124,7 @@ def run_one(engine: str, chats: Path, orders: Path, out: Path, model: str | None
         result["startup_s"] = 0.0
         result["workers"] = config.flag.workers or os.cpu_count()
     else:
-        from pipeline.spark_engine import run_flag_spark, spark_session
+        from pipeline.jobs.spark import run_flag_spark, spark_session
 
         t = time.perf_counter()
         spark, _ = spark_session(master, conf)  # the JVM starts here, not inside the timed job
@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from pipeline.spark_engine import parse_conf
+    from pipeline.jobs.spark import parse_conf
 
     conf = {**DEFAULT_CONF, **parse_conf(args.conf)}
     if args.run_one:

@@ -144,7 +144,7 @@ def predict(
     _check_engine(engine)
     try:
         if engine == "spark":
-            from pipeline.spark_engine import SparkEngineError, parse_conf, run_predict
+            from pipeline.jobs.spark import SparkEngineError, parse_conf, run_predict
 
             if explain:
                 raise SparkEngineError("--explain runs with --engine local only")
@@ -236,7 +236,7 @@ def flag(
 ) -> None:
     """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
     from pipeline.bundle import ModelIntegrityError
-    from pipeline.flag import run_flag
+    from pipeline.jobs.flag import run_flag
     from pipeline.inference import ModelNotFoundError
     from pipeline.tables import TableError
 
@@ -244,7 +244,7 @@ def flag(
     _check_engine(engine)
     try:
         if engine == "spark":
-            from pipeline.spark_engine import parse_conf, run_flag_spark
+            from pipeline.jobs.spark import parse_conf, run_flag_spark
 
             summary = run_flag_spark(chats, out, orders, model, _parse_window(window) if window else None,
                                      _config(config, {"columns.map": columns}), master=master, conf=parse_conf(conf))

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipeline.flag as flag_module
-from pipeline.flag import FlagError, run_flag
+import pipeline.jobs.flag.merge as merge_module
+import pipeline.jobs.flag.shards as shards_module
+from pipeline.jobs.flag import FlagError, run_flag
 
 from .builders import chat_fixture, flat_rows, write_conversation_jsonl, write_csv, write_orders
 
@@ -178,7 +179,7 @@ def test_crash_leaves_no_output_and_rerun_resumes_to_identical_bytes(tmp_path, m
     _run(chats, clean, orders, flag_bundle_dir, config)
 
     out = tmp_path / "run" / "nudges.csv"
-    real = flag_module.process_shard
+    real = shards_module.process_shard
     calls = []
 
     def crash_after_first(task):
@@ -187,7 +188,7 @@ def test_crash_leaves_no_output_and_rerun_resumes_to_identical_bytes(tmp_path, m
             raise RuntimeError("killed")
         return real(task)
 
-    monkeypatch.setattr(flag_module, "process_shard", crash_after_first)
+    monkeypatch.setattr(shards_module, "process_shard", crash_after_first)
     with pytest.raises(RuntimeError, match="killed"):
         _run(chats, out, orders, flag_bundle_dir, config)
     assert not out.exists() and not list(out.parent.glob(".nudges.csv.*.tmp"))
@@ -196,7 +197,7 @@ def test_crash_leaves_no_output_and_rerun_resumes_to_identical_bytes(tmp_path, m
     assert n_shards > 2 and len(list((work / "results").glob("shard-*.json"))) == 1
 
     resumed = []
-    monkeypatch.setattr(flag_module, "process_shard", lambda task: resumed.append(task.index) or real(task))
+    monkeypatch.setattr(shards_module, "process_shard", lambda task: resumed.append(task.index) or real(task))
     _run(chats, out, orders, flag_bundle_dir, config)
     assert len(resumed) == n_shards - 1 and calls[0] not in resumed
     assert out.read_bytes() == clean.read_bytes()
@@ -356,7 +357,7 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
 
     script = (
         "import os, sys, time, multiprocessing as mp\n"
-        "from pipeline.flag import _die_with_parent\n"
+        "from pipeline.jobs.flag.shards import _die_with_parent\n"
         "def child(path):\n"
         "    _die_with_parent(os.getppid(), interval_s=0.1)\n"
         "    open(path, 'w').write(str(os.getpid()))\n"
@@ -369,7 +370,7 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     parent = subprocess.Popen([sys.executable, str(tmp_path / "job.py"), str(pid_file)], env=env)
     try:
-        deadline = time.monotonic() + 180  # the spawned child imports pipeline.flag first: 30 s was too short on a loaded 2-core machine
+        deadline = time.monotonic() + 180  # the spawned child imports pipeline.jobs.flag first: 30 s was too short on a loaded 2-core machine
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pid_file.exists() and pid_file.read_text(), "the spawned worker never started"
@@ -488,30 +489,30 @@ def test_a_kill_while_publishing_never_leaves_a_summary_of_other_files(tmp_path,
     chats, orders = inputs
     out = tmp_path / "nudges.csv"
     _run(chats, out, orders, flag_bundle_dir, flag_config())
-    assert flag_module.output_set_problems(out) == []
+    assert merge_module.output_set_problems(out) == []
     previous = {p.name: p.read_bytes() for p in tmp_path.glob("nudges.csv*")}
     old_summary = json.loads(out.with_name("nudges.csv.summary.json").read_text(encoding="utf-8"))
     assert set(old_summary["files_sha256"]) == {"nudges.csv", "nudges.csv.rejected.csv"}
 
     changed = write_csv(flat_rows().iloc[:-3], tmp_path / "chats2.csv")
-    real_write = flag_module.write_table_atomic
+    real_write = merge_module.write_table_atomic
 
     def killed_at_the_rejected_file(frame, path, *args, **kwargs):
         if ".rejected.csv" in str(path):
             raise KeyboardInterrupt("killed while publishing")
         return real_write(frame, path, *args, **kwargs)
 
-    monkeypatch.setattr(flag_module, "write_table_atomic", killed_at_the_rejected_file)
+    monkeypatch.setattr(merge_module, "write_table_atomic", killed_at_the_rejected_file)
     with pytest.raises(KeyboardInterrupt):
         _run(changed, out, orders, flag_bundle_dir, flag_config())
-    assert flag_module.output_set_problems(out) == []  # main: the summary was gone, the set torn
+    assert merge_module.output_set_problems(out) == []  # main: the summary was gone, the set torn
     assert {p.name: p.read_bytes() for p in tmp_path.glob("nudges.csv*")} == previous
     assert not [p.name for p in tmp_path.glob(".nudges.csv.*") if p.is_file()]  # no staged file left
-    monkeypatch.setattr(flag_module, "write_table_atomic", real_write)
+    monkeypatch.setattr(merge_module, "write_table_atomic", real_write)
     _run(changed, out, orders, flag_bundle_dir, flag_config())
-    assert flag_module.output_set_problems(out) == []
+    assert merge_module.output_set_problems(out) == []
     out.write_text(out.read_text(encoding="utf-8-sig") + "x\n", encoding="utf-8")
-    assert flag_module.output_set_problems(out) == ["nudges.csv is not the file nudges.csv.summary.json describes"]
+    assert merge_module.output_set_problems(out) == ["nudges.csv is not the file nudges.csv.summary.json describes"]
 
 
 def test_candidates_whose_window_outlasts_the_orders_file_are_counted_and_warned(tmp_path, inputs, flag_bundle_dir, flag_config):

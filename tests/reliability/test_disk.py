@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline.flag import output_set_problems
+from pipeline.jobs.flag import output_set_problems
 from tests.batch.builders import flat_rows, write_csv, write_orders
 
 from .conftest import REPO, env, error_lines, flag_args, visible

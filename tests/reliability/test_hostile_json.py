@@ -171,7 +171,9 @@ def test_the_log_has_no_traceback_and_no_echoed_key(live):
 def test_the_body_check_takes_linear_time_and_never_recurses(body):
     started = time.monotonic()
     problem = body_problem(body, max_containers=100_402)
-    assert time.monotonic() - started < 3.0
+    # ~0.5 s here when the machine is idle; a quadratic check of a 16 MB body would take hours. The bound is
+    # loose on purpose: it failed at 3 s under a loaded 2-core machine, which says nothing about the check.
+    assert time.monotonic() - started < 30.0
     assert problem is None or "nested deeper" in problem or "objects and arrays" in problem
     assert body_problem(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)) is not None
     assert body_problem(json.dumps({"conversations": [{"messages": [{"text": "[[[[[[[[[[{{{{{{{"}]}]}).encode()) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.flag import output_set_problems
+from pipeline.jobs.flag import output_set_problems
 
 from .conftest import CLI, KILL_AT, env, flag_args, run, visible
 

@@ -304,9 +304,9 @@ def test_flag_needs_buyer_and_shop_and_respects_the_limit(app_client):
 
 
 def test_flag_rows_equal_the_batch_job_output(app_client, service_module, model_dir, test_config_path, tmp_path):
-    """The same conversations through `buyer-intent flag` (pipeline.flag.run_flag) and through /flag."""
+    """The same conversations through `buyer-intent flag` (pipeline.jobs.flag.run_flag) and through /flag."""
     from pipeline.config import load_config
-    from pipeline.flag import run_flag
+    from pipeline.jobs.flag import run_flag
 
     chats = [
         conversation("c1", buyer_id="b1", shop_id="s1", category="apparel"),
@@ -479,7 +479,7 @@ def test_nudge_list_and_decision_have_one_schema(service_module):
     field names in the same order, nothing renamed."""
     from dataclasses import fields
 
-    from pipeline.flag import OUTPUT_COLUMNS
+    from pipeline.jobs.flag import OUTPUT_COLUMNS
     from pipeline.nudge import NUDGE_COLUMNS, Decision
     from serving.schemas import NudgeRow, ScoreResponse
 

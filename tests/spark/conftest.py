@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def spark():
     pytest.importorskip("pyspark")
-    from pipeline.spark_engine import SparkEngineError, spark_session
+    from pipeline.jobs.spark import SparkEngineError, spark_session
 
     try:
         session, created = spark_session(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.flag import run_flag
-from pipeline.spark_engine import run_flag_spark, run_predict
+from pipeline.jobs.flag import run_flag
+from pipeline.jobs.spark import run_flag_spark, run_predict
 from pipeline.workflows import predict_file
 from tests.batch.builders import flat_rows, write_csv, write_orders
 
@@ -148,7 +148,7 @@ def test_a_killed_job_leaves_no_output_and_a_rerun_gives_the_same_bytes(tmp_path
 
 
 def test_a_driver_interrupted_while_publishing_keeps_the_old_output(tmp_path, monkeypatch, spark, spark_bundle_dir, flag_settings):
-    import pipeline.spark_engine as engine
+    import pipeline.jobs.spark as engine
 
     orders = write_orders(tmp_path / "orders.csv")
     chats = write_csv(flat_rows(), tmp_path / "chats.csv")
@@ -172,8 +172,8 @@ def test_a_driver_interrupted_while_publishing_keeps_the_old_output(tmp_path, mo
 
 
 def test_spark_errors_name_the_file_and_the_problem(tmp_path, spark, spark_bundle_dir, flag_settings):
-    from pipeline.flag import FlagError
-    from pipeline.spark_engine import SparkEngineError, parse_conf
+    from pipeline.jobs.flag import FlagError
+    from pipeline.jobs.spark import SparkEngineError, parse_conf
 
     orders = write_orders(tmp_path / "orders.csv")
     chats = tmp_path / "chats.csv"

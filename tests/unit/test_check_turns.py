@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.conversation import Turn
-from pipeline.flag import validate_chat_rows
+from pipeline.jobs.flag.partition import validate_chat_rows
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.rows import check_turns, usable_turns
 

@@ -493,7 +493,8 @@ def _policy(settings_json: str):
 def _validate_chats(batches: Iterator[pd.DataFrame], settings_json: str, columns: list[str]) -> Iterator[pd.DataFrame]:
     """`flag.validate_chat_rows` on each Arrow batch: valid rows in shard layout (text masked, as the local
     engine's checkpoints keep it), rejected rows with the local engine's reason and masked raw line."""
-    from pipeline.flag import CHAT_COLUMNS, _raw, validate_chat_rows
+    from pipeline.jobs.flag.files import CHAT_COLUMNS, raw_line
+    from pipeline.jobs.flag.partition import validate_chat_rows
     from pipeline.text import mask_pii
 
     _, policy = _policy(settings_json)
@@ -511,7 +512,7 @@ def _validate_chats(batches: Iterator[pd.DataFrame], settings_json: str, columns
             valid, rejected = validate_chat_rows(part, policy)
             rejected_pos = {i for i, _ in rejected}
             valid_idx = readable[[i for i in range(len(part)) if i not in rejected_pos]]
-            bad_rows += [(int(readable[i]), reason, _raw(part.iloc[i][shown].tolist())) for i, reason in rejected]
+            bad_rows += [(int(readable[i]), reason, raw_line(part.iloc[i][shown].tolist())) for i, reason in rejected]
         if valid is not None and len(valid):
             codes, distinct = pd.factorize(valid["text"].to_numpy(object))
             out = pd.DataFrame(
@@ -544,7 +545,7 @@ def _validate_chats(batches: Iterator[pd.DataFrame], settings_json: str, columns
 
 def _validate_orders(batches: Iterator[pd.DataFrame], settings_json: str, columns: list[str]) -> Iterator[pd.DataFrame]:
     """`nudge.rows.check_order_rows` on each batch: usable orders as (buyer/shop key, paid_at), the rest rejected."""
-    from pipeline.flag import _raw
+    from pipeline.jobs.flag.files import raw_line
     from pipeline.nudge.rows import check_order_rows
     from pipeline.text import mask_pii
 
@@ -567,7 +568,7 @@ def _validate_orders(batches: Iterator[pd.DataFrame], settings_json: str, column
         for j in np.flatnonzero(~good):
             i = readable[j]
             bad[i] = str(checked.reasons[j])
-            raw[i] = _raw(frame.iloc[i][shown].tolist())
+            raw[i] = raw_line(frame.iloc[i][shown].tolist())
         yield pd.DataFrame({"_seq": batch["_seq"].to_numpy(np.int64), "_key": keys, "paid_at": paid, "_bad": bad, "_raw": raw})
 
 
@@ -575,7 +576,7 @@ def _conversations(frame: pd.DataFrame, bundle_name: str, seal: str, settings_js
     """One row per conversation of `frame` (sorted by shop, conversation, sent_at, input order), as the
     local engine's `process_shard` builds it: first/last time, category, ordered, and `nudge.features.score_flat`."""
     from pipeline.conversation import ConversationScorer
-    from pipeline.flag import _conversation_starts, conversation_categories
+    from pipeline.jobs.flag.shards import conversation_categories, conversation_starts
     from pipeline.nudge.features import score_flat
     from pipeline.nudge.orders import buyer_shop_keys
 
@@ -587,7 +588,7 @@ def _conversations(frame: pd.DataFrame, bundle_name: str, seal: str, settings_js
     frame = frame.reset_index(drop=True)
     for column in ("shop_id", "conversation_id", "buyer_id", "role", "text", "category"):
         frame[column] = frame[column].astype(object)
-    starts = _conversation_starts(frame)
+    starts = conversation_starts(frame)
     heads = starts[:-1]
     n_conv = len(heads)
     sent_at = frame["sent_at"].to_numpy(np.int64)
@@ -664,7 +665,7 @@ def _format_send_after(batches: Iterator[pd.DataFrame], settings_json: str, colu
 
 def _counts_by(rows: list, key: str) -> dict[str, dict[str, Any]]:
     """The per-shop / per-category summary of `flag.merge_results` from Spark's small aggregates."""
-    from pipeline.flag import _share
+    from pipeline.jobs.flag.merge import share_of_lost
 
     summary = {}
     for row in sorted(rows, key=lambda r: r[key]):
@@ -673,7 +674,7 @@ def _counts_by(rows: list, key: str) -> dict[str, dict[str, Any]]:
             "conversations": int(row["conversations"]),
             "lost_shoppers": lost,
             "flagged": int(row["flagged"]),
-            "flagged_share_of_lost": _share(int(row["flagged"]), lost),
+            "flagged_share_of_lost": share_of_lost(int(row["flagged"]), lost),
         }
     return summary
 
@@ -684,9 +685,9 @@ def run_flag_spark(
 ) -> dict:
     """`buyer-intent flag --engine spark`: the nudge list, `<out>.rejected.csv` and `<out>.summary.json`
     as the local engine writes them (same rows, same order, same summary keys)."""
-    from pipeline.flag import (
-        CHAT_COLUMNS, FlagError, _open_window_warnings, _orders_warnings, _share, _write_json_atomic, checked_job, reason_kind,
-    )
+    from pipeline.jobs.flag.files import CHAT_COLUMNS, FlagError, reason_kind, write_json_atomic
+    from pipeline.jobs.flag.job import checked_job
+    from pipeline.jobs.flag.merge import open_window_warnings, orders_warnings, share_of_lost
     from pipeline.inference import resolve_model
     from pipeline.nudge import NUDGE_COLUMNS
     from pipeline.nudge.policy import (
@@ -866,11 +867,11 @@ def run_flag_spark(
             "suppressed_one_per_window": totals["candidates"] - n_flagged,
             "order_status_unknown": totals["order_unknown"],
             "flagged": n_flagged,
-            "flagged_share_of_lost": _share(n_flagged, lost),
+            "flagged_share_of_lost": share_of_lost(n_flagged, lost),
             "candidates_before_window_end": totals["window_open"],
             "warnings": share_warnings(n_flagged, lost, settings.share_alert)
-            + _orders_warnings(orders, orders_info)
-            + _open_window_warnings(totals["window_open"], orders_info, policy),
+            + orders_warnings(orders, orders_info)
+            + open_window_warnings(totals["window_open"], orders_info, policy),
             "messages": {"buyer": int(used["buyer"] or 0), "distinct_buyer_texts": int(distinct_texts)},
             "per_shop": group("shop_id"),
             "per_category": group("category") if has_category else {},
@@ -891,7 +892,7 @@ def run_flag_spark(
             log.warning("%s", warning)
         if not summary["rows"]["balanced"]:
             log.error("rows in (%d) != used (%d) + rejected (%d)", n_rows, rows_used, n_rejected)
-        _write_json_atomic(summary, summary_path)
+        write_json_atomic(summary, summary_path)
         log.info("flag (spark): %d conversations, %d flagged in %.1fs", summary["conversations"], n_flagged, time.perf_counter() - started)
         return summary
     finally:
@@ -905,6 +906,6 @@ def run_flag_spark(
 
 
 def _masked_raw(values: list) -> str:
-    from pipeline.flag import _raw
+    from pipeline.jobs.flag.files import raw_line
 
-    return _raw(values)
+    return raw_line(values)
