@@ -53,13 +53,13 @@ bento: install
 	$(BIN)/buyer-intent export-bento
 	PATH="$(CURDIR)/$(TOOLS)/path:$$PATH" $(BIN)/bentoml build
 
-## A shared MLflow tracking server on PostgreSQL (pipeline/tracking_server.py), in the foreground until Ctrl-C.
+## A shared MLflow tracking server on PostgreSQL (pipeline/tracking/server.py), in the foreground until Ctrl-C.
 ## TRACKING_DB_URI=postgresql://USER:PASSWORD@HOST:PORT/DB: the backend store (unset: a local PostgreSQL in
 ## TRACKING_PG_DIR, default .tracking/postgres, started and stopped with the server); TRACKING_ARTIFACTS: the
 ## artifact root, a directory or s3://... (default .tracking/artifacts); TRACKING_HOST (127.0.0.1),
 ## TRACKING_PORT (5000), TRACKING_WORKERS (2), TRACKING_ALLOWED_HOSTS. Clients: MLFLOW_TRACKING_URI=http://HOST:PORT.
 tracking-server: install
-	$(BIN)/python -m pipeline.tracking_server
+	$(BIN)/python -m pipeline.tracking.server
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .bentoml mlflow.db mlartifacts reports/* models/*

@@ -7,7 +7,7 @@ The shop is played by `../shared`: `realchat-pool` (3,037 unlabelled real JD buy
 export of chats, `realchat-dev` (600 labelled real messages, JD after-sales and Taobao pre-sales) its
 labelled set. Every figure is measured on dev:
 
-(a) the default model: `pipeline.train.train` on the bundled corpus (`data/messages.csv`) exactly as
+(a) the default model: `pipeline.training.train.train` on the bundled corpus (`data/messages.csv`) exactly as
     `buyer-intent train` fits it, with 2 calibration folds instead of 3 (the temperature and Platt
     scaling are refitted on the validation writers anyway, `calibrate_on: validation`, so the folds
     only cost time) and no conversation model;
@@ -17,14 +17,14 @@ labelled set. Every figure is measured on dev:
     the training data) and importance weighting (bundled training messages weighted by a domain
     classifier's density ratio pool / bundled, cross-fitted, clipped);
 (d) the labelling learning curve: 5-fold cross-validation over dev (stratified by source). For each
-    fold, the shop "labels" n messages of the four training folds, chosen by `pipeline.select` (the
+    fold, the shop "labels" n messages of the four training folds, chosen by `pipeline.jobs.select` (the
     queue `buyer-intent select` writes with the default model (a)) or at random (seed 13 + fold, nested
     prefixes of one permutation); the model is trained as `buyer-intent train` would train it on bundled
     + those n messages (their labels weighted by a factor w; vocabulary and IDF fitted on that training
     text) and tested on the held-out fold. Figures are pooled over the 600 out-of-fold predictions; the
     0-label row is (a) itself. The pool is not used in (d): (b) and (c) do not help (see the table).
 
-Every model is fitted as `pipeline.train` fits the default one: logistic regression on the bundled
+Every model is fitted as `pipeline.training.train` fits the default one: logistic regression on the bundled
 training split (+ the extra messages), temperature (intent) and Platt scaling (purchase) refitted on
 the validation writers, the purchase threshold chosen there at precision 0.9. Speed-ups that do not
 change the model: the n-gram counts of every text are computed once and each vocabulary/IDF is derived
@@ -42,7 +42,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -63,13 +62,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import load_labelled, split_by_settings  # noqa: E402
-from pipeline.evaluate import ThresholdWarning, choose_precision_threshold, intent_metrics, purchase_metrics  # noqa: E402
+from pipeline.data.labelled import load_labelled, split_by_settings  # noqa: E402
+from pipeline.training.evaluate import ThresholdWarning, choose_precision_threshold, intent_metrics, purchase_metrics  # noqa: E402
 from pipeline.inference import Predictor  # noqa: E402
-from pipeline.select import select_messages  # noqa: E402
-from pipeline.tables import read_table, write_text_atomic  # noqa: E402
+from pipeline.jobs.select import select_messages  # noqa: E402
+from pipeline.data.tables import read_table, write_text_atomic  # noqa: E402
 from pipeline.text import normalize  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.training.train import train  # noqa: E402
 
 log = logging.getLogger("adaptation")
 SHARED = REPO.parent / "shared"
@@ -190,7 +189,7 @@ def fit_models(
     x_train, y_intent: np.ndarray, y_purchase: np.ndarray, weights: np.ndarray | None,
     x_val, yv_intent: np.ndarray, yv_purchase: np.ndarray, settings: dict, warm: Fitted | None = None,
 ) -> Fitted:
-    """What `pipeline.train` fits with `calibrate_on: validation`: the linear models on the training rows
+    """What `pipeline.training.train` fits with `calibrate_on: validation`: the linear models on the training rows
     (intent labels as class indices 0..K-1, every class present), the temperature and Platt scaling on
     validation, the purchase threshold at the target precision on validation."""
     started = time.perf_counter()
@@ -261,7 +260,7 @@ def load_data(config, data_path: Path, pool_path: Path, dev_path: Path) -> Data:
     bundled["split"] = split_by_settings(bundled, config.split, config.seed)
     pool, rejected = read_table(pool_path, config.columns.names().only(("text", "role")))
     if "role" in pool.columns:
-        from pipeline.workflows import buyer_rows
+        from pipeline.jobs.workflows import buyer_rows
 
         pool = pool[buyer_rows(pool, config)]
     pool_texts = [normalize(t) for t in pool["text"].fillna("").astype(str)]
@@ -284,7 +283,7 @@ def load_data(config, data_path: Path, pool_path: Path, dev_path: Path) -> Data:
 
 
 def dev_metrics(dev: pd.DataFrame, proba: np.ndarray, classes: np.ndarray, purchase: np.ndarray, threshold: float | np.ndarray) -> dict:
-    """Intent accuracy, macro-F1 (pipeline.evaluate, as the README) and purchase figures on dev rows;
+    """Intent accuracy, macro-F1 (pipeline.training.evaluate, as the README) and purchase figures on dev rows;
     an empty message gets the empty label `other` and no purchase, as Predictor does."""
     empty = (dev["normalized"] == "").to_numpy()
     predicted = classes[proba.argmax(axis=1)].astype(object)
@@ -360,9 +359,9 @@ class Benchmark:
         labelled = bundled.reset_index(drop=True)
         self.tick("load", started)
 
-        # (a) the default model, trained by pipeline.train.train.
+        # (a) the default model, trained by pipeline.training.train.train.
         t = time.perf_counter()
-        from pipeline.data import LabelledData
+        from pipeline.data.labelled import LabelledData
 
         result = train(self.config, LabelledData(bundled.drop(columns=["split"]), pd.DataFrame(), str(args.data)))
         predictor = Predictor(result.bundle)
@@ -554,7 +553,7 @@ def render(results: dict, args) -> str:
         "## Unlabelled chats",
         "",
         head,
-        _row("(a) default model: bundled corpus only (`pipeline.train.train`)", rows["a"]),
+        _row("(a) default model: bundled corpus only (`pipeline.training.train.train`)", rows["a"]),
         _row("(b) IDF only on bundled + pool (vocabulary of (a))", rows["b_idf"]),
         _row(f"(b) + TF-IDF vocabulary and IDF on bundled + pool ({results['sizes']['vocabulary_a']:,} -> "
              f"{results['sizes']['vocabulary_b']:,} n-grams)", rows["b"]),
@@ -682,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for name in ("jieba", "pipeline.select"):
+    for name in ("jieba", "pipeline.jobs.select"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for path in (args.pool, args.dev):
         if not path.is_file():

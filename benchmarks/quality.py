@@ -194,7 +194,7 @@ def choose_oos_threshold(y_val, predicted_val, confidence_val, oos_label: str) -
     """The fallback threshold by `evaluate.choose_fallback_threshold` (target oos_recall); the target
     itself is the one whose threshold maximises the mean of in-scope accuracy and out-of-scope recall
     on validation."""
-    from pipeline.evaluate import ThresholdWarning, choose_fallback_threshold
+    from pipeline.training.evaluate import ThresholdWarning, choose_fallback_threshold
 
     best: dict[str, float] | None = None
     for target in np.round(np.arange(0.05, 1.0001, 0.05), 2):
@@ -210,7 +210,7 @@ def choose_oos_threshold(y_val, predicted_val, confidence_val, oos_label: str) -
 
 
 def reliability(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    from pipeline.evaluate import calibration_bins
+    from pipeline.training.evaluate import calibration_bins
 
     table = calibration_bins(correct, confidence, bins)
     return [
@@ -222,7 +222,7 @@ def reliability(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> 
 
 def score_task(task: Task, predictions: dict[str, Any]) -> dict[str, Any]:
     """Metrics of one system on one task from its validation and test predictions."""
-    from pipeline.evaluate import intent_metrics
+    from pipeline.training.evaluate import intent_metrics
 
     val_pred, val_conf = np.asarray(predictions["val"]["labels"], dtype=object), np.asarray(predictions["val"]["confidence"], dtype=float)
     test_pred, test_conf = np.asarray(predictions["test"]["labels"], dtype=object), np.asarray(predictions["test"]["confidence"], dtype=float)
@@ -276,8 +276,8 @@ def _timed(function, argument) -> float:
 
 
 def fit_ours(config, train: Split):
-    """The intent pipeline of `config` fitted the way `pipeline.train` fits it (normalised text in)."""
-    from pipeline.model import build_intent_pipeline
+    """The intent pipeline of `config` fitted the way `pipeline.training.train` fits it (normalised text in)."""
+    from pipeline.training.model import build_intent_pipeline
     from pipeline.text import normalize
 
     pipeline = build_intent_pipeline(config)
@@ -513,7 +513,7 @@ def run_realchat(model_dir: Path | None, path: Path = REALCHAT) -> dict[str, Any
         return {"skipped": f"no Chinese model at {model_dir} (train one with `buyer-intent train --model-dir {model_dir}`)"}
     if not path.is_file():
         return {"skipped": f"real-chat dev set not found at {path}"}
-    from pipeline.evaluate import intent_metrics, purchase_metrics
+    from pipeline.training.evaluate import intent_metrics, purchase_metrics
     from pipeline.inference import Predictor, load_model
 
     predictor = Predictor(load_model(str(model_dir)))
@@ -818,7 +818,7 @@ def run_benchmark(
     config_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from pipeline.config import load_config
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.tracking.runs import resolve_tracking_uri
 
     best = load_config(best_config, config_overrides)
     default = load_config(default_config, {"text.language": "en", **(config_overrides or {})})

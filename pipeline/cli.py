@@ -85,8 +85,8 @@ def train(
     """Fit, evaluate, log to MLflow, register `buyer-intent`, maybe promote to champion, write the report.
 
     With --unlabelled the shop's own buyer messages also weigh the n-grams (IDF only)."""
-    from pipeline.data import DataError
-    from pipeline.workflows import train_and_track
+    from pipeline.data.labelled import DataError
+    from pipeline.jobs.workflows import train_and_track
 
     _setup_logging()
     cfg = _config(
@@ -137,8 +137,8 @@ def predict(
     """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row (and `explanation` with --explain)."""
     from pipeline.bundle import ModelIntegrityError
     from pipeline.inference import ModelNotFoundError
-    from pipeline.tables import TableError
-    from pipeline.workflows import predict_file
+    from pipeline.data.tables import TableError
+    from pipeline.jobs.workflows import predict_file
 
     _setup_logging()
     _check_engine(engine)
@@ -171,8 +171,8 @@ def select(
     and empty `intent` and `purchase_intent` columns to fill in."""
     from pipeline.bundle import ModelIntegrityError
     from pipeline.inference import ModelNotFoundError
-    from pipeline.select import select_file
-    from pipeline.tables import TableError
+    from pipeline.jobs.select import select_file
+    from pipeline.data.tables import TableError
 
     _setup_logging()
     try:
@@ -192,9 +192,9 @@ def evaluate(
 ) -> None:
     """Metrics and the report of a model on a labelled file."""
     from pipeline.bundle import ModelIntegrityError
-    from pipeline.data import DataError
+    from pipeline.data.labelled import DataError
     from pipeline.inference import ModelNotFoundError
-    from pipeline.workflows import evaluate_file
+    from pipeline.jobs.workflows import evaluate_file
 
     _setup_logging()
     try:
@@ -238,7 +238,7 @@ def flag(
     from pipeline.bundle import ModelIntegrityError
     from pipeline.jobs.flag import run_flag
     from pipeline.inference import ModelNotFoundError
-    from pipeline.tables import TableError
+    from pipeline.data.tables import TableError
 
     _setup_logging()
     _check_engine(engine)
@@ -272,9 +272,9 @@ def tune(
     columns: ColumnsOption = None,
 ) -> None:
     """Search features and classifiers by cross-validation on the training split; write the best config."""
-    from pipeline.data import LABELLED_COLUMNS, DataError, load_labelled
-    from pipeline.tables import TableError
-    from pipeline.tune import run_tune
+    from pipeline.data.labelled import LABELLED_COLUMNS, DataError, load_labelled
+    from pipeline.data.tables import TableError
+    from pipeline.training.tune import run_tune
 
     _setup_logging()
     cfg = _config(config, {"paths.data": str(data) if data else None, "columns.map": columns})
@@ -289,7 +289,7 @@ def tune(
 @app.command("export-bento")
 def export_bento(model: ModelOption = None, config: ConfigOption = None) -> None:
     """Copy a verified registered model into the BentoML model store for serving."""
-    from pipeline.bento_export import export_bento as export
+    from pipeline.tracking.bento import export_bento as export
     from pipeline.config import Registry
 
     from pipeline.bundle import ModelIntegrityError

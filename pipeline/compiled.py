@@ -65,7 +65,7 @@ class UnsupportedModel(ValueError):
     """The fitted model is not of a structure the compiled path reproduces exactly."""
 
 
-MODEL_STEPS = ("normalize", "features", "classifier")  # the steps of a message-level model (pipeline/model.py)
+MODEL_STEPS = ("normalize", "features", "classifier")  # the steps of a message-level model (pipeline/training/model.py)
 
 
 def model_steps(pipeline) -> tuple:

@@ -221,7 +221,7 @@ class ServingSettings(_Strict):
 
 
 class TuneSettings(_Strict):
-    """The `tune:` section: the search of `buyer-intent tune` (pipeline/tune.py explains the space)."""
+    """The `tune:` section: the search of `buyer-intent tune` (pipeline/training/tune.py explains the space)."""
 
     experiment: str
     metric: Literal["accuracy", "macro_f1"]
@@ -243,13 +243,13 @@ class ColumnSettings(_Strict):
     @field_validator("map")
     @classmethod
     def _pairs(cls, value: str) -> str:
-        from pipeline.tables import parse_column_map
+        from pipeline.data.tables import parse_column_map
 
         parse_column_map(value)  # a TableError (ValueError) names the bad pair
         return value
 
     def names(self):
-        from pipeline.tables import ColumnNames
+        from pipeline.data.tables import ColumnNames
 
         return ColumnNames.from_settings(self.aliases, self.map)
 

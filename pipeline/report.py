@@ -37,8 +37,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 from sklearn.metrics import confusion_matrix, precision_score, recall_score
 
-from pipeline.evaluate import CALIBRATION_BINS, expected_calibration_error, headline_metrics, purchase_metrics, slice_metrics
-from pipeline.tables import write_bytes_atomic
+from pipeline.training.evaluate import CALIBRATION_BINS, expected_calibration_error, headline_metrics, purchase_metrics, slice_metrics
+from pipeline.data.tables import write_bytes_atomic
 from pipeline.text import mask_pii, normalize
 
 __all__ = ["write_report", "SECTION_TITLES", "EVAL_SET_NOTE"]

@@ -34,7 +34,7 @@ log = logging.getLogger("bentoml.buyer_intent")  # under "bentoml": the server's
 MODEL_ENV = "BUYER_INTENT_MODEL"
 BENTO_MODEL_ENV = "BUYER_INTENT_BENTO_MODEL"
 DEFAULT_BENTO_MODEL = "buyer-intent:latest"
-BUNDLE_SUBDIR = "bundle"  # pipeline.bento_export stores the bundle in this sub-directory
+BUNDLE_SUBDIR = "bundle"  # pipeline.tracking.bento stores the bundle in this sub-directory
 TOP_K = 3
 
 
@@ -54,7 +54,7 @@ class ModelSource:
 
 
 def source_from_bento_model(stored: Any) -> ModelSource:
-    """A BentoML stored model written by `pipeline.bento_export.export_bento`."""
+    """A BentoML stored model written by `pipeline.tracking.bento.export_bento`."""
     metadata = stored.info.metadata
     missing = [key for key in ("mlflow_name", "mlflow_version", "bundle_seal") if key not in metadata]
     if missing:

@@ -19,8 +19,8 @@ def corpus_training(tmp_path_factory):
     """The default configuration trained on the bundled corpus (no MLflow): the model users get."""
     from pipeline.bundle import save_bundle
     from pipeline.config import load_config
-    from pipeline.data import load_labelled, load_labelled_conversations
-    from pipeline.train import ConversationData, train
+    from pipeline.data.labelled import load_labelled, load_labelled_conversations
+    from pipeline.training.train import ConversationData, train
 
     if not MESSAGES.exists():
         pytest.skip("data/messages.csv is not built")
@@ -59,8 +59,8 @@ def flag_bundle_dir(tmp_path_factory) -> Path:
     from pipeline.bundle import save_bundle
     from pipeline.config import load_config
     from pipeline.conversation import Turn
-    from pipeline.data import LabelledData, validate_labelled
-    from pipeline.train import ConversationData, train
+    from pipeline.data.labelled import LabelledData, validate_labelled
+    from pipeline.training.train import ConversationData, train
     from tests.batch.builders import labelled_conversations, labelled_messages
 
     config = load_config(overrides={"paths.data": "unused.csv"})

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
 from pipeline.config import Config, Registry
-from pipeline.tables import ColumnNames, csv_bytes, detect_encoding, read_header, require_columns, table_format, write_xlsx
+from pipeline.data.tables import ColumnNames, csv_bytes, detect_encoding, read_header, require_columns, table_format, write_xlsx
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def _score_texts(batches: Iterator[pd.DataFrame], bundle_name: str, seal: str) -
 
 
 def _is_buyer(batches: Iterator[pd.DataFrame], roles: dict) -> Iterator[pd.DataFrame]:
-    from pipeline.workflows import buyer_rows
+    from pipeline.jobs.workflows import buyer_rows
 
     config = _RolesConfig(roles)
     for batch in batches:
@@ -388,7 +388,7 @@ def run_predict(
     """`buyer-intent predict --engine spark`: every input row and column kept, the prediction columns
     added (with a `role` column: buyer rows only, `scored`), rows Spark cannot read to `<out>.rejected.csv`."""
     from pipeline.inference import resolve_model
-    from pipeline.workflows import PREDICTION_COLUMNS
+    from pipeline.jobs.workflows import PREDICTION_COLUMNS
 
     input_path, output_path = Path(input_path), Path(output_path)
     names = config.columns.names().only(("text", "role"))
@@ -590,7 +590,6 @@ def _conversations(frame: pd.DataFrame, bundle_name: str, seal: str, settings_js
         frame[column] = frame[column].astype(object)
     starts = conversation_starts(frame)
     heads = starts[:-1]
-    n_conv = len(heads)
     sent_at = frame["sent_at"].to_numpy(np.int64)
     category = conversation_categories(frame["category"].to_numpy(object), starts)
     ordered = np.maximum.reduceat(frame["ordered"].to_numpy(np.int8), heads)

@@ -183,7 +183,7 @@ Stages: {', '.join(f'{k} {v:,}' for k, v in m['stage_counts'].items())}.
 
 * Distinct normalised texts: **{m['distinct_normalized']:,}** of {m['messages']:,} (exact normalised duplicates are dropped, first kept).
 * Distinct character 3-grams per intent: column *distinct 3-grams* above.
-* Grouped, stratified split (`pipeline.data.assign_splits`, val {split.val_fraction}, test {split.test_fraction}, seed
+* Grouped, stratified split (`pipeline.data.labelled.assign_splits`, val {split.val_fraction}, test {split.test_fraction}, seed
   {split.seed}): {', '.join(f'{k} {v:,}' for k, v in m['split'].items())}. Normalised texts in two splits: {m['normalized_texts_in_two_splits']}.
 * **Near duplicates across the split**: {_pct(m['near_duplicate_share_test_vs_train'], 2)} of test messages
   ({m['near_duplicate_count_test_vs_train']}) have a training message with character-3-gram Jaccard >= {config.messages.near_duplicate_jaccard}

@@ -65,7 +65,7 @@ def build(config: CorpusConfig, *, card: bool = True, log=print) -> dict:
 
     figures: dict = {"generation": {**report.__dict__, "shortfalls": report.shortfalls}}
     if card:
-        from pipeline.data import assign_splits  # the lead's split; only the card needs it
+        from pipeline.data.labelled import assign_splits  # the lead's split; only the card needs it
 
         splits = assign_splits(messages, val_fraction=config.split.val_fraction, test_fraction=config.split.test_fraction,
                                seed=config.split.seed, label_column="intent", group_column="group")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sklearn.metrics import cohen_kappa_score
 
-from pipeline.tables import atomic_file
+from pipeline.data.tables import atomic_file
 
 STATUSES = ("agreed", "adjudicated", "dropped")
 

@@ -100,7 +100,7 @@ def near_duplicate_share(test: list[str], train: list[str], threshold: float = 0
 
 
 def message_figures(messages: pd.DataFrame, splits: pd.Series, threshold: float) -> dict:
-    """Distributions and diversity of the message table (`splits` from pipeline.data.assign_splits)."""
+    """Distributions and diversity of the message table (`splits` from pipeline.data.labelled.assign_splits)."""
     normalized = messages["text"].map(normalize)
     pre = messages["stage"] == "pre_sales"
     figures: dict = {

@@ -16,7 +16,7 @@ def test_english_config_is_valid_and_english():
     assert config.mlflow.registered_model != load_config().mlflow.registered_model  # never the Chinese champion
     assert config.tune.space and config.tune.classifiers
     assert "features.char_ngram_range" in config.tune.space and config.tune.space != load_config().tune.space  # replaced whole
-    from pipeline.tune import search_space
+    from pipeline.training.tune import search_space
 
     space, classifiers = search_space(config)
     assert set(classifiers) == {"logreg", "linear_svc", "sgd", "complement_nb"}
@@ -25,9 +25,9 @@ def test_english_config_is_valid_and_english():
 def test_english_config_trains_and_predicts(english_csv, tmp_path):
     from pipeline.bundle import load_bundle, save_bundle
     from pipeline.config import load_config
-    from pipeline.data import load_labelled
+    from pipeline.data.labelled import load_labelled
     from pipeline.inference import Predictor
-    from pipeline.train import train
+    from pipeline.training.train import train
 
     config = load_config(ENGLISH, {"paths.data": str(english_csv), "n_jobs": 1})
     data = load_labelled(english_csv, None, config.split.min_examples_per_label)

@@ -1,4 +1,4 @@
-"""`pipeline.tune.run_tune` on a tiny English set: a config `load_config` accepts, trials as nested MLflow runs."""
+"""`pipeline.training.tune.run_tune` on a tiny English set: a config `load_config` accepts, trials as nested MLflow runs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ TINY_SPACE = {
 @pytest.fixture()
 def tiny(tmp_path):
     from pipeline.config import load_config
-    from pipeline.data import LabelledData, validate_labelled
+    from pipeline.data.labelled import LabelledData, validate_labelled
 
     frame, _ = validate_labelled(english_messages(), "english")
     config = load_config(
@@ -32,7 +32,7 @@ def test_run_tune_writes_a_loadable_config_and_nested_runs(tiny, tmp_path, monke
     import mlflow
 
     from pipeline.config import load_config
-    from pipeline.tune import run_tune
+    from pipeline.training.tune import run_tune
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config, data = tiny

@@ -145,7 +145,7 @@ def test_bad_data_is_a_clear_error(env, workspace):
 def test_a_full_disk_is_one_clear_line_not_a_traceback(first_run, workspace, monkeypatch):
     import errno
 
-    import pipeline.workflows as workflows
+    import pipeline.jobs.workflows as workflows
 
     source = workspace / "full.csv"
     source.write_text("text\n在吗\n", encoding="utf-8")

@@ -20,13 +20,13 @@ from pipeline.bundle import save_bundle, sha256_file, verify_bundle
 from pipeline.cli import app
 from pipeline.compiled import compile_bundle
 from pipeline.config import Registry, load_config
-from pipeline.data import DataError, LabelledData, validate_labelled
+from pipeline.data.labelled import DataError, LabelledData, validate_labelled
 from pipeline.estimators import CompactTfidfVectorizer
 from pipeline.inference import load_model
-from pipeline.tables import TableError
+from pipeline.data.tables import TableError
 from pipeline.text import normalize
-from pipeline.train import UnlabelledData, train
-from pipeline.workflows import load_unlabelled
+from pipeline.training.train import UnlabelledData, train
+from pipeline.jobs.workflows import load_unlabelled
 from tests.batch.builders import labelled_messages
 
 runner = CliRunner()

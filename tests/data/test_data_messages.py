@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.data import assign_splits
+from pipeline.data.labelled import assign_splits
 from pipeline.synth.messages import COLUMNS
 from pipeline.synth.seeds import is_conversation_seed
 from pipeline.synth.stats import near_duplicate_share

@@ -200,7 +200,7 @@ def test_a_refit_model_is_explained_with_its_new_weights(bundle, explainer, text
 
 def test_predict_file_writes_the_explanation_column(corpus_bundle_dir, bundle, tmp_path):
     from pipeline.config import load_config
-    from pipeline.workflows import predict_file
+    from pipeline.jobs.workflows import predict_file
 
     texts = ["开发票", "", f"有货我就拍 电话{PHONE}", "亲 有货的"]
     frame = pd.DataFrame({"text": texts, "role": ["买家", "buyer", "buyer", "客服"], "explanation": ["x", "y", "z", "w"]})
@@ -243,7 +243,7 @@ def test_predict_cli_explain_option(corpus_bundle_dir, tmp_path):
 
 def test_the_report_explains_its_example_mistakes(bundle, tmp_path):
     from pipeline.report import write_report
-    from pipeline.train import headline_metrics
+    from pipeline.training.train import headline_metrics
     from tests.report.test_report import PHONE as REPORT_PHONE
     from tests.report.test_report import THRESHOLDS, make_metrics, make_scored
 

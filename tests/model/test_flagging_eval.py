@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.conversation import ConversationScorer, Turn
-from pipeline.flag_eval import evaluate_flagging, flagging_metrics
+from pipeline.training.flag_eval import evaluate_flagging, flagging_metrics
 from pipeline.inference import Predictor
 from pipeline.config import load_flag_settings
 from pipeline.nudge import NudgePolicy, OrdersIndex

@@ -10,9 +10,9 @@ import skops.io as sio
 
 from pipeline.bundle import MODELS_FILE, ModelIntegrityError, load_bundle, save_bundle
 from pipeline.config import load_config
-from pipeline.data import load_labelled
+from pipeline.data.labelled import load_labelled
 from pipeline.inference import Predictor
-from pipeline.train import train
+from pipeline.training.train import train
 
 PROBES = ["在吗", "有货我就拍", "订单123456789012345678 怎么还没发", "", "能开专票吗 ^_^"]
 

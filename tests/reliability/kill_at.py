@@ -4,7 +4,7 @@ output.
 
     python -m tests.reliability.kill_at NAME N -- flag --chats ...
 
-Renames are where the jobs publish (pipeline.tables.atomic_file, the shard and bundle renames), so
+Renames are where the jobs publish (pipeline.data.tables.atomic_file, the shard and bundle renames), so
 "before rename k" walks every commit point without any hook in the production code. `N` counts renames
 onto NAME from 1. Another process polling for files could not hit these points reliably: the merge of a
 small job takes milliseconds.

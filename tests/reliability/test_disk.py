@@ -13,7 +13,7 @@ import pytest
 from pipeline.jobs.flag import output_set_problems
 from tests.batch.builders import flat_rows, write_csv, write_orders
 
-from .conftest import REPO, env, error_lines, flag_args, visible
+from .conftest import REPO, env, error_lines, visible
 
 SCRIPT = r"""
 set -u

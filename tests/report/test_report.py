@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate import intent_metrics, purchase_metrics
+from pipeline.training.evaluate import intent_metrics, purchase_metrics
 from pipeline.report import EVAL_SET_NOTE, write_report
 from pipeline.text import normalize
-from pipeline.evaluate import headline_metrics
+from pipeline.training.evaluate import headline_metrics
 
 PHONE = "13812345678"
 ORDER = "123456789012345678"

@@ -69,11 +69,11 @@ def serving_workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir(serving_workdir) -> Path:
-    """A real model trained on a small labelled frame (pipeline.train + save_bundle)."""
+    """A real model trained on a small labelled frame (pipeline.training.train + save_bundle)."""
     from pipeline.bundle import save_bundle
     from pipeline.config import load_config
-    from pipeline.data import load_labelled
-    from pipeline.train import train
+    from pipeline.data.labelled import load_labelled
+    from pipeline.training.train import train
     from tests.serving.labelled import labelled_frame
 
     data_path = serving_workdir / "messages.csv"
@@ -207,10 +207,10 @@ def one_worker_config(serving_workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def _server_process(model_dir, serving_workdir, one_worker_config):
-    """Export the test model into a fresh BentoML store with `pipeline.bento_export.export_bento`, then
+    """Export the test model into a fresh BentoML store with `pipeline.tracking.bento.export_bento`, then
     serve it from there (BUYER_INTENT_BENTO_MODEL); both run in the server's process group, so this
     process's BentoML configuration is left alone and the export overlaps the in-process tests."""
-    from pipeline.bento_export import bento_version
+    from pipeline.tracking.bento import bento_version
     from pipeline.bundle import bundle_seal
 
     tag = f"buyer-intent:{bento_version('local', bundle_seal(model_dir))}"
@@ -219,7 +219,7 @@ def _server_process(model_dir, serving_workdir, one_worker_config):
     env["BUYER_INTENT_CONFIG"] = str(one_worker_config)
     export = [
         sys.executable, "-c",
-        "import sys; from pipeline.bento_export import export_bento; print('exported', export_bento(sys.argv[1], None))",
+        "import sys; from pipeline.tracking.bento import export_bento; print('exported', export_bento(sys.argv[1], None))",
         str(model_dir),
     ]
     server = start_server(env, serving_workdir / "server.log", before=export)

@@ -413,7 +413,7 @@ def test_a_tampered_model_is_refused_before_serving(model_dir, tmp_path):
 
 
 def test_bento_model_versions_name_the_registered_version_and_checksum():
-    from pipeline.bento_export import bento_version
+    from pipeline.tracking.bento import bento_version
 
     sha = "2298584e4b4e96119874bceefa3d0eac68b3ce9d919afdbf4f9db9daff5df1e4"
     assert bento_version("7", sha) == "7-2298584e4b4e"

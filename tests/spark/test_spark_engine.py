@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipeline.jobs.flag import run_flag
 from pipeline.jobs.spark import run_flag_spark, run_predict
-from pipeline.workflows import predict_file
+from pipeline.jobs.workflows import predict_file
 from tests.batch.builders import flat_rows, write_csv, write_orders
 
 HEADER = "conversation_id,buyer_id,shop_id,category,role,text,sent_at"

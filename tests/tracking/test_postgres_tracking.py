@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline.tracking_server import LocalPostgres, TrackingServer, find_pg_bin, free_port, mask_uri
+from pipeline.tracking.server import LocalPostgres, TrackingServer, find_pg_bin, free_port, mask_uri
 
 # Laid over configs/default.yaml: a quicker model (what is tested is where it is tracked, not how good it is)
 QUICK_CONFIG = """\

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.evaluate import binary_scores, purchase_metrics
-from pipeline.flag_eval import flagging_metrics
+from pipeline.training.evaluate import binary_scores, purchase_metrics
+from pipeline.training.flag_eval import flagging_metrics
 
 
 def test_a_known_case():

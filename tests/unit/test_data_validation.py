@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.data import DataError, assign_splits, load_labelled
+from pipeline.data.labelled import DataError, assign_splits, load_labelled
 
 
 def test_bad_rows_are_quarantined_with_reasons(tmp_path):
@@ -89,7 +89,7 @@ def test_validation_falls_back_to_random_groups_without_the_writer_column():
 
 
 def test_eval_sets_are_named_after_their_folder_or_explicitly():
-    from pipeline.workflows import eval_set_spec
+    from pipeline.jobs.workflows import eval_set_spec
 
     assert eval_set_spec("../shared/realchat-dev/messages.csv") == ("realchat-dev", "../shared/realchat-dev/messages.csv")
     assert eval_set_spec("dev=/tmp/x/messages.csv") == ("dev", "/tmp/x/messages.csv")
@@ -99,7 +99,7 @@ def test_eval_sets_are_named_after_their_folder_or_explicitly():
 def test_eval_sets_with_a_source_column_are_also_scored_per_source():
     from types import SimpleNamespace
 
-    from pipeline.workflows import per_source_metrics
+    from pipeline.jobs.workflows import per_source_metrics
 
     scored = pd.DataFrame(
         {

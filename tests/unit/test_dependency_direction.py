@@ -56,12 +56,12 @@ def within(names: set[str], forbidden: set[str]) -> list[str]:
 @pytest.mark.parametrize(
     "module, forbidden",
     [
-        ("pipeline.train", {"pipeline.jobs", "pipeline.report", "pipeline.workflows"}),
-        ("pipeline.report", {"pipeline.train", "pipeline.jobs", "pipeline.workflows"}),
-        ("pipeline.flag_eval", {"pipeline.jobs", "pipeline.train"}),
-        ("pipeline.nudge", {"pipeline.jobs", "pipeline.train", "pipeline.model", "pipeline.report", "pipeline.workflows"}),
-        ("pipeline.inference", {"pipeline.train", "pipeline.model", "pipeline.jobs", "pipeline.report", "pipeline.workflows"}),
-        ("serving.service", {"pipeline.train", "pipeline.model", "pipeline.jobs", "pipeline.report", "pipeline.workflows", "pipeline.tune"}),
+        ("pipeline.training.train", {"pipeline.jobs", "pipeline.report"}),
+        ("pipeline.report", {"pipeline.training.train", "pipeline.jobs"}),
+        ("pipeline.training.flag_eval", {"pipeline.jobs", "pipeline.training.train"}),
+        ("pipeline.nudge", {"pipeline.jobs", "pipeline.training", "pipeline.report", "pipeline.tracking"}),
+        ("pipeline.inference", {"pipeline.training", "pipeline.jobs", "pipeline.report", "pipeline.tracking"}),
+        ("serving.service", {"pipeline.training", "pipeline.jobs", "pipeline.report", "pipeline.tracking"}),
     ],
 )
 def test_module_does_not_reach(module, forbidden):

@@ -7,8 +7,8 @@ import io
 import pandas as pd
 from openpyxl import load_workbook
 
-from pipeline.select import QUEUE_COLUMNS, write_queue
-from pipeline.tables import csv_bytes, read_table, write_table_atomic
+from pipeline.jobs.select import QUEUE_COLUMNS, write_queue
+from pipeline.data.tables import csv_bytes, read_table, write_table_atomic
 
 LOOKS_LIKE_A_FORMULA = ['=HYPERLINK("http://x","点我领券")', "=1+1", "+86 138", "-_-", "@店长", "\t=1"]
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.data import DataError, load_training_data
+from pipeline.data.labelled import DataError, load_training_data
 from pipeline.estimators import CalibratedLinearClassifier
 
 

@@ -1,4 +1,4 @@
-"""The labelling queue (`buyer-intent select`, pipeline/select.py): n distinct messages, every guessed
+"""The labelling queue (`buyer-intent select`, pipeline/jobs/select.py): n distinct messages, every guessed
 intent, the uncertain ones first, one per cluster of near-duplicates, buyer rows only, a BOM CSV with
 empty label columns, and no buyer text in the logs."""
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.select import (
+from pipeline.jobs.select import (
     QUEUE_COLUMNS,
     SelectError,
     choose,
@@ -177,8 +177,8 @@ def tiny_model_dir(tmp_path_factory):
     """A real model bundle trained in a few seconds on a tiny table (not the corpus)."""
     from pipeline.bundle import save_bundle
     from pipeline.config import load_config
-    from pipeline.data import LabelledData, validate_labelled
-    from pipeline.train import train
+    from pipeline.data.labelled import LabelledData, validate_labelled
+    from pipeline.training.train import train
 
     rows = [(text + suffix, intent, "1" if intent == "stock" else "0", f"{intent}-{i}-{j}")
             for intent, texts in TINY.items() for i, text in enumerate(texts) for j, suffix in enumerate(("", "呢", "啊"))]

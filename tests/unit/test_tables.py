@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.tables import TableError, detect_encoding, read_table, write_table_atomic
+from pipeline.data.tables import TableError, detect_encoding, read_table, write_table_atomic
 
 ROWS = [("在吗 亲", "greeting"), ("七天无理由退货吗", "return_refund"), ("318204957263", "provide_info")]
 
@@ -102,7 +102,7 @@ def test_gb18030_only_after_the_first_megabyte_is_read(tmp_path):
 def test_yes_no_cells_parse_the_same_one_at_a_time_and_as_a_column():
     import pandas as pd
 
-    from pipeline.tables import parse_yes_no, parse_yes_no_column
+    from pipeline.data.tables import parse_yes_no, parse_yes_no_column
 
     cells = ["1", "0", "是", "否", " TRUE ", "n", "", None, "maybe", "2", True, 1.0]
     parsed, blank = parse_yes_no_column(pd.Series(cells, dtype=object))
@@ -116,7 +116,7 @@ def test_headers_map_through_aliases_and_explicit_pairs_and_ambiguity_is_an_erro
     import pytest
 
     from pipeline.config import load_config
-    from pipeline.tables import ColumnNames, TableError
+    from pipeline.data.tables import ColumnNames, TableError
 
     names = load_config().columns.names()
     assert names.mapping(["会话 ID", "买家昵称", "Text", "备注"]) == {"会话 ID": "conversation_id", "买家昵称": "buyer_id", "Text": "text", "备注": "备注"}
@@ -131,7 +131,7 @@ def test_require_columns_reads_only_the_header(tmp_path):
     import pytest
 
     from pipeline.config import load_config
-    from pipeline.tables import TableError, require_columns
+    from pipeline.data.tables import TableError, require_columns
 
     path = tmp_path / "export.csv"
     path.write_bytes("内容,时间\n在吗,2024/9/2 5:00\n".encode("gb18030"))
@@ -149,7 +149,7 @@ def test_excel_exports_read_like_csv_and_outputs_round_trip(tmp_path):
     from openpyxl import Workbook
 
     from pipeline.config import load_config
-    from pipeline.tables import read_table
+    from pipeline.data.tables import read_table
 
     book = Workbook()
     sheet = book.active
@@ -172,7 +172,7 @@ def test_excel_exports_read_like_csv_and_outputs_round_trip(tmp_path):
 
 
 def test_a_file_that_is_not_excel_is_a_clear_error(tmp_path):
-    from pipeline.tables import TableError, read_table
+    from pipeline.data.tables import TableError, read_table
 
     path = tmp_path / "fake.xlsx"
     path.write_text("text\n在吗\n", encoding="utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import (
+from pipeline.training.evaluate import (
     ThresholdWarning,
     choose_fallback_threshold,
     choose_precision_threshold,

@@ -1,4 +1,4 @@
-"""pipeline.tracking_server without a database: the password is masked wherever a URI is shown, kept off
+"""pipeline.tracking.server without a database: the password is masked wherever a URI is shown, kept off
 `mlflow server`'s command line, the PostgreSQL programs are found where Debian puts them, and psycopg2 is
 named for SQLAlchemy. (The real PostgreSQL and server: tests/tracking.)"""
 
@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from pipeline import tracking_server as ts
+from pipeline.tracking import server as ts
 
 
 @pytest.mark.parametrize(

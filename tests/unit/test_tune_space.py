@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.tune import TuneError, draw_params
+from pipeline.training.tune import TuneError, draw_params
 
 SPACE = {"features.min_df": [1, 2], "features.char_ngram_range": [[1, 3], [2, 4]]}
 CLASSIFIERS = {"logreg": {"intent_model.C": {"log_uniform": [1.0, 100.0]}}, "complement_nb": {"intent_model.alpha": [0.1, 0.5]}}

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.nudge import NUDGE_COLUMNS
-from pipeline.tables import (
+from pipeline.data.tables import (
     BINARY_FORMATS,
     TableError,
     atomic_file,

@@ -22,7 +22,7 @@ from pipeline.jobs.flag.partition import partition_chats
 from pipeline.jobs.flag.shards import ShardTask, run_shards
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.rows import ORDER_COLUMNS
-from pipeline.tables import ColumnNames, TableError, require_columns, table_format
+from pipeline.data.tables import ColumnNames, TableError, require_columns, table_format
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pipeline.jobs.flag.files import OUTPUT_COLUMNS, REJECTED_SCHEMA, reason_kin
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.policy import share_warnings
 from pipeline.nudge.rules import apply_one_per_window
-from pipeline.tables import write_table_atomic
+from pipeline.data.tables import write_table_atomic
 from pipeline.times import format_times
 
 log = logging.getLogger(__name__)

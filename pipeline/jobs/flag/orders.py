@@ -13,7 +13,7 @@ from pipeline.config import FlagSettings
 from pipeline.jobs.flag.files import FlagError, raw_line, readable_copy, rejected_table, write_json_atomic, write_parquet_atomic
 from pipeline.nudge import NudgePolicy, OrdersIndex
 from pipeline.nudge.rows import ORDER_COLUMNS, check_order_rows
-from pipeline.tables import PLAIN_COLUMNS, ColumnNames, TableError, iter_table
+from pipeline.data.tables import PLAIN_COLUMNS, ColumnNames, TableError, iter_table
 from pipeline.text import mask_pii
 from pipeline.times import format_times
 

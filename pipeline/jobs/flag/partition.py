@@ -35,7 +35,7 @@ from pipeline.jobs.flag.files import (
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.policy import ORDERED_UNKNOWN
 from pipeline.nudge.rows import check_turns, is_blank
-from pipeline.tables import PLAIN_COLUMNS, ColumnNames, TableError, iter_table, named_os_error, parse_yes_no_column, table_format
+from pipeline.data.tables import PLAIN_COLUMNS, ColumnNames, TableError, iter_table, named_os_error, parse_yes_no_column, table_format
 from pipeline.text import mask_pii
 
 _BYTES_PER_ROW = {"csv": 90, "jsonl": 140, "xlsx": 40}  # only to choose the number of shards (xlsx is compressed)

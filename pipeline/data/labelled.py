@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.tables import PLAIN_COLUMNS, ColumnNames, Rejected, TableError, parse_yes_no, read_table, rejected_frame, write_table_atomic
+from pipeline.data.tables import PLAIN_COLUMNS, ColumnNames, Rejected, TableError, parse_yes_no, read_table, rejected_frame, write_table_atomic
 from pipeline.text import normalize
 
 REQUIRED_COLUMNS = ("text", "intent")

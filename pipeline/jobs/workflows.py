@@ -13,15 +13,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import tracking
+from pipeline.tracking import runs as tracking
 from pipeline.bundle import ModelBundle, save_bundle, sha256_file
 from pipeline.config import Config, Registry
-from pipeline.data import LABELLED_COLUMNS, DataError, LabelledData, load_labelled, load_labelled_conversations, load_training_data
-from pipeline.evaluate import headline_metrics, intent_metrics, purchase_metrics
+from pipeline.data.labelled import LABELLED_COLUMNS, DataError, LabelledData, load_labelled, load_labelled_conversations, load_training_data
+from pipeline.training.evaluate import headline_metrics, intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
-from pipeline.tables import Rejected, TableError, iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
+from pipeline.data.tables import Rejected, TableError, iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
 from pipeline.text import normalize
-from pipeline.train import ConversationData, TrainResult, UnlabelledData, score_labelled, train
+from pipeline.training.train import ConversationData, TrainResult, UnlabelledData, score_labelled, train
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score")

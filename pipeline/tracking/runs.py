@@ -17,7 +17,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from pipeline.bundle import MODELS_FILE, bundle_seal, save_bundle
 from pipeline.config import Config, config_as_flat_dict, resolve_tracking_uri
-from pipeline.evaluate import flat_metrics
+from pipeline.training.evaluate import flat_metrics
 from pipeline.text import mask_pii
 
 log = logging.getLogger(__name__)

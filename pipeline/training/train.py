@@ -18,20 +18,20 @@ from sklearn.pipeline import Pipeline
 from pipeline.bundle import ModelBundle
 from pipeline.config import Config
 from pipeline.conversation import ConversationScorer, Turn
-from pipeline.data import LabelledData, assign_splits, fingerprint, split_by_settings
-from pipeline.evaluate import (
+from pipeline.data.labelled import LabelledData, assign_splits, fingerprint, split_by_settings
+from pipeline.training.evaluate import (
     choose_fallback_threshold,
     choose_precision_threshold,
     headline_metrics,
     intent_metrics,
     purchase_metrics,
 )
-from pipeline.flag_eval import evaluate_flagging, load_orders_index
+from pipeline.training.flag_eval import evaluate_flagging, load_orders_index
 from pipeline.inference import Predictor
 from pipeline.config import load_flag_settings
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.features import features_from_turns
-from pipeline.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
+from pipeline.training.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
 from pipeline.text import normalize
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import ParameterGrid, ParameterSampler, StratifiedGroupKFold
 
 from pipeline.config import Config, ConfigError
-from pipeline.data import LabelledData, fingerprint, merged_groups, split_by_settings
+from pipeline.data.labelled import LabelledData, fingerprint, merged_groups, split_by_settings
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _fold_score(config_tree: dict[str, Any], texts: list[str], labels: np.ndarra
     """Fit features and the (uncalibrated) linear model on one fold; scores on the held-out part."""
     from sklearn.base import clone
 
-    from pipeline.model import build_intent_pipeline
+    from pipeline.training.model import build_intent_pipeline
 
     config = Config.model_validate(config_tree)
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def cv_folds(frame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def _setup_mlflow(config: Config, experiment: str) -> str:
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     tune_config = config.model_copy(update={"mlflow": config.mlflow.model_copy(update={"experiment": experiment})})
     return tracking.setup(tune_config)

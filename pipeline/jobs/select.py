@@ -244,7 +244,7 @@ def write_queue(queue: pd.DataFrame, path: str | Path) -> Path:
     """CSV in UTF-8 with a BOM (Excel opens it with the Chinese intact) or .xlsx, written atomically by
     the same writer as every other output (buyer text that looks like a formula stays text). The queue
     is sorted by guessed intent, least sure first, which is how it is fastest to label."""
-    from pipeline.tables import write_table_atomic
+    from pipeline.data.tables import write_table_atomic
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -269,8 +269,8 @@ def select_file(
     Rejected input rows go to `<out>.rejected.csv` with their reason, as with `predict`."""
     from pipeline.config import Registry
     from pipeline.inference import Predictor, load_model
-    from pipeline.tables import iter_table, rejected_frame, require_columns, write_table_atomic
-    from pipeline.workflows import buyer_rows
+    from pipeline.data.tables import iter_table, rejected_frame, require_columns, write_table_atomic
+    from pipeline.jobs.workflows import buyer_rows
 
     if n < 1:
         raise SelectError(f"n must be at least 1, got {n}")

@@ -1,6 +1,6 @@
 """A shared MLflow tracking server: `mlflow server` on a PostgreSQL backend store with an artifact root.
 
-    make tracking-server                      # or: .venv/bin/python -m pipeline.tracking_server
+    make tracking-server                      # or: .venv/bin/python -m pipeline.tracking.server
 
 The backend store is `TRACKING_DB_URI` (postgresql://user:password@host:port/database) when it is set;
 otherwise a local PostgreSQL is brought up in `TRACKING_PG_DIR` (`initdb` once, then `pg_ctl start` on a
@@ -384,7 +384,7 @@ class TrackingServer:
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.tracking_server",
+        prog="python -m pipeline.tracking.server",
         description="Start mlflow server on a PostgreSQL backend store (TRACKING_DB_URI, else a local PostgreSQL "
         "in --pg-dir) with proxied artifacts. The database URI is read from TRACKING_DB_URI only, never from the "
         "command line.",

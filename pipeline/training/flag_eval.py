@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.conversation import ConversationScorer
-from pipeline.evaluate import binary_scores
+from pipeline.training.evaluate import binary_scores
 from pipeline.nudge import ConversationInput, NudgePolicy, OrdersIndex, decide
 from pipeline.nudge.policy import REASON_DUPLICATE, REASON_SKIPPED
 from pipeline.nudge.rows import ORDER_COLUMNS, check_order_rows
-from pipeline.tables import PLAIN_COLUMNS, ColumnNames, read_table
+from pipeline.data.tables import PLAIN_COLUMNS, ColumnNames, read_table
 
 
 def load_orders_index(orders: str | Path, policy: NudgePolicy, names: ColumnNames = PLAIN_COLUMNS) -> tuple[OrdersIndex, dict[str, Any]]:
