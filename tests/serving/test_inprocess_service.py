@@ -436,7 +436,7 @@ def test_a_slow_body_gets_408_and_never_holds_a_slot(service_module):
 
     async def app(scope, receive, send):
         calls.append(await receive())
-        await service_module._json_error(200, "ok")(scope, receive, send)
+        await service_module.json_error(200, "ok")(scope, receive, send)
 
     guard = service_module.RequestGuard(app, max_body_bytes=1 << 20, max_in_flight=1, body_timeout_s=0.2)
     scope = {"type": "http", "path": "/classify", "method": "POST", "headers": [(b"content-type", b"application/json")]}
