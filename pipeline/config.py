@@ -164,7 +164,7 @@ class FlagSettings(_Strict):
     evidence_max_chars: int = Field(ge=10)
     share_alert: ShareAlertSettings
     roles: dict[str, list[str]]
-    # Batch resources (pipeline/flag.py).
+    # Batch resources (pipeline/jobs/flag/).
     chunk_rows: int = Field(ge=1)
     shard_rows: int = Field(ge=1)
     predict_batch: int = Field(ge=1)

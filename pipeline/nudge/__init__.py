@@ -1,7 +1,7 @@
 """Lost-shopper decisions (催拍): lost or not, nudge choice and text, policy, priority.
 
-The batch job (`buyer-intent flag`, pipeline/flag.py) and the service (`/score_conversation`, `/flag`)
-both decide through this module, so one conversation gets the same decision wherever it is judged.
+The batch job (`buyer-intent flag`, pipeline/jobs/flag/) and the service (`/score_conversation`, `/flag`)
+both decide through this package, so one conversation gets the same decision wherever it is judged.
 
 API for callers (everything else here is the shared machinery behind it):
 
