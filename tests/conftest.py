@@ -88,6 +88,7 @@ SLOW_FIXTURES = frozenset(
         "messages",
         "conversations",
         "orders",
+        "first_run",  # tests/cli: a training run through the CLI
     }
 )
 SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "reliability", "tracking", "spark")

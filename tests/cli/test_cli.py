@@ -180,6 +180,7 @@ def test_train_merges_a_labelled_queue_with_its_own_figures(first_run, env, work
     assert len(rejected) == 2 and rejected["reason"].str.contains("no intent label|not a label").all()
 
 
+@pytest.mark.slow  # a training run in a subprocess (~20 s)
 def test_a_training_run_prints_each_line_once_and_no_library_warnings(tmp_path, small_messages_csv):
     """What a person reads in the terminal: jieba's dictionary lines used to appear twice (its own
     handler and the root logger's), MLflow warned about missing type hints and integer columns on every

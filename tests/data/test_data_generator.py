@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.synth.cli import build, data_app
@@ -93,6 +94,7 @@ def _read(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow  # builds the corpus three times (~9 s)
 def test_build_is_deterministic(tmp_path: Path, small_config) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     build(load_corpus_config(small_config(first)), card=True, log=lambda _line: None)

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 
+@pytest.mark.slow  # a pytest run on two xdist workers in a subprocess (~9 s)
 def test_each_xdist_group_runs_on_one_worker(tmp_path):
     tests = tmp_path / "tests"
     for folder in ("serving", "spark", "unit"):
