@@ -144,12 +144,43 @@ def parse_column_map(text: str | None) -> dict[str, str]:
     return mapping
 
 
+# What a file named .csv or .jsonl turns out to be when it is not text (a compressed export, a renamed
+# workbook): named in the error instead of a csv traceback or a "missing columns" list of garbage bytes.
+_BINARY_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data: decompress it first"),
+    (b"PK\x03\x04", "a zip archive (an .xlsx workbook or a zipped export): name a workbook .xlsx, unzip an archive"),
+    (b"BZh", "bzip2-compressed data: decompress it first"),
+    (b"\xfd7zXZ\x00", "xz-compressed data: decompress it first"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive: extract it first"),
+    (b"PAR1", "a Parquet file: name it .parquet"),
+    (b"%PDF", "a PDF document"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel (.xls) or other OLE file: save it as .xlsx or CSV"),
+)
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _refuse_binary(path: Path, head: bytes) -> None:
+    """A text table (CSV, JSONL) must start as UTF-8 or GB18030 text: refuse UTF-16, known binary formats
+    and any NUL byte in the first 4 KB, with a one-line reason."""
+    if head.startswith(_UTF16_BOMS):
+        raise TableError(f"{path}: UTF-16 text is not read: save it as CSV in UTF-8 (Excel: CSV UTF-8) or GB18030")
+    for magic, what in _BINARY_MAGIC:
+        if head.startswith(magic):
+            raise TableError(f"{path}: not a text table: {what}")
+    if b"\x00" in head[:4096]:
+        raise TableError(f"{path}: not a text table: binary data (a NUL byte in its first 4 KB)")
+
+
 def read_header(path: str | Path) -> list[str]:
     """A table's column names without reading its rows (JSONL: the keys of the first object)."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: file not found")
     fmt = table_format(path)
+    if fmt not in BINARY_FORMATS:
+        with open(path, "rb") as handle:
+            _refuse_binary(path, handle.read(4096))
     if fmt == "parquet":
         try:
             return list(pq.ParquetFile(path).schema_arrow.names)
@@ -167,7 +198,10 @@ def read_header(path: str | Path) -> list[str]:
         first = next((line for line in handle if line.strip()), b"")
     text = _decode_line(first[len(codecs.BOM_UTF8):] if first.startswith(codecs.BOM_UTF8) else first)
     if fmt == "csv":
-        return [name.strip() for name in next(csv.reader([text]), [])]
+        try:
+            return [name.strip() for name in next(csv.reader([text]), [])]
+        except csv.Error as exc:  # e.g. a lone carriage return inside the header line
+            raise TableError(f"{path}: the header line is not CSV ({exc})") from exc
     try:
         record = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
@@ -207,6 +241,7 @@ def detect_encoding(path: str | Path) -> str:
     """utf-8 (a BOM is skipped) when the start of the file decodes as UTF-8, else GB18030 (a superset of GBK)."""
     with open(path, "rb") as handle:
         head = handle.read(_SNIFF_BYTES)
+    _refuse_binary(Path(path), head)
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8"
     # A multi-byte character may be cut at the end of the sample: only judge complete lines.

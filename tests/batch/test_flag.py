@@ -448,6 +448,44 @@ def test_unknown_headers_fail_before_the_model_is_loaded_and_columns_maps_them(t
     assert summary["rows"]["rejected"] == 0 and summary["flagged"] >= 1
 
 
+@pytest.mark.parametrize(
+    "which, content, reason",
+    [
+        ("orders", "gzip", "gzip-compressed data"),
+        ("chats", "gzip", "gzip-compressed data"),
+        ("chats", "noise", "binary data"),
+        ("orders", "utf16", "UTF-16 text is not read"),
+    ],
+)
+def test_a_file_that_is_not_a_text_table_is_one_clear_line(tmp_path, inputs, which, content, reason):
+    """main: a gzipped orders export named .csv ended in a `_csv.Error` traceback (exit 1), random bytes
+    in a "missing columns" message that echoed them. Now one line, exit 2, before any model is resolved."""
+    import gzip
+    import random
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    paths = dict(zip(("chats", "orders"), inputs, strict=True))
+    plain = paths[which].read_bytes()
+    data = {
+        "gzip": gzip.compress(plain),
+        "noise": bytes(random.Random(3).randrange(256) for _ in range(3000)) + b"\x00",
+        "utf16": plain.decode("utf-8-sig").encode("utf-16"),
+    }[content]
+    paths[which] = tmp_path / f"{which}.csv"
+    paths[which].write_bytes(data)
+    result = CliRunner().invoke(
+        app, ["flag", "--chats", str(paths["chats"]), "--orders", str(paths["orders"]), "--out", str(tmp_path / "o.csv"),
+              "--model", str(tmp_path / "no-model")]
+    )
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{which}.csv" in lines[0] and reason in lines[0], result.output
+    assert "Traceback" not in result.output and "no-model" not in result.output
+
+
 def test_a_duplicated_conversation_record_is_quarantined_not_merged(tmp_path, inputs, flag_bundle_dir, flag_config):
     """main merged repeated conversation records silently (their turns doubled); the repeat is now a
     rejected row naming the first record, and the nudge list is the one of the file without repeats."""
