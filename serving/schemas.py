@@ -61,7 +61,9 @@ def nudge_policy() -> NudgePolicy:
 
 _REQUEST_CONFIG = ConfigDict(strict=True, extra="forbid", hide_input_in_errors=True)
 
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+# `pattern` (searched, as JSON Schema does) publishes in /docs.json what stripping then `min_length` enforces:
+# an identifier of white space only is refused, so a client validating against the schema is not surprised.
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"\S")]
 
 
 # --------------------------------------------------------------------------------------------- common

@@ -47,3 +47,30 @@ def test_request_models_carry_the_configured_limits(tmp_path, monkeypatch):
     finally:
         for cached in (schemas.serving_config, schemas.nudge_policy, schemas.request_models):
             cached.cache_clear()
+
+
+def test_the_published_schema_refuses_what_the_validator_refuses():
+    """main published `conversation_id` as any string of length >= 1, then answered 400 to "   " (the value is
+    stripped before the length check): the schema now says so, with a pattern JSON Schema searches for."""
+    import re
+
+    import pydantic
+
+    from serving import schemas
+
+    models = schemas.request_models()
+    schema = models.FlagRequest.model_json_schema()
+    conversation = schema["$defs"]["FlagConversation"]["properties"]
+    for field in ("conversation_id", "buyer_id", "shop_id"):
+        pattern = conversation[field]["pattern"]
+        for value in ("   ", "\t\u3000 ", "c-1", " c 1 "):
+            published = re.search(pattern, value) is not None
+            request = {"conversations": [{"conversation_id": "c", "buyer_id": "b", "shop_id": "s",
+                                          "messages": [{"role": "buyer", "text": "在吗", "sent_at": "2026-01-01T10:00:00+08:00"}],
+                                          field: value}]}
+            try:
+                models.FlagRequest.model_validate(request)
+                accepted = True
+            except pydantic.ValidationError:
+                accepted = False
+            assert accepted == published, (field, value)
