@@ -14,7 +14,10 @@ class BuyerIntentModel(PythonModel):
         from pipeline.bundle import load_bundle
         from pipeline.inference import Predictor
 
-        self.predictor = Predictor(load_bundle(context.artifacts["bundle"]))
+        # models logged before the seal was recorded here have no model_config: their bundle is still checked
+        # against its own manifest
+        seal = (context.model_config or {}).get("bundle_seal")
+        self.predictor = Predictor(load_bundle(context.artifacts["bundle"], seal))
 
     # pd.DataFrame: a type hint MLflow accepts without inferring a schema from it (the logged signature is
     # the contract); without any hint MLflow warns on every log and load.

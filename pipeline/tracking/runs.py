@@ -107,6 +107,9 @@ def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_t
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"bundle": str(bundle_dir)},
+            # the seal travels in MLmodel too, so mlflow.pyfunc.load_model refuses an edited manifest (threshold,
+            # labels) as the project's own loader does with the registry tag
+            model_config={"bundle_seal": seal},
             signature=ModelSignature(inputs=infer_signature(example).inputs, outputs=output_schema(output)),
             input_example=example,
             pip_requirements=_pip_requirements(),

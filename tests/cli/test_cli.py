@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
@@ -65,6 +67,24 @@ def test_no_promote_keeps_the_champion(first_run, env, small_messages_csv):
     client = mlflow.MlflowClient(env)
     assert str(client.get_model_version_by_alias("buyer-intent", "champion").version) == "1"
     assert len(client.search_model_versions("name='buyer-intent'")) == 2
+
+
+def test_the_registered_pyfunc_refuses_an_edited_threshold(first_run, env, tmp_path):
+    """main: `mlflow.pyfunc.load_model` loaded the bundle without its seal, so an edited threshold in the
+    stored manifest was served. The seal now travels in the model's config and the load refuses it."""
+    import json
+
+    from pipeline.bundle import ModelIntegrityError
+
+    local = Path(mlflow.artifacts.download_artifacts("models:/buyer-intent/1", dst_path=str(tmp_path)))
+    before = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"text": ["好的谢谢"]}))
+    assert list(before["purchase_intent"]) == [0]
+    manifest_path = next(local.rglob("manifest.json"))
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["thresholds"]["purchase"] = 0.0  # every message would count as wanting to buy
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ModelIntegrityError, match="seal"):
+        mlflow.pyfunc.load_model(str(local))
 
 
 @pytest.mark.parametrize("model", [None, "models:/buyer-intent@champion", "1", "model"])
