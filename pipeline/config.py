@@ -220,6 +220,12 @@ class ServingSettings(_Strict):
         return int(self.max_body_mb * 1024 * 1024)
 
 
+class SelectSettings(_Strict):
+    """The labelling queue (`buyer-intent select`)."""
+
+    mask_pii: bool  # phones, order numbers, addresses, names, links in the queue's text masked (labellers see no buyer data)
+
+
 class TuneSettings(_Strict):
     """The `tune:` section: the search of `buyer-intent tune` (pipeline/training/tune.py explains the space)."""
 
@@ -273,6 +279,7 @@ class Config(_Strict):
     flag: FlagSettings
     serving: ServingSettings
     tune: TuneSettings
+    select: SelectSettings
     columns: ColumnSettings
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.text import TOKEN_CHARS, normalize
+from pipeline.text import TOKEN_CHARS, mask_pii, normalize
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,8 @@ def select_file(
         raise SelectError(f"{input_path}: no buyer messages to choose from")
     predictor = Predictor(load_model(model, Registry.from_config(config)))
     queue = select_messages(predictor, texts, n, strategy=strategy, similarity=similarity, rows=rows)
+    if config.select.mask_pii:  # chosen on the raw text; labelled masked (`normalize` reads both the same)
+        queue = queue.assign(text=[mask_pii(text) for text in queue["text"]])
     write_queue(queue, out_path)
     if rejected:
         write_table_atomic(rejected_frame(rejected, input_path), f"{out_path}.rejected.csv")
@@ -311,6 +313,7 @@ def select_file(
         "rows_not_buyer": not_buyer,
         "rows_rejected": len(rejected),
         "queued": int(len(queue)),
+        "masked": bool(config.select.mask_pii),
         "guessed_intents": int(queue["guess_intent"].nunique()),
         "out": str(out_path),
     }

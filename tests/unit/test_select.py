@@ -225,6 +225,25 @@ def test_select_file_queues_buyer_rows_only(tiny_model_dir, tmp_path, caplog):
     assert not any(text in logged for _, _, text in rows)  # buyer (and agent) text is never logged
 
 
+def test_the_queue_is_masked_unless_the_config_says_otherwise(tiny_model_dir, tmp_path):
+    """Labellers may be outside the shop: by default (select.mask_pii) they see no phone, order number or
+    address; `--config` with select.mask_pii false keeps the buyer's text as written."""
+    from pipeline.config import load_config
+
+    chats = tmp_path / "chats.csv"
+    phone, order = "13812345678", "318204957263118"
+    rows = [("c1", "买家", f"电话{phone} 发货了吗"), ("c2", "买家", f"订单{order}怎么还没到"), ("c3", "买家", "有货吗")]
+    pd.DataFrame(rows, columns=["会话ID", "发送方", "消息内容"]).to_csv(chats, index=False, encoding="utf-8-sig")
+    masked_out, raw_out = tmp_path / "masked.csv", tmp_path / "raw.csv"
+    summary = select_file(chats, masked_out, 3, str(tiny_model_dir), load_config())
+    masked = masked_out.read_text(encoding="utf-8-sig")
+    assert summary["masked"] and phone not in masked and order not in masked
+    assert "[电话x]" in masked and "[订单x]" in masked and "有货吗" in masked
+    summary = select_file(chats, raw_out, 3, str(tiny_model_dir), load_config(overrides={"select.mask_pii": False}))
+    raw = raw_out.read_text(encoding="utf-8-sig")
+    assert not summary["masked"] and phone in raw and order in raw
+
+
 def test_select_command(tiny_model_dir, tmp_path):
     from pipeline.cli import app
 
