@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.times import parse_clock, parse_timezone
+from pipeline.times import date_ms, parse_clock, parse_timezone
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -152,6 +152,7 @@ class FlagSettings(_Strict):
     attribution_start: Literal["first_message", "last_message"]
     quiet_hours: tuple[str, str] | None
     timezone: str
+    time_range: tuple[str, str]
     send_delay_hours: float | None = Field(ge=0)
     min_score: float | None = Field(ge=0, le=1)
     skip_intents: list[str]
@@ -184,6 +185,13 @@ class FlagSettings(_Strict):
     @classmethod
     def _zone(cls, value):
         parse_timezone(value)
+        return value
+
+    @field_validator("time_range")
+    @classmethod
+    def _range(cls, value):
+        if date_ms(value[0]) >= date_ms(value[1]):
+            raise ValueError(f"the first date must come before the second, got {list(value)}")
         return value
 
     @field_validator("roles")

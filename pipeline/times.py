@@ -46,10 +46,21 @@ _DATE_FORM = (
     r"\s*(?P<z>[zZ]|[+-]\d{2}:?\d{2})?$"
 )
 _EPOCH_FORM = r"^\d{10}(?:\d{3})?$"
-# The one date rule of every path (batch, service, training): outside this range a time is not a time
-# (9999-12-31 overflowed the window arithmetic; 0001-01-01 wrote a year-1 send time).
-EARLIEST_MS = int(pd.Timestamp("2000-01-01", tz="UTC").value // 1_000_000)
-LATEST_MS = int(pd.Timestamp("2100-01-01", tz="UTC").value // 1_000_000)
+# The one date rule of every path (batch, service, training): outside [earliest, latest) a time is not a
+# time (9999-12-31 overflowed the window arithmetic; 0001-01-01 wrote a year-1 send time). The range is
+# the config's `flag.time_range` (NudgePolicy carries it); these are the bounds a range may take.
+RANGE_LIMITS = ("1970-01-01", "2200-01-01")
+
+
+def date_ms(text: str) -> int:
+    """'2000-01-01' (a date, UTC) -> epoch ms; ValueError outside RANGE_LIMITS or not a date."""
+    try:
+        stamp = pd.Timestamp(str(text), tz="UTC")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"expected a date such as 2000-01-01, got {text!r}") from exc
+    if not pd.Timestamp(RANGE_LIMITS[0], tz="UTC") <= stamp <= pd.Timestamp(RANGE_LIMITS[1], tz="UTC"):
+        raise ValueError(f"{text!r} is outside {RANGE_LIMITS[0]}..{RANGE_LIMITS[1]}")
+    return int(stamp.value // 1_000_000)
 
 
 def _canonical_times(text: pd.Series) -> pd.Series:
@@ -66,9 +77,10 @@ def _canonical_times(text: pd.Series) -> pd.Series:
     return iso.fillna(epoch_ms).fillna("")
 
 
-def parse_times(values: Sequence[Any] | pd.Series, tz: dt.tzinfo) -> np.ndarray:
+def parse_times(values: Sequence[Any] | pd.Series, tz: dt.tzinfo, time_range: tuple[int, int]) -> np.ndarray:
     """Export times -> int64 epoch ms; values without an offset are read in `tz`. Unparseable values and
-    times outside [2000-01-01, 2100-01-01) -> MISSING_TIME (the caller rejects the row with a reason).
+    times outside [earliest, latest) of `time_range` (epoch ms, `NudgePolicy.time_range`) -> MISSING_TIME
+    (the caller rejects the row with a reason).
     Accepted forms: see `_DATE_FORM` and `_EPOCH_FORM`, and datetime columns of Parquet/Excel."""
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
     series = series.reset_index(drop=True)
@@ -94,10 +106,11 @@ def parse_times(values: Sequence[Any] | pd.Series, tz: dt.tzinfo) -> np.ndarray:
             result[positions[aware]] = parsed.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64)
         if naive.any():
             parsed = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
-            parsed = parsed.where((parsed.dt.year >= 1999) & (parsed.dt.year <= 2100))  # before localising: no overflow
+            years = [pd.Timestamp(ms, unit="ms").year for ms in time_range]
+            parsed = parsed.where((parsed.dt.year >= years[0] - 1) & (parsed.dt.year <= years[1]))  # before localising: no overflow
             local = parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
             result[positions[naive]] = local.dt.tz_convert(None).dt.as_unit("ms").to_numpy().view(np.int64)
-    result[(result < EARLIEST_MS) | (result >= LATEST_MS)] = MISSING_TIME
+    result[(result < time_range[0]) | (result >= time_range[1])] = MISSING_TIME
     return result
 
 

@@ -78,7 +78,7 @@ def nudge_rows(decisions: Sequence[Decision], policy: NudgePolicy) -> list[Nudge
     """The flagged decisions as nudge-list rows, in the order of the `buyer-intent flag` output:
     priority, purchase score (high first), send time, shop, conversation id."""
     flagged = [d for d in decisions if d.nudge]
-    send_ms = parse_times([d.send_after for d in flagged], policy.tz).tolist()
+    send_ms = parse_times([d.send_after for d in flagged], policy.tz, policy.time_range).tolist()
     order = sorted(
         range(len(flagged)),
         key=lambda i: (flagged[i].priority, -flagged[i].purchase_score, send_ms[i], flagged[i].shop_id, flagged[i].conversation_id),

@@ -7,7 +7,7 @@ API for callers (everything else here is the shared machinery behind it):
 
     policy = NudgePolicy.from_config(config.flag)                 # or .from_config(config.flag, window_hours=48)
     scorer = ConversationScorer(Predictor(load_model(ref)))
-    orders = OrdersIndex.from_arrays(buyer_ids, shop_ids, parse_times(paid_at, policy.tz))   # optional
+    orders = OrdersIndex.from_arrays(buyer_ids, shop_ids, parse_times(paid_at, policy.tz, policy.time_range))   # optional
     decisions = decide([ConversationInput(conversation_id, buyer_id, shop_id, turns, category, ordered)],
                        scorer, policy, orders_index=orders)       # -> list[Decision], same order
 

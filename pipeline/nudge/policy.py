@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ROLES, FlagSettings, ShareAlertSettings, load_flag_settings
-from pipeline.times import MS_PER_HOUR, parse_clock, parse_timezone
+from pipeline.times import MS_PER_HOUR, date_ms, parse_clock, parse_timezone
 
 if TYPE_CHECKING:
     from pipeline.conversation import ConversationScorer
@@ -44,6 +44,7 @@ def share_warnings(flagged: int, lost: int, alert: ShareAlertSettings) -> list[s
 class NudgePolicy:
     """Everything a decision depends on besides the model and the orders."""
 
+    time_range: tuple[int, int]  # epoch ms [earliest, latest): the one date rule (config flag.time_range)
     window_hours: float = 72.0
     attribution_start: str = "first_message"
     quiet_start_ms: int | None = 22 * MS_PER_HOUR
@@ -73,6 +74,7 @@ class NudgePolicy:
         if quiet_start is not None and quiet_start == quiet_end:
             quiet_start = quiet_end = None
         return cls(
+            time_range=(date_ms(settings.time_range[0]), date_ms(settings.time_range[1])),
             window_hours=settings.window_hours,
             attribution_start=settings.attribution_start,
             quiet_start_ms=quiet_start,

@@ -62,7 +62,7 @@ def check_turns(
         reject(time_blank, "missing sent_at")
     canonical = normalize_roles(role_values, policy) if n else np.zeros(0, dtype=object)
     reject(canonical == "", lambda i: f"unknown role {role_values[i]!r}")
-    times = parse_times(sent_at, policy.tz) if n else np.zeros(0, dtype=np.int64)
+    times = parse_times(sent_at, policy.tz, policy.time_range) if n else np.zeros(0, dtype=np.int64)
     shown = sent_at.to_numpy(object) if isinstance(sent_at, pd.Series) else list(sent_at)
     reject(~time_blank & (times == MISSING_TIME), lambda i: f"{UNREADABLE_TIME} {str(shown[i])!r}")
     damaged = text_values.fillna("").astype(str).str.contains("\ufffd", regex=False).to_numpy(dtype=bool)
@@ -133,7 +133,7 @@ def check_order_rows(frame: pd.DataFrame, policy: NudgePolicy) -> CheckedOrders:
     paid_source = frame["paid_at"] if pd.api.types.is_datetime64_any_dtype(frame["paid_at"].dtype) else values["paid_at"].map(
         lambda v: v if v is None or isinstance(v, str) else str(v)
     )
-    paid = parse_times(paid_source, policy.tz)
+    paid = parse_times(paid_source, policy.tz, policy.time_range)
     reasons = np.full(len(frame), None, dtype=object)
     for name in ORDER_COLUMNS:
         reasons[is_blank(values[name]) & (reasons == None)] = f"missing {name}"  # noqa: E711

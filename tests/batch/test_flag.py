@@ -266,7 +266,7 @@ def test_service_decide_matches_the_batch_job(tmp_path, inputs, flag_bundle_dir,
     batch = _flagged(out)
     policy = NudgePolicy.from_config(config.flag)
     index = OrdersIndex.from_arrays([o[1] for o in orders_fixture()], [o[2] for o in orders_fixture()],
-                                    parse_times([o[3] for o in orders_fixture()], policy.tz))
+                                    parse_times([o[3] for o in orders_fixture()], policy.tz, policy.time_range))
     conversations = [
         ConversationInput(cid, buyer, shop, [Turn(r, t, s) for r, t, s in reversed(turns)], category)  # order by time
         for cid, buyer, shop, category, turns in chat_fixture()

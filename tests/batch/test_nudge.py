@@ -18,6 +18,7 @@ from pipeline.nudge.policy import (
     REASON_ORDER_UNKNOWN,
     REASON_SKIPPED,
 )
+from pipeline.nudge.rows import check_turns
 from pipeline.nudge.rules import apply_one_per_window, choose_nudges, lost_status, next_allowed_time, priorities
 from pipeline.times import MISSING_TIME, format_times, parse_times
 
@@ -32,14 +33,14 @@ def policy() -> NudgePolicy:
 
 
 def ms(text: str, policy: NudgePolicy) -> int:
-    return int(parse_times([text], policy.tz)[0])
+    return int(parse_times([text], policy.tz, policy.time_range)[0])
 
 
 # --- lost or not ------------------------------------------------------------------------------------
 
 
 def _lost(policy, orders, buyer="b", shop="s", first="2024-05-01T10:00:00+08:00", last="2024-05-01T10:30:00+08:00"):
-    index = OrdersIndex.from_arrays([o[0] for o in orders], [o[1] for o in orders], parse_times([o[2] for o in orders], policy.tz))
+    index = OrdersIndex.from_arrays([o[0] for o in orders], [o[1] for o in orders], parse_times([o[2] for o in orders], policy.tz, policy.time_range))
     status = lost_status(
         np.array([buyer], dtype=object), np.array([shop], dtype=object), np.array([ms(first, policy)]),
         np.array([ms(last, policy)]), np.array([-1], dtype=np.int8), policy, index,
@@ -111,7 +112,7 @@ def test_ordered_flag_without_orders(policy):
 def test_parse_times_reads_offsets_and_local_times(policy):
     values = ["2024-05-01T10:00:00+08:00", "2024-05-01 10:00:00", "2024/05/01 10:00", "2024-05-01T02:00:00Z",
               "2024-05-01T10:00:00+0800", "garbage", None, ""]
-    got = parse_times(values, policy.tz)
+    got = parse_times(values, policy.tz, policy.time_range)
     assert len(set(got[:5].tolist())) == 1
     assert got[5:].tolist() == [MISSING_TIME] * 3
 
@@ -251,7 +252,7 @@ def test_decide_flags_like_the_rules_say(flag_scorer, policy):
 
 def test_decide_threshold_and_orders_index(flag_scorer, policy):
     t = "2024-05-01T10:00:00+08:00"
-    orders = OrdersIndex.from_arrays(["b2"], ["s1"], parse_times(["2024-05-02T10:00:00+08:00"], policy.tz))
+    orders = OrdersIndex.from_arrays(["b2"], ["s1"], parse_times(["2024-05-02T10:00:00+08:00"], policy.tz, policy.time_range))
     conversations = [
         ConversationInput("chat", "b1", "s1", [Turn("buyer", "在吗", t), Turn("buyer", "哈哈", t)]),
         ConversationInput("paid", "b2", "s1", [Turn("buyer", "我要了", t)], ordered=False),  # the index wins
@@ -302,14 +303,27 @@ def test_training_and_serving_see_the_same_conversation_features(flag_scorer, po
 def test_one_date_rule_for_every_value_whatever_its_neighbours():
     """Out-of-range years, now/today and words are not times; Chinese and slash forms and epoch values are;
     a value is read the same alone or among others (main's reading depended on the chunk)."""
-    import datetime as dt
-
-    tz = dt.timezone(dt.timedelta(hours=8))
-    expected = parse_times(["2024-09-02T05:00:00+08:00"], tz)[0]
+    policy = NudgePolicy.from_config(None)
+    tz, window = policy.tz, policy.time_range
+    expected = parse_times(["2024-09-02T05:00:00+08:00"], tz, window)[0]
     for form in ("2024-09-02 05:00", "2024/9/2 5:00", "2024年9月2日 05:00", "2024.9.2 05:00:00", "1725224400", "1725224400000"):
-        assert parse_times([form], tz)[0] == expected, form
+        assert parse_times([form], tz, window)[0] == expected, form
     for bad in ("9999-12-31", "0001-01-01 10:00", "now", "today", "下午三点", "2024-13-01", ""):
-        assert parse_times([bad], tz)[0] == MISSING_TIME, bad
+        assert parse_times([bad], tz, window)[0] == MISSING_TIME, bad
     mixed = ["2024/9/2 5:00", "9999-12-31T00:00:00+08:00", "now", "2024-09-02T05:00:00+08:00", "1725224400"]
-    together = parse_times(mixed, tz)
-    assert together.tolist() == [parse_times([v], tz)[0] for v in mixed]
+    together = parse_times(mixed, tz, window)
+    assert together.tolist() == [parse_times([v], tz, window)[0] for v in mixed]
+
+
+def test_the_date_range_is_the_configs():
+    """flag.time_range bounds every path: a shop replaying an old archive widens it; a typo is a config error."""
+    narrow = NudgePolicy.from_config({"time_range": ["2024-01-01", "2025-01-01"]})
+    wide = NudgePolicy.from_config({"time_range": ["1990-01-01", "2100-01-01"]})
+    values = ["2023-12-31T23:00:00+08:00", "2024-06-01 10:00", "1995-03-01 10:00", "2025-01-01T08:00:00+08:00"]
+    assert (parse_times(values, narrow.tz, narrow.time_range) == MISSING_TIME).tolist() == [True, False, True, True]
+    assert (parse_times(values, wide.tz, wide.time_range) == MISSING_TIME).tolist() == [False, False, False, False]
+    checked = check_turns(["buyer"] * 2, ["在吗"] * 2, ["1995-03-01 10:00", "2024-06-01 10:00"], narrow, time_required=True)
+    assert checked.reasons[0].startswith("unparseable sent_at") and checked.reasons[1] is None
+    for bad in (["2025-01-01", "2024-01-01"], ["0001-01-01", "2100-01-01"], ["yesterday", "2100-01-01"]):
+        with pytest.raises(FlagSettingsError, match="time_range"):
+            NudgePolicy.from_config({"time_range": bad})

@@ -67,7 +67,7 @@ def test_paid_skipped_and_lost_shoppers_are_told_apart(corpus_bundle_dir):
         ]
     )
     frame["expressed_purchase_intent"] = [1, 1, 1, 0]
-    orders = OrdersIndex.from_arrays(["b2"], ["s1"], parse_times(["2026-11-02T12:00:00+08:00"], policy.tz))
+    orders = OrdersIndex.from_arrays(["b2"], ["s1"], parse_times(["2026-11-02T12:00:00+08:00"], policy.tz, policy.time_range))
     metrics, table = evaluate_flagging(frame, scorer, policy, orders)
     by_id = table.set_index("conversation_id")
     assert by_id.loc["lost", "flagged"] and by_id.loc["lost", "truth"]
