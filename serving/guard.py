@@ -129,7 +129,10 @@ class RequestGuard:
         if path == "/docs.json" and scope["method"] in ("GET", "HEAD") and self.openapi is not None:
             return await self._openapi_document(scope, receive, send)
         if path not in self.api_routes or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
+            # an unknown route or a wrong method answers in the API's error shape, not Starlette's plain text
+            if scope["method"] == "HEAD":  # no body to reshape
+                return await self.app(scope, receive, send)
+            return await self.app(scope, receive, _ErrorReshaper(send, f"{scope['method']} {path[:200]}"))
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -162,6 +165,12 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:  # a GBK body, say: named as such, not as a JSON syntax error
+            log.info("refused request %s: body is not UTF-8 (byte %d)", path, exc.start)
+            detail = [{"type": "json_invalid", "loc": [], "msg": f"not UTF-8 at byte {exc.start}"}]
+            return await json_error(400, "request body must be UTF-8 JSON", detail=detail)(scope, receive, send)
         problem = body_problem(body, self.max_json_containers)
         if problem:  # never parsed by the request models: no recursion, no error per item
             log.info("refused request %s: body: %s", path, problem)
@@ -216,13 +225,19 @@ def _closing(send):
     return closing_send
 
 
+_PLAIN_ERRORS = {404: "not found", 405: "method not allowed"}
+
+
 class _ErrorReshaper:
-    """Rewrites 4xx JSON bodies into `{"error": ..., "detail": [...]}` and gives 429/503 a `Retry-After`;
+    """Rewrites 4xx JSON bodies into `{"error": ..., "detail": [...]}`, and the plain-text 404 and 405 of the
+    routes outside the API into the same shape (naming `request`); gives 429/503 a `Retry-After`;
     everything else passes."""
 
-    def __init__(self, send):
+    def __init__(self, send, request: str = ""):
         self.send = send
+        self.request = request
         self.start: dict | None = None
+        self.plain: int | None = None  # status of a plain-text error being replaced
         self.chunks: list[bytes] = []
 
     async def __call__(self, message):
@@ -235,14 +250,22 @@ class _ErrorReshaper:
             if 400 <= status < 500 and content_type.startswith(b"application/json"):
                 self.start = message
                 return
+            if status in _PLAIN_ERRORS:
+                self.start, self.plain = message, status
+                return
             return await self.send(message)
         if self.start is None or message["type"] != "http.response.body":
             return await self.send(message)
         self.chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        body = _reshape_error(b"".join(self.chunks))
-        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
+        if self.plain is not None:
+            body = json.dumps({"error": f"{_PLAIN_ERRORS[self.plain]}: {self.request}", "detail": []}, ensure_ascii=False).encode("utf-8")
+            headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+            headers.append((b"content-type", b"application/json"))
+        else:
+            body = _reshape_error(b"".join(self.chunks))
+            headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await self.send({**self.start, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})

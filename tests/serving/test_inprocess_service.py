@@ -41,6 +41,40 @@ def test_probes_and_docs(app_client):
     assert lost.get("nullable") is True and "anyOf" not in lost
 
 
+def test_the_openapi_document_names_the_project_and_its_examples_are_answered(app_client):
+    """Swagger shows the project's title, version and description, and a Chinese example per route that
+    the service answers (a browser-free check of the examples)."""
+    import importlib.metadata
+
+    spec = app_client.get("/docs.json").json()
+    assert spec["info"]["title"] == "buyer-intent" and spec["info"]["version"] == importlib.metadata.version("buyer-intent")
+    assert "催拍" in spec["info"]["description"]
+    for route in ("/classify", "/score_conversation", "/flag"):
+        example = spec["paths"][route]["post"]["requestBody"]["content"]["application/json"]["example"]
+        assert re.search(r"[\u4e00-\u9fff]", json.dumps(example, ensure_ascii=False)), route
+        response = post(app_client, route, example)
+        assert response.status_code == 200, (route, response.text)
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(app_client):
+    """main answered 404 and 405 in plain text; they now have the API's JSON error shape."""
+    missing = app_client.get("/no-such-route")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/json")
+    assert missing.json() == {"error": "not found: GET /no-such-route", "detail": []}
+    wrong_method = app_client.get("/classify")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method not allowed: GET /classify"
+    assert app_client.head("/no-such-route").status_code == 404
+    assert app_client.get("/livez").status_code == 200 and app_client.get("/metrics").status_code == 200
+
+
+def test_a_body_that_is_not_utf8_is_named_as_such(app_client):
+    """A GBK-encoded request used to get a JSON syntax error about a code point; it is told what is wrong."""
+    body = json.dumps({"messages": ["在吗 有货吗"]}, ensure_ascii=False).encode("gbk")
+    response = post(app_client, "/classify", body=body)
+    assert response.status_code == 400 and response.json()["error"] == "request body must be UTF-8 JSON"
+    assert post(app_client, "/classify", body=body.decode("gbk").encode("utf-8")).status_code == 200
+
+
 def test_metrics_include_batching(app_client):
     post(app_client, "/classify", {"messages": ["在吗"]})
     text = app_client.get("/metrics").text
