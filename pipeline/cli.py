@@ -208,16 +208,23 @@ def evaluate(
     typer.echo(f"metrics: {out / 'metrics.json'}; report: {out / 'report.html'}")
 
 
-def _parse_window(window: str) -> float:
+def _parse_window(window: str, what: str = "window") -> float:
+    """'72h', '3d', '30m' or a number of hours -> hours."""
     text = window.strip().lower()
     try:
         if text.endswith("h"):
-            return float(text[:-1])
-        if text.endswith("d"):
-            return float(text[:-1]) * 24
-        return float(text)
+            hours = float(text[:-1])
+        elif text.endswith("d"):
+            hours = float(text[:-1]) * 24
+        elif text.endswith("m"):
+            hours = float(text[:-1]) / 60
+        else:
+            hours = float(text)
     except ValueError as exc:
-        raise typer.BadParameter(f"window must look like 72h or 3d, got {window!r}") from exc
+        raise typer.BadParameter(f"{what} must look like 72h, 3d or 30m, got {window!r}") from exc
+    if not hours >= 0:  # also refuses nan
+        raise typer.BadParameter(f"{what} must not be negative, got {window!r}")
+    return hours
 
 
 @app.command()
@@ -227,6 +234,11 @@ def flag(
     orders: Annotated[Optional[Path], typer.Option("--orders", help="orders table: order_id, buyer_id, shop_id, paid_at")] = None,
     model: ModelOption = None,
     window: Annotated[Optional[str], typer.Option("--window", help="attribution window, e.g. 72h")] = None,
+    send_delay: Annotated[
+        Optional[str],
+        typer.Option("--send-delay", help="send each nudge this long after the last message, e.g. 2h (催拍 within hours; "
+                     "flag.send_delay_hours); default: when the window closes. Always moved out of quiet hours"),
+    ] = None,
     config: ConfigOption = None,
     columns: ColumnsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the whole summary as JSON (it is always written to <out>.summary.json)")] = False,
@@ -242,14 +254,16 @@ def flag(
 
     _setup_logging()
     _check_engine(engine)
+    delay = _parse_window(send_delay, "--send-delay") if send_delay else None
+    run_config = _config(config, {"columns.map": columns, "flag.send_delay_hours": delay})
     try:
         if engine == "spark":
             from pipeline.jobs.spark import parse_conf, run_flag_spark
 
             summary = run_flag_spark(chats, out, orders, model, _parse_window(window) if window else None,
-                                     _config(config, {"columns.map": columns}), master=master, conf=parse_conf(conf))
+                                     run_config, master=master, conf=parse_conf(conf))
         else:
-            summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, _config(config, {"columns.map": columns}))
+            summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, run_config)
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     if as_json:

@@ -251,6 +251,30 @@ def test_cli_end_to_end(tmp_path, inputs, flag_bundle_dir):
     assert json.loads(as_json.stdout)["flagged"] == 6
 
 
+def test_send_delay_nudges_within_hours_outside_quiet_hours(tmp_path, inputs, flag_bundle_dir):
+    """催拍 within hours: `--send-delay 2h` schedules a nudge two hours after the last message instead of when
+    the 72 h window closes, still never inside the quiet hours (22:00-08:00)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    chats, orders = inputs
+    sent = {}
+    for delay in (None, "2h"):
+        out = tmp_path / f"nudges-{delay}.csv"
+        args = ["flag", "--chats", str(chats), "--orders", str(orders), "--out", str(out), "--model", str(flag_bundle_dir)]
+        result = CliRunner().invoke(app, args + (["--send-delay", delay] if delay else []))
+        assert result.exit_code == 0, result.output
+        sent[delay] = {cid: row["send_after"] for cid, row in _flagged(out).items()}
+    assert sent[None]["c1"] == "2024-05-04T10:02:00+08:00"  # last message 10:02 + 72 h
+    assert sent["2h"]["c1"] == "2024-05-01T12:02:00+08:00"  # + 2 h
+    assert sent["2h"]["c5"] == "2024-05-02T08:00:00+08:00"  # 22:31 + 2 h is quiet: 08:00 the next morning
+    assert set(sent["2h"]) == set(sent[None])  # when to send, not whom
+    bad = CliRunner().invoke(app, ["flag", "--chats", str(chats), "--orders", str(orders), "--out", str(tmp_path / "x.csv"),
+                                   "--model", str(flag_bundle_dir), "--send-delay", "soon"])
+    assert bad.exit_code == 2 and "--send-delay" in bad.output
+
+
 def test_service_decide_matches_the_batch_job(tmp_path, inputs, flag_bundle_dir, flag_config, flag_scorer):
     """The service imports pipeline.nudge.decide: it must flag exactly what the batch job flags."""
     from pipeline.conversation import Turn
