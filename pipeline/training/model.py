@@ -39,25 +39,15 @@ def make_tokenizer(config: Config):
 
 def make_features(settings: FeatureSettings, tokenizer) -> FeatureUnion:
     """jieba (or English) word n-grams next to character n-grams, TF-IDF weighted."""
-    words = CompactTfidfVectorizer(
-        tokenizer=tokenizer,
-        token_pattern=None,
+    shared = dict(
         lowercase=False,
-        ngram_range=tuple(settings.word_ngram_range),
         min_df=settings.min_df,
         max_features=settings.max_features,
         sublinear_tf=settings.sublinear_tf,
         dtype=np.float32,
     )
-    chars = CompactTfidfVectorizer(
-        analyzer=settings.char_analyzer,
-        lowercase=False,
-        ngram_range=tuple(settings.char_ngram_range),
-        min_df=settings.min_df,
-        max_features=settings.max_features,
-        sublinear_tf=settings.sublinear_tf,
-        dtype=np.float32,
-    )
+    words = CompactTfidfVectorizer(tokenizer=tokenizer, token_pattern=None, ngram_range=tuple(settings.word_ngram_range), **shared)
+    chars = CompactTfidfVectorizer(analyzer=settings.char_analyzer, ngram_range=tuple(settings.char_ngram_range), **shared)
     return FeatureUnion([("words", words), ("chars", chars)])
 
 
