@@ -374,8 +374,8 @@ def _iter_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
+            try:  # without its newline, as Spark's text reader hands a line over: a cut-short line is an
+                record = json.loads(line.rstrip("\n"))  # "Unterminated string", not an "Invalid control character"
             except json.JSONDecodeError as exc:
                 rejected.append(Rejected(line_no, f"not valid JSON: {exc.msg}", line.rstrip("\n")))
                 continue

@@ -208,7 +208,7 @@ def read_spark_table(spark, path: Path, names: ColumnNames, lower: bool = False)
             for _, line in zip(range(1000), handle):
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply (quarantined below)
                     continue
                 if isinstance(record, dict):
                     if "messages" in record:
@@ -240,6 +240,8 @@ def _parse_jsonl(batches: Iterator[pd.DataFrame], keys: list[str], columns: list
                         bad, record = "a line must be a JSON object", {}
                 except json.JSONDecodeError as exc:
                     bad = f"not valid JSON: {exc.msg}"
+                except RecursionError:  # as the local reader: the line is rejected, not the job
+                    bad, line = "not valid JSON: nested too deeply", line[:1000]
             for key, column in zip(keys, columns, strict=True):
                 value = record.get(key)
                 out[column].append(None if value is None else value if isinstance(value, str) else str(value))
