@@ -360,6 +360,14 @@ def test_a_bad_first_jsonl_line_does_not_decide_the_format(tmp_path, inputs, fla
     summary = _run(broken, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config())
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert summary["rows"]["rejected"] == expected["rows"]["rejected"] + 1 and summary["rows"]["balanced"]
+    # nor does a first conversation record without its messages (the file was then read as flat messages
+    # and the run failed on missing columns)
+    headless = tmp_path / "headless.jsonl"
+    headless.write_text('{"conversation_id": "c0", "buyer_id": "b0", "shop_id": "s1"}\n' + good.read_text(encoding="utf-8"), encoding="utf-8")
+    summary = _run(headless, tmp_path / "c.csv", orders, flag_bundle_dir, flag_config())
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "c.csv").read_bytes()
+    rejected = pd.read_csv(tmp_path / "c.csv.rejected.csv", dtype=str, encoding="utf-8-sig")
+    assert "messages must be a non-empty list" in set(rejected["reason"]) and summary["rows"]["balanced"]
 
 
 def test_a_header_only_orders_file_is_a_warning(tmp_path, inputs, flag_bundle_dir, flag_config):

@@ -115,8 +115,10 @@ def readable_copy(path: Path, work: Path, source: str) -> tuple[Path, list[dict]
 
 
 def jsonl_is_conversations(path: Path, look_at: int = 1000) -> bool:
-    """Conversation records (with `messages`) or one message per line, from the first lines that parse:
-    a malformed first line is quarantined later, it does not decide the format of the file."""
+    """Conversation records (with `messages`) or one message per line, from the first objects that parse:
+    a malformed first line, or a first record without its `messages`, is quarantined later; neither
+    decides the format of the file. A file is conversations when an object with `messages` comes before
+    one with a message's `text`."""
     encoding = detect_encoding(path)
     with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors="replace") as handle:
         for _, line in zip(range(look_at), handle):
@@ -125,6 +127,6 @@ def jsonl_is_conversations(path: Path, look_at: int = 1000) -> bool:
                     record = json.loads(line)
                 except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
                     continue
-                if isinstance(record, dict):
+                if isinstance(record, dict) and ("messages" in record or "text" in record):
                     return "messages" in record
     return False
