@@ -229,7 +229,7 @@ def _parse_window(window: str, what: str = "window") -> float:
 
 @app.command()
 def flag(
-    chats: Annotated[Path, typer.Option("--chats", help="flat message export or conversation JSONL")],
+    chats: Annotated[Path, typer.Option("--chats", help="flat message export, or conversation JSONL (--engine local only)")],
     out: Annotated[Path, typer.Option("--out", help="nudge list; format by extension")],
     orders: Annotated[Optional[Path], typer.Option("--orders", help="orders table: order_id, buyer_id, shop_id, paid_at")] = None,
     model: ModelOption = None,
