@@ -27,6 +27,8 @@ from typing import Any
 
 import skops.io as sio
 
+from pipeline.estimators import LEGACY_SEGMENTER, JiebaTokenizer
+
 MANIFEST = "manifest.json"
 MODELS_FILE = "models.skops"
 USER_DICT_FILE = "userdict.txt"
@@ -115,6 +117,9 @@ def save_bundle(bundle: ModelBundle, directory: str | Path, user_dict_text: str 
             files.append(USER_DICT_FILE)
         manifest = dict(bundle.manifest)
         manifest["format_version"] = FORMAT_VERSION
+        segmenters = model_segmenters(models.values())
+        if segmenters:  # the tokenizers' own record (their state), shown where people read the model
+            manifest["segmenter"] = ", ".join(segmenters)
         manifest["sha256"] = {name: sha256_file(staging / name) for name in files}
         (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True), encoding="utf-8")
         if directory.exists() and exchange_paths(staging, directory):
@@ -132,6 +137,16 @@ def save_bundle(bundle: ModelBundle, directory: str | Path, user_dict_text: str 
         raise
     bundle.manifest = manifest
     return directory
+
+
+def model_segmenters(models) -> list[str]:
+    """The segmenters (`name==version`) the word tokenizers of these fitted models were fitted with."""
+    found = set()
+    for model in models:
+        if hasattr(model, "get_params"):
+            found.update(getattr(value, "segmenter", LEGACY_SEGMENTER) for value in model.get_params(deep=True).values()
+                         if isinstance(value, JiebaTokenizer))
+    return sorted(found)
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from importlib import resources
+from importlib.metadata import PackageNotFoundError, version as package_version
 
 import numpy as np
 from scipy import sparse
@@ -28,9 +29,50 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from pipeline.text import MAX_CHARS, normalize
 
-_JIEBA_CACHE: dict[str, object] = {}
+_JIEBA_CACHE: dict[tuple[str, str], object] = {}
 _JIEBA_LOCK = threading.Lock()
 _EN_TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+log = logging.getLogger(__name__)
+
+# jieba 0.42's own patterns, here so that a segmenter other than jieba splits text exactly as jieba.cut does
+# (`tests/unit/test_tokenize.py` holds them equal to jieba's): word runs (`jieba.re_han_default`), the
+# whitespace between them (`jieba.re_skip_default`), and how its HMM step cuts non-Han text
+# (`jieba.finalseg.re_skip`).
+WORD_RUNS = re.compile("([\u4E00-\u9FD5a-zA-Z0-9+#&\\._%\\-]+)", re.U)
+SKIPS = re.compile("(\r\n|\\s)", re.U)
+HMM_NON_HAN = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")
+_HAN = re.compile("[\u4E00-\u9FD5]")
+_ONLY_HAN = re.compile("[\u4E00-\u9FD5]+")
+
+DEFAULT_SEGMENTER = "rjieba"  # what a new tokenizer cuts with
+LEGACY_SEGMENTER = "jieba"  # what a tokenizer saved before the segmenter was recorded was fitted with
+SEGMENTERS = ("jieba", "rjieba")
+
+
+class SegmenterUnavailable(RuntimeError):
+    """The segmenter a model was fitted with is not installed (or not one we know): another one would cut
+    words differently, so the model is refused rather than fed other tokens."""
+
+
+def installed_segmenter(name: str) -> str:
+    """`name==version` of the installed segmenter `name`; `SegmenterUnavailable` when it is not installed."""
+    if name not in SEGMENTERS:
+        raise SegmenterUnavailable(f"unknown segmenter {name!r} (known: {', '.join(SEGMENTERS)})")
+    try:
+        return f"{name}=={package_version(name)}"
+    except PackageNotFoundError:
+        raise SegmenterUnavailable(
+            f"this model's tokenizer was fitted with the segmenter {name}, which is not installed here; install it "
+            f"(`pip install {name}`, or the version in the model's manifest): another segmenter cuts words differently"
+        ) from None
+
+
+def check_segmenter(recorded: str) -> None:
+    """Refuse a segmenter that is not installed; warn when another version of it is (its cuts may differ)."""
+    name, _, version = recorded.partition("==")
+    installed = installed_segmenter(name)
+    if version and installed != recorded:
+        log.warning("the model's tokenizer was fitted with %s, %s is installed: its word cuts may differ", recorded, installed)
 
 
 def packaged_user_words() -> tuple[str, ...]:
@@ -51,53 +93,116 @@ def parse_user_dict(text: str) -> tuple[str, ...]:
 BLOCK_CACHE_SIZE = 1 << 17  # memoised jieba runs per dictionary (~20 MB when full)
 
 
+def _user_entries(user_words: tuple[str, ...]):
+    """(word, frequency or None) of each user dictionary entry (`word [freq] [tag]`; the tag is not used)."""
+    for entry in user_words:
+        parts = entry.split()
+        yield parts[0], int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
 def _cut_block(tokenizer, block: str) -> tuple[str, ...]:
     return tuple(tokenizer.lcut(block, HMM=True))
+
+
+def _cut_block_rjieba(segmenter, block: str) -> tuple[str, ...]:
+    """rjieba's cut of one word run, with its non-Han text cut as jieba's HMM step cuts it.
+
+    jieba-rs keeps ASCII joined by `_` or `-` whole (`t_t`, `i-size`) where jieba's HMM step splits each
+    stretch of non-Han characters it is given on `finalseg.re_skip` (`t / _ / t`). So each stretch of rjieba
+    tokens without a Han character that are not dictionary words (`c++`, `c#` are, and both keep them) is
+    joined and split that way. A run of Han characters only is rjieba's cut as it is."""
+    tokens = segmenter.cut(block, True)
+    if _ONLY_HAN.fullmatch(block):
+        return tuple(tokens)
+    out: list[str] = []
+    pending: list[str] = []
+    for token in tokens:
+        if _HAN.search(token) or (len(token) > 1 and segmenter.has_word(token)):
+            if pending:
+                out.extend(piece for piece in HMM_NON_HAN.split("".join(pending)) if piece)
+                pending = []
+            out.append(token)
+        else:
+            pending.append(token)
+    if pending:
+        out.extend(piece for piece in HMM_NON_HAN.split("".join(pending)) if piece)
+    return tuple(out)
+
+
+def _build_segmenter(name: str, user_words: tuple[str, ...]):
+    """(the segmenter with the user words, its memoised word-run cutter)."""
+    if name == "rjieba":
+        import rjieba
+
+        segmenter = rjieba.Jieba()
+        for word, freq in _user_entries(user_words):
+            segmenter.add_word(word, freq, None)
+        cut = functools.partial(_cut_block_rjieba, segmenter)
+    else:
+        import jieba
+
+        # jieba logs its dictionary loading at DEBUG through its own stderr handler *and* the
+        # root logger's, so every CLI run printed each line twice: only its warnings are kept.
+        jieba.setLogLevel(logging.WARNING)
+        segmenter = jieba.Tokenizer()
+        segmenter.initialize()
+        for word, freq in _user_entries(user_words):
+            segmenter.add_word(word, freq=freq)
+        cut = functools.partial(_cut_block, segmenter)
+    return segmenter, functools.lru_cache(maxsize=BLOCK_CACHE_SIZE)(cut)
 
 
 class JiebaTokenizer:
     """jieba word segmentation with a user dictionary that travels inside the model.
 
     The dictionary is state of the tokenizer (so of the fitted model), not of the process: two models
-    with different dictionaries can be served side by side.
+    with different dictionaries can be served side by side. So is the segmenter that cuts the word runs
+    (`segmenter`, `name==version`): rjieba (jieba-rs, 10x faster than jieba on unseen text, the same tokens
+    but on rare near-ties of the route, benchmarks/RESULTS.md "Segmenters") for new models; a tokenizer
+    saved before it was recorded means jieba, and keeps cutting with jieba. Loading a model whose segmenter
+    is not installed raises `SegmenterUnavailable`.
     """
 
-    def __init__(self, user_words: tuple[str, ...] = ()):
+    def __init__(self, user_words: tuple[str, ...] = (), segmenter: str | None = None):
         self.user_words = tuple(user_words)
+        self.segmenter = segmenter if segmenter is not None else installed_segmenter(DEFAULT_SEGMENTER)
+        check_segmenter(self.segmenter)
+
+    @property
+    def segmenter_name(self) -> str:
+        return self.segmenter.partition("==")[0]
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling and skops loading: no `segmenter` recorded means jieba; a segmenter that is not
+        installed is refused here, when the model is loaded, rather than at its first message."""
+        state = dict(state)
+        state.setdefault("segmenter", LEGACY_SEGMENTER)
+        check_segmenter(state["segmenter"])
+        self.__dict__.update(state)
 
     def _segmenter(self):
-        """(jieba tokenizer with the user words, its memoised run cutter, jieba's word-run and whitespace
-        patterns), built once per dictionary."""
-        key = hashlib.sha256("\n".join(self.user_words).encode("utf-8")).hexdigest()
-        segmenter = _JIEBA_CACHE.get(key)
-        if segmenter is None:
+        """(the segmenter with the user words, its memoised run cutter, jieba's word-run and whitespace
+        patterns), built once per segmenter and dictionary."""
+        key = (self.segmenter_name, hashlib.sha256("\n".join(self.user_words).encode("utf-8")).hexdigest())
+        built = _JIEBA_CACHE.get(key)
+        if built is None:
             with _JIEBA_LOCK:
-                segmenter = _JIEBA_CACHE.get(key)
-                if segmenter is None:
-                    import jieba
-
-                    # jieba logs its dictionary loading at DEBUG through its own stderr handler *and* the
-                    # root logger's, so every CLI run printed each line twice: only its warnings are kept.
-                    jieba.setLogLevel(logging.WARNING)
-                    tokenizer = jieba.Tokenizer()
-                    tokenizer.initialize()
-                    for entry in self.user_words:
-                        parts = entry.split()
-                        freq = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-                        tokenizer.add_word(parts[0], freq=freq)
-                    cut_block = functools.lru_cache(maxsize=BLOCK_CACHE_SIZE)(functools.partial(_cut_block, tokenizer))
-                    segmenter = _JIEBA_CACHE[key] = (tokenizer, cut_block, jieba.re_han_default, jieba.re_skip_default)
-        return segmenter
+                built = _JIEBA_CACHE.get(key)
+                if built is None:
+                    segmenter, cut_block = _build_segmenter(self.segmenter_name, self.user_words)
+                    built = _JIEBA_CACHE[key] = (segmenter, cut_block, WORD_RUNS, SKIPS)
+        return built
 
     def warm_up(self) -> None:
         self("预热一下分词器")
 
     def __call__(self, text: str) -> list[str]:
-        """`jieba.Tokenizer.lcut(text, HMM=True)` without whitespace tokens, token for token.
+        """`jieba.Tokenizer.lcut(text, HMM=True)` without whitespace tokens, token for token (with rjieba:
+        but for the near-ties documented in benchmarks/RESULTS.md).
 
-        jieba cuts each run of word characters on its own (`jieba.re_han_default`); chat messages repeat
-        the same runs endlessly (在吗, 包邮吗, 有货吗), so cut runs are memoised: 2.5-3x faster on the
-        corpus and the flagging benchmark (`tests/unit/test_tokenize.py` checks the tokens are jieba's)."""
+        jieba cuts each run of word characters on its own (`WORD_RUNS`); chat messages repeat the same
+        runs endlessly (在吗, 包邮吗, 有货吗), so cut runs are memoised: 2.5-3x faster on the corpus and the
+        flagging benchmark (`tests/unit/test_tokenize.py` checks the tokens are jieba's)."""
         _, cut_block, word_runs, skips = self._segmenter()
         tokens: list[str] = []
         for block in word_runs.split(text):
@@ -114,10 +219,10 @@ class JiebaTokenizer:
         return [token for token in tokens if not token.isspace()]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, JiebaTokenizer) and other.user_words == self.user_words
+        return isinstance(other, JiebaTokenizer) and (other.user_words, other.segmenter) == (self.user_words, self.segmenter)
 
     def __hash__(self) -> int:
-        return hash(self.user_words)
+        return hash((self.user_words, self.segmenter))
 
 
 class EnglishTokenizer:
