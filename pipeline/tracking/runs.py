@@ -22,7 +22,7 @@ from pipeline.text import mask_pii
 
 log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-_RUNTIME_PACKAGES = ("scikit-learn", "scipy", "numpy", "pandas", "jieba", "skops", "pyarrow", "mlflow")
+_RUNTIME_PACKAGES = ("scikit-learn", "scipy", "numpy", "pandas", "jieba", "rjieba", "skops", "pyarrow", "mlflow")
 
 
 def setup(config: Config) -> str:
