@@ -397,8 +397,13 @@ class CompiledModel:
 
 def _fitted_parts(pipeline) -> list:
     """Every fitted object a compiled pipeline was built from, read afresh from the pipeline: a refit or a
-    replaced step shows as a different object (a recalibration does not: calibration is read per call)."""
-    normalizer, step, classifier = model_steps(pipeline)
+    replaced step shows as a different object (a recalibration does not: calibration is read per call).
+    Run at every call, so the steps are read from `pipeline.steps` (no `named_steps`, which builds a Bunch
+    each time); the names were checked when compiling, and a pipeline of another length never matches."""
+    steps = [step for _, step in pipeline.steps]
+    if len(steps) != len(MODEL_STEPS):
+        return [pipeline, *steps]
+    normalizer, step, classifier = steps
     parts = [pipeline, normalizer, step, classifier, getattr(step, "transformer_weights", None)]
     for transformer in [t for _, t in step.transformer_list] if isinstance(step, FeatureUnion) else [step]:
         tfidf = getattr(transformer, "_tfidf", None)

@@ -170,6 +170,28 @@ def test_predictor_outputs_are_those_of_the_scikit_learn_path(bundle, corpus_tex
         pd.testing.assert_frame_equal(fast.predict([text], top_k=3), reference.predict([text], top_k=3))
 
 
+@pytest.mark.parametrize("name", ["corpus", "dev"])
+def test_one_message_outputs_are_the_batch_outputs(request, bundle, name):
+    """`Predictor.predict_arrays` of one message (its own path, `_predict_one`) against the same message's
+    row of the batch path and of the scikit-learn path: every column, value and dtype (the top-k too)."""
+    texts = request.getfixturevalue(f"{name}_texts")
+    texts = (texts[::5] if name == "corpus" else texts) + EDGE_TEXTS
+    fast, reference = Predictor(bundle), Predictor(bundle, compiled=False)
+    batch, sklearn_batch = fast.predict_arrays(texts, top_k=3), reference.predict_arrays(texts, top_k=3)
+    for column in ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score"):
+        np.testing.assert_array_equal(batch[column], sklearn_batch[column])
+    assert batch["top"] == sklearn_batch["top"]
+    for row, text in enumerate(texts):
+        for predictor in (fast, reference):
+            one = predictor.predict_arrays([text], top_k=3)
+            assert set(one) == set(batch)
+            for column in ("intent", "intent_confidence", "fallback", "purchase_intent", "purchase_score"):
+                assert one[column].dtype == batch[column].dtype and one[column].shape == (1,), column
+                assert one[column][0] == batch[column][row], (column, text)
+            assert one["top"] == [batch["top"][row]]
+    assert fast.predict_arrays([texts[0]]).keys() == fast.predict_arrays(texts[:2]).keys()  # no `top` without top_k
+
+
 def test_a_recalibration_after_compiling_is_honoured(bundle, corpus_texts):
     """train.py builds its Predictor before recalibrating on validation: the calibration is read live."""
     changed = copy.deepcopy(bundle)

@@ -13,11 +13,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-import pipeline.estimators as estimators
 from pipeline.bundle import MANIFEST, ModelBundle, load_bundle, save_bundle
 from pipeline.estimators import (CalibratedLinearClassifier, CompactTfidfVectorizer, JiebaTokenizer, SegmenterUnavailable,
                                  TextNormalizer, installed_segmenter, packaged_user_words)
 from tests.conftest import MESSAGES
+from tests.unit.test_tokenize import hide_rjieba
 
 
 def _fitted(tokenizer: JiebaTokenizer, rows: int = 800) -> tuple[Pipeline, list[str]]:
@@ -63,13 +63,6 @@ def test_a_bundle_written_before_the_record_loads_and_cuts_with_jieba(tmp_path):
 def test_a_bundle_whose_segmenter_is_not_installed_is_refused_at_load(tmp_path, monkeypatch):
     model, _ = _fitted(JiebaTokenizer(packaged_user_words()))
     directory = save_bundle(ModelBundle(model, None, None, {"name": "t"}), tmp_path / "bundle")
-    real = estimators.package_version
-
-    def without_rjieba(name):
-        if name == "rjieba":
-            raise estimators.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(estimators, "package_version", without_rjieba)
+    hide_rjieba(monkeypatch)
     with pytest.raises(SegmenterUnavailable, match="rjieba, which is not installed"):
         load_bundle(directory)

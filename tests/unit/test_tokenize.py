@@ -126,10 +126,10 @@ def test_a_tokenizer_saved_without_a_segmenter_record_cuts_with_jieba():
     assert [legacy(t) for t in texts] == [reference(t) for t in texts]
 
 
-def test_a_segmenter_that_is_not_installed_is_refused_at_load(monkeypatch):
+def hide_rjieba(monkeypatch) -> None:
+    """From here on, rjieba's distribution is not found, as on a machine where it is not installed."""
     import pipeline.estimators as estimators
 
-    saved = pickle.dumps(JiebaTokenizer(("运费险",)))
     real = estimators.package_version
 
     def without_rjieba(name):
@@ -138,6 +138,11 @@ def test_a_segmenter_that_is_not_installed_is_refused_at_load(monkeypatch):
         return real(name)
 
     monkeypatch.setattr(estimators, "package_version", without_rjieba)
+
+
+def test_a_segmenter_that_is_not_installed_is_refused_at_load(monkeypatch):
+    saved = pickle.dumps(JiebaTokenizer(("运费险",)))
+    hide_rjieba(monkeypatch)
     with pytest.raises(SegmenterUnavailable, match="fitted with the segmenter rjieba, which is not installed"):
         pickle.loads(saved)
     with pytest.raises(SegmenterUnavailable, match="unknown segmenter"):
