@@ -11,14 +11,15 @@ machine hits every system alike; the best round of each is kept, as in `benchmar
   on normalised text), each with `compiled=False` (the fitted scikit-learn pipelines) and the default
   compiled path;
 - fastText (`fasttext-numpy2`, the dev dependency `benchmarks/quality.py` uses): a supervised model
-  trained here on the bundled corpus (`data/messages.csv`) with the same normalisation and the same jieba
-  tokenizer as ours, then `predict(text, k=1)` on normalised, tokenised text: normalisation and jieba are
-  inside its timing, as they are inside ours; it predicts the intent only (ours: intent distribution,
-  fallback, purchase score);
-- the floor shared by all: normalisation + jieba alone.
+  trained here on the bundled corpus (`data/messages.csv`) with the same normalisation and the project
+  tokenizer cutting with jieba 0.42, then `predict(text, k=1)` on normalised, tokenised text: normalisation
+  and segmentation are inside its timing, as they are inside ours; it predicts the intent only (ours:
+  intent distribution, fallback, purchase score). Timed twice: fed by jieba (issue #12's reference) and
+  fed by the model's own segmenter (rjieba for models fitted since #12), so the comparison is like for like;
+- the floors: normalisation + each segmenter alone.
 
-The jieba memo (`JiebaTokenizer` caches cut runs) is emptied before every timed pass, so each pass pays
-for segmentation as a stream of distinct texts does (`--warm` keeps it). Texts: the real chats in
+The segmenters' memos (`JiebaTokenizer` caches cut runs) are emptied before every timed pass, so each pass
+pays for segmentation as a stream of distinct texts does (`--warm` keeps them). Texts: the real chats in
 ../shared (realchat-dev and realchat-pool, read in place) when present, else corpus messages. Also printed:
 the largest difference between the two paths' probabilities on these texts, and the resident memory the
 compiled path adds to the loaded model.
@@ -51,6 +52,10 @@ REAL_CHATS = (SHARED / "realchat-dev" / "messages.csv", SHARED / "realchat-pool"
 CORPUS = REPO / "data" / "messages.csv"
 SECTION_START = "<!-- inference-speed:start -->"
 SECTION_END = "<!-- inference-speed:end -->"
+FASTTEXT_JIEBA = "fastText fed by jieba (intent only)"
+FASTTEXT_OURS = "fastText fed by our segmenter (intent only)"
+FLOOR_JIEBA = "normalisation + jieba alone"
+FLOOR_OURS = "normalisation + our segmenter alone"
 FASTTEXT_PARAMS = {"epoch": 25, "lr": 0.5, "wordNgrams": 2, "minn": 1, "maxn": 3, "dim": 100, "bucket": 200000,
                    "loss": "softmax", "minCount": 1, "thread": 1, "seed": 13}
 
@@ -79,13 +84,8 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def jieba_memo_clearer(bundle) -> Callable[[], None]:
-    """Empties the memo of cut runs of the bundle's jieba tokenizer (shared by every user of its dictionary)."""
-    from pipeline.estimators import JiebaTokenizer
-
-    step = bundle.intent.steps[1][1]
-    vectorizers = [t for _, t in getattr(step, "transformer_list", [("", step)])]
-    tokenizers = [v.tokenizer for v in vectorizers if isinstance(getattr(v, "tokenizer", None), JiebaTokenizer)]
+def jieba_memo_clearer(tokenizers) -> Callable[[], None]:
+    """Empties the memos of cut runs of these tokenizers (each shared by every user of its segmenter and dictionary)."""
     caches = [tokenizer._segmenter()[1] for tokenizer in tokenizers]
     return lambda: [cache.cache_clear() for cache in caches]
 
@@ -133,7 +133,7 @@ def rates(function: Callable[[list[str]], object], texts: list[str], single: int
 
 def run(model_dir: Path, texts: list[str], rounds: int, single: int, warm: bool) -> dict:
     from pipeline.bundle import load_bundle
-    from pipeline.estimators import JiebaTokenizer
+    from pipeline.estimators import JiebaTokenizer, installed_segmenter
     from pipeline.inference import Predictor
     from pipeline.text import normalize
 
@@ -153,9 +153,14 @@ def run(model_dir: Path, texts: list[str], rounds: int, single: int, warm: bool)
     step = bundle.intent.steps[1][1]
     words = next(t for _, t in getattr(step, "transformer_list", [("", step)]) if isinstance(getattr(t, "tokenizer", None), JiebaTokenizer))
     tokenizer = words.tokenizer
+    # the issue's reference: the same tokenizer (user words, memo, whitespace) cutting with jieba 0.42
+    jieba_tokenizer = JiebaTokenizer(tokenizer.user_words, segmenter=installed_segmenter("jieba"))
 
     def tokenize(text: str) -> str:
         return " ".join(tokenizer(normalize(text, max_chars)))
+
+    def tokenize_jieba(text: str) -> str:
+        return " ".join(jieba_tokenizer(normalize(text, max_chars)))
 
     # Equivalence on these texts (model only, every text as one batch and one per call).
     normalized = [text for text in reference.bundle.intent.named_steps["normalize"].transform(texts) if text]
@@ -173,14 +178,16 @@ def run(model_dir: Path, texts: list[str], rounds: int, single: int, warm: bool)
     }
 
     with tempfile.TemporaryDirectory(prefix="buyer-intent-speed-") as tmp:
-        ft_model, ft_fit_s, ft_rows = train_fasttext(Path(tmp), tokenize)
+        ft_model, ft_fit_s, ft_rows = train_fasttext(Path(tmp), tokenize_jieba)
 
-    def fasttext_predict(chunk: list[str]):
-        lines = [tokenize(text) for text in chunk]
-        return ft_model.predict(lines[0] if len(lines) == 1 else lines, k=1)
+    def fasttext_with(tokenize_text: Callable[[str], str]):
+        def function(chunk: list[str]):
+            lines = [tokenize_text(text) for text in chunk]
+            return ft_model.predict(lines[0] if len(lines) == 1 else lines, k=1)
+        return function
 
-    def floor(chunk: list[str]):
-        return [tokenize(text) for text in chunk]
+    def floor_with(tokenize_text: Callable[[str], str]):
+        return lambda chunk: [tokenize_text(text) for text in chunk]
 
     def model_only(predictor):
         normalize_step = predictor.bundle.intent.named_steps["normalize"]
@@ -197,10 +204,12 @@ def run(model_dir: Path, texts: list[str], rounds: int, single: int, warm: bool)
         "ours, compiled path: predict (DataFrame)": lambda chunk: fast.predict(chunk, top_k=3),
         "ours, scikit-learn path: model only": model_only(reference),
         "ours, compiled path: model only": model_only(fast),
-        "fastText (intent only)": fasttext_predict,
-        "normalisation + jieba alone": floor,
+        FASTTEXT_JIEBA: fasttext_with(tokenize_jieba),
+        FASTTEXT_OURS: fasttext_with(tokenize),
+        FLOOR_JIEBA: floor_with(tokenize_jieba),
+        FLOOR_OURS: floor_with(tokenize),
     }
-    clear = None if warm else jieba_memo_clearer(bundle)
+    clear = None if warm else jieba_memo_clearer([tokenizer, jieba_tokenizer])
     for function in systems.values():  # warm-up: imports, first calls
         function(texts[:16])
     best: dict[str, list[float]] = {name: [0.0, 0.0] for name in systems}
@@ -220,6 +229,7 @@ def run(model_dir: Path, texts: list[str], rounds: int, single: int, warm: bool)
         "load": (load_start, os.getloadavg()),
         "manifest": {key: bundle.manifest.get(key) for key in ("name", "created_at", "package_version", "labels", "config")},
         "n_features": fast._compiled.intent.features.n_features,
+        "segmenter": tokenizer.segmenter,
         "compiled_mb": fast._compiled.nbytes / 2**20,
     }
 
@@ -241,8 +251,8 @@ def _model_description(manifest: dict) -> str:
 
 def render(results: dict, texts_name: str, command: str) -> str:
     rates = results["rates"]
-    fast_single = rates["fastText (intent only)"][1]
-    fast_batch = rates["fastText (intent only)"][0]
+    fast_batch, fast_single = rates[FASTTEXT_JIEBA]
+    same_batch, same_single = rates[FASTTEXT_OURS]
     load = " / ".join(f"{v:.1f}" for v in results["load"][0]), " / ".join(f"{v:.1f}" for v in results["load"][1])
     diff = results["diff"]
     rss = results["rss"]
@@ -253,38 +263,40 @@ def render(results: dict, texts_name: str, command: str) -> str:
         f"Generated by `{command}` on {datetime.now(timezone.utc).isoformat(timespec='seconds')} ({platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average 1/5/15 min {load[0]} at the start, "
         f"{load[1]} at the end: the machine is shared, read the ratios). scikit-learn {_version('scikit-learn')}, "
-        f"numpy {_version('numpy')}, scipy {_version('scipy')}, jieba {_version('jieba')}, fastText: fasttext-numpy2 "
+        f"numpy {_version('numpy')}, scipy {_version('scipy')}, jieba {_version('jieba')}, rjieba {_version('rjieba')}, fastText: fasttext-numpy2 "
         f"{_version('fasttext-numpy2')}.",
         "",
         f"Texts: {results['texts']:,} messages ({texts_name}); one message per call over the first {results['single']:,}, "
-        f"batch = all of them in one call (best of 3 calls a round). Best of {results['rounds']} interleaved rounds. jieba memo "
+        f"batch = all of them in one call (best of 3 calls a round). Best of {results['rounds']} interleaved rounds. Segmenter memos "
         f"{'warm (kept between passes)' if results['warm'] else 'emptied before every timed pass'}. Model: "
-        f"`{results['model']}` ({_model_description(results['manifest'])}), {results['n_features']:,} n-gram columns; compiled in {results['compile_s'] * 1000:.0f} ms, "
+        f"`{results['model']}` ({_model_description(results['manifest'])}; segmenter {results['segmenter']}), {results['n_features']:,} n-gram columns; compiled in {results['compile_s'] * 1000:.0f} ms, "
         f"resident memory {rss['loaded']:.0f} MB with the model loaded (process), {rss['compiled']:.0f} MB once compiled; "
         f"the compiled arrays take {results['compiled_mb']:.1f} MB.",
         "",
         f"fastText: supervised, trained here on the bundled corpus ({results['fasttext']['rows']:,} messages, "
-        f"{results['fasttext']['fit_s']:.1f} s; {', '.join(f'{k} {v}' for k, v in FASTTEXT_PARAMS.items())}), fed the same "
-        "normalised, jieba-tokenised text; it gives the top intent only.",
+        f"{results['fasttext']['fit_s']:.1f} s; {', '.join(f'{k} {v}' for k, v in FASTTEXT_PARAMS.items())}) on the same "
+        "normalised text cut by jieba; it gives the top intent only. At prediction it is fed by jieba (issue #12's "
+        f"reference, \"vs fastText/jieba\") and by the model's own segmenter ({results['segmenter']}, \"vs fastText/same\").",
         "",
-        "| system | msgs/s one per call | vs fastText | msgs/s one batch | vs fastText |",
-        "|---|---|---|---|---|",
+        "| system | msgs/s one per call | vs fastText/jieba | vs fastText/same | msgs/s one batch | vs fastText/jieba | vs fastText/same |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, (batch, single) in rates.items():
-        lines.append(f"| {name} | {single:,.0f} | {single / fast_single:.2f}x | {batch:,.0f} | {batch / fast_batch:.2f}x |")
+        lines.append(f"| {name} | {single:,.0f} | {single / fast_single:.2f}x | {single / same_single:.2f}x "
+                     f"| {batch:,.0f} | {batch / fast_batch:.2f}x | {batch / same_batch:.2f}x |")
     sk_single = rates["ours, scikit-learn path: predict_arrays (service)"][1]
     co_single = rates["ours, compiled path: predict_arrays (service)"][1]
     sk_model = rates["ours, scikit-learn path: model only"][1]
     co_model = rates["ours, compiled path: model only"][1]
-    floor_us = 1e6 / rates["normalisation + jieba alone"][1]
+    floor_us = 1e6 / rates[FLOOR_OURS][1]
     model_us, call_us = 1e6 / co_model, 1e6 / co_single
     lines += [
         "",
         f"One message per call, the compiled path is {co_single / sk_single:.1f}x the scikit-learn path through "
         f"`predict_arrays` and {co_model / sk_model:.1f}x for the model alone. Of a compiled `predict_arrays` call "
-        f"({call_us:.0f} µs), normalisation + jieba take {floor_us:.0f} µs, the rest of the model {model_us - floor_us:.0f} µs "
-        "(the vectorizers' own analyzers for character n-grams and word bigrams, the look-ups in the two vocabulary dicts, "
-        f"about 25 numpy calls on arrays as long as the message's n-grams) and `Predictor`'s outputs {call_us - model_us:.0f} µs. "
+        f"({call_us:.0f} µs), normalisation + segmentation take {floor_us:.0f} µs, the rest of the model {model_us - floor_us:.0f} µs "
+        "(the vectorizers' own analyzers for character n-grams and word bigrams, the n-grams counted and looked up in the "
+        f"two vocabulary dicts, about 25 numpy calls on arrays as long as the message's n-grams) and `Predictor`'s outputs {call_us - model_us:.0f} µs. "
         "In one batch the analyzers and look-ups, the same in both paths, are nearly all the time: the paths are level "
         "within the noise of this machine.",
         "",

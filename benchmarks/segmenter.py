@@ -1,10 +1,13 @@
 """Native jieba ports against jieba 0.42 with the shipped user dictionary: same tokens? how much faster?
 
-    uv run --with rjieba --with jieba-fast-dat python benchmarks/segmenter.py [--results benchmarks/RESULTS.md]
+    uv run --with jieba-fast-dat python benchmarks/segmenter.py [--results benchmarks/RESULTS.md]
 
-The candidates (issue #12: a Rust or C implementation of jieba's algorithm on PyPI) are not project
-dependencies: `uv run --with` puts them in a throw-away overlay of the project environment. A candidate
-that is not installed is reported as such. Texts: a sample of data/messages.csv, and, when present,
+The candidates (issue #12: a Rust or C implementation of jieba's algorithm on PyPI): rjieba, a project
+dependency since the tokenizer adopted it, and jieba-fast-dat, which is not (`uv run --with` puts it in a
+throw-away overlay of the project environment); a candidate that is not installed is reported as such. The
+project's tokenizer is shown with each of its segmenters: jieba (models fitted before #12) and rjieba with
+jieba's cut of non-Han text (`pipeline.estimators._cut_block_rjieba`, new models). Also counted: the
+distinct word runs (`jieba.re_han_default`) of all the texts that the adopted tokenizer cuts otherwise. Texts: a sample of data/messages.csv, and, when present,
 ../shared/realchat-dev and ../shared/realchat-pool (read there, never copied), each normalised as the
 model normalises (pipeline.text.normalize). Every segmenter gets the user words of
 pipeline/resources/userdict.txt with their frequencies and cuts with the HMM on, as
@@ -74,12 +77,16 @@ def jieba_fast_dat_candidate(words):
     return _jieba_api("jieba_fast_dat", "jieba-fast-dat", words)
 
 
-def project_tokenizer(words):
-    """What the model runs: jieba with each word run's cut memoised (a fresh instance per text set)."""
-    from pipeline.estimators import _JIEBA_CACHE, JiebaTokenizer
+def project_tokenizer(words, segmenter: str):
+    """What the model runs: the segmenter with each word run's cut memoised (a fresh memo per text set)."""
+    from pipeline.estimators import _JIEBA_CACHE, JiebaTokenizer, installed_segmenter
 
     _JIEBA_CACHE.clear()
-    return JiebaTokenizer(tuple(w if f is None else f"{w} {f}" for w, f in words))
+    return JiebaTokenizer(tuple(w if f is None else f"{w} {f}" for w, f in words), segmenter=installed_segmenter(segmenter))
+
+
+PROJECT = {"jieba": "the project's JiebaTokenizer, jieba (memoised word runs; models before #12)",
+           "rjieba": "the project's JiebaTokenizer, rjieba + jieba's non-Han cut (memoised; adopted)"}
 
 
 CANDIDATES = {"rjieba": rjieba_candidate, "jieba-fast-dat": jieba_fast_dat_candidate}
@@ -111,7 +118,7 @@ def run(corpus_sample: int, seed: int, shown: int = 5) -> tuple[list[dict], list
     words = user_words()
     name, reference = jieba_reference(words)
     names = [name]
-    segmenters = [("the project's JiebaTokenizer (jieba + memoised word runs)", None)]
+    segmenters = [(label, segmenter) for segmenter, label in PROJECT.items()]
     for key, build in CANDIDATES.items():
         try:
             segmenters.append(build(words))
@@ -119,12 +126,14 @@ def run(corpus_sample: int, seed: int, shown: int = 5) -> tuple[list[dict], list
         except ImportError:
             print(f"{key}: not installed (run with `uv run --with {key}`)")
     rows, diffs = [], []
-    for position, (set_name, texts) in enumerate(text_sets(corpus_sample, seed).items()):
+    sets = text_sets(corpus_sample, seed)
+    for position, (set_name, texts) in enumerate(sets.items()):
         tokens(reference, texts[0])  # dictionary loaded before timing
         expected, reference_rate = timed(reference, texts)
         rows.append({"texts": set_name, "segmenter": name, "identical texts": "reference", "differing tokens": "", "msgs/s": reference_rate, "x jieba": 1.0})
         for label, cut in segmenters:
-            cut = cut or project_tokenizer(words)  # a fresh memo per text set
+            if isinstance(cut, str):
+                cut = project_tokenizer(words, cut)  # a fresh memo per text set
             tokens(cut, texts[0])
             got, rate = timed(cut, texts)
             differ = [(text, a, b) for text, a, b in zip(texts, expected, got) if a != b]
@@ -133,10 +142,23 @@ def run(corpus_sample: int, seed: int, shown: int = 5) -> tuple[list[dict], list
                          "differing tokens": f"{sum(len(set(a) ^ set(b)) for _, a, b in differ):,}", "msgs/s": rate, "x jieba": rate / reference_rate})
             if position == 0:
                 diffs += [f"- {label}: `{' / '.join(b)}` where jieba gives `{' / '.join(a)}`" for _, a, b in differ[:shown]]
-    return rows, names, diffs
+    return rows, names, diffs, word_run_differences(words, reference, sets)
 
 
-def markdown(rows: list[dict], names: list[str], diffs: list[str], command: str) -> str:
+def word_run_differences(words, reference, sets: dict[str, list[str]]) -> tuple[int, int]:
+    """(distinct word runs of the corpus and of every text set, those the adopted tokenizer cuts otherwise than jieba)."""
+    import jieba
+
+    from pipeline.estimators import WORD_RUNS
+
+    tokenizer = project_tokenizer(words, "rjieba")
+    corpus = pd.read_csv(REPO / "data" / "messages.csv", dtype=str, keep_default_na=False)["text"].map(normalize).tolist()
+    runs = {run for texts in [corpus, *sets.values()] for text in texts for run in WORD_RUNS.split(text) if run and WORD_RUNS.match(run)}
+    assert WORD_RUNS.pattern == jieba.re_han_default.pattern
+    return len(runs), sum(tokens(reference, run) != tokenizer(run) for run in runs)
+
+
+def markdown(rows: list[dict], names: list[str], diffs: list[str], runs: tuple[int, int], command: str) -> str:
     table = pd.DataFrame(rows)
     table["msgs/s"] = table["msgs/s"].map(lambda v: f"{v:,.0f}")
     table["x jieba"] = table["x jieba"].map(lambda v: f"{v:.2f}")
@@ -147,7 +169,9 @@ def markdown(rows: list[dict], names: list[str], diffs: list[str], command: str)
         f"Generated by `{command}` on {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
         f"({platform.machine()}, Python {platform.python_version()}; {', '.join(names)}). The shipped user dictionary, "
         "HMM on, whitespace tokens dropped, one text per call without memoisation, one process, side by side.\n\n"
-        + header + body + "\nDifferences on the corpus sample (authored text):\n\n" + "\n".join(diffs) + f"\n{MARK_END}\n"
+        + header + body + f"\nDistinct word runs (`jieba.re_han_default`) of the whole corpus and the text sets above: {runs[0]:,}; "
+        f"cut otherwise than jieba by the adopted tokenizer: {runs[1]:,}.\n"
+        + "\nDifferences on the corpus sample (authored text):\n\n" + "\n".join(diffs) + f"\n{MARK_END}\n"
     )
 
 
@@ -157,9 +181,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, help="write the section into this Markdown file")
     args = parser.parse_args()
-    rows, names, diffs = run(args.corpus_sample, args.seed)
-    command = "uv run --with rjieba --with jieba-fast-dat python benchmarks/segmenter.py" + (f" --results {args.results}" if args.results else "")
-    section = markdown(rows, names, diffs, command)
+    rows, names, diffs, runs = run(args.corpus_sample, args.seed)
+    command = "uv run --with jieba-fast-dat python benchmarks/segmenter.py" + (f" --results {args.results}" if args.results else "")
+    section = markdown(rows, names, diffs, runs, command)
     print(section)
     if args.results:
         text = args.results.read_text(encoding="utf-8") if args.results.exists() else ""
