@@ -503,7 +503,7 @@ def test_a_file_that_is_not_a_text_table_is_one_clear_line(tmp_path, inputs, whi
     plain = paths[which].read_bytes()
     data = {
         "gzip": gzip.compress(plain),
-        "noise": bytes(random.Random(3).randrange(256) for _ in range(3000)) + b"\x00",
+        "noise": random.Random(3).randbytes(3000),
         "utf16": plain.decode("utf-8-sig").encode("utf-16"),
     }[content]
     paths[which] = tmp_path / f"{which}.csv"
