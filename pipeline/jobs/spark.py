@@ -84,6 +84,9 @@ def spark_session(master: str = "local[*]", conf: dict[str, str] | None = None):
         raise SparkEngineError(f"--engine spark needs PySpark ({exc}); {INSTALL_HINT}") from exc
     active = SparkSession.getActiveSession()
     if active is not None:
+        if master != active.sparkContext.master or conf:  # said, not silently dropped
+            log.warning("running on the active Spark session (master %s): --master %s and --conf %s are not applied to it",
+                        active.sparkContext.master, master, sorted(conf or {}) or "none")
         return active, False
     if not os.environ.get("JAVA_HOME") and shutil.which("java") is None:
         raise SparkEngineError(f"--engine spark: no `java` on PATH and no JAVA_HOME; {JAVA_HINT}")
@@ -452,8 +455,11 @@ def run_predict(
                 assemble(rejected, staging.parts("rejected"), rejected_target)
             counts = good.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_buyer").cast("long")).alias("buyers") if has_role else F.count(F.lit(1)).alias("buyers")).collect()[0]
             _publish(target, output_path)
+            rejected_path = output_path.with_name(f"{output_path.name}.rejected.csv")
             if n_rejected:
-                _publish(rejected_target, output_path.with_name(f"{output_path.name}.rejected.csv"))
+                _publish(rejected_target, rejected_path)
+            else:  # a previous run's, as the local engine does: it would describe other rows
+                rejected_path.unlink(missing_ok=True)
         frame.unpersist()
         rows, buyers = int(counts["rows"]), int(counts["buyers"] or 0)
         return {"rows_in": rows + n_rejected, "rows_scored": buyers, "rows_not_buyer": rows - buyers, "rows_rejected": n_rejected}

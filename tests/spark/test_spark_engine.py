@@ -313,6 +313,11 @@ def test_predict_reads_jsonl_as_the_local_engine_does(tmp_path, spark, spark_bun
     assert list(rejected["row"]) == ["3", "8", "55"]
     scored = pd.read_csv(tmp_path / "spark.csv")
     assert scored["scored"].sum() == counts["rows_scored"] > 100 and scored.loc[scored["scored"], "intent"].nunique() > 3
+    # a clean rerun to the same output leaves no rejected file of the previous run (it described other rows)
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(line for number, line in enumerate(head, start=1) if number not in (3, 8, 13, 55)), encoding="utf-8")
+    assert run_predict(clean, tmp_path / "spark.csv", str(spark_bundle_dir), flag_settings)["rows_rejected"] == 0
+    assert not (tmp_path / "spark.csv.rejected.csv").exists()
 
 
 # --- the command line ---------------------------------------------------------------------------------
@@ -368,3 +373,20 @@ def test_the_command_line_runs_flag_and_predict_on_spark(tmp_path, monkeypatch, 
         assert bad.stderr.strip() == "error: --conf must look like key=value, got 'nokeyvalue'"
         assert bad.stdout == ""
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_active_session_is_reused_and_the_settings_it_ignores_are_said(spark, caplog):
+    """A notebook's or a test's session runs the job; --master and --conf cannot change it, and a log line
+    says so instead of dropping them without a word."""
+    import logging
+
+    from pipeline.jobs.spark import spark_session
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.jobs.spark"):
+        session, created = spark_session("local[3]", {"spark.sql.shuffle.partitions": "3"})
+    assert session is spark and not created
+    assert any("are not applied" in r.getMessage() and "local[3]" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.jobs.spark"):
+        spark_session(spark.sparkContext.master, None)
+    assert not caplog.records
