@@ -218,13 +218,41 @@ def read_spark_table(spark, path: Path, names: ColumnNames, lower: bool = False)
                         raise SparkEngineError(f"{path}: conversation records (`messages`) are read by --engine local only; "
                                                "export one message per line (CSV, Parquet or flat JSONL) for Spark")
                     keys += [k for k in record if k not in keys]
+        text = spark.read.text(str(path)).withColumn("_seq", F.monotonically_increasing_id())
+        # keys that first appear after those lines (a `category` filled in only later in the day): one pass
+        # over every line, so no column the local engine reads is dropped here
+        known = list(keys)
+        later = (
+            text.mapInPandas(lambda batches: _new_keys(batches, known), "key string, first long")
+            .groupBy("key").agg(F.min("first").alias("first")).orderBy("first").collect()
+        )
+        keys += [row["key"] for row in later]
         mapping = names.mapping(keys)
         columns = [str(mapping[k]).strip().lower() if lower else mapping[k] for k in keys]
-        text = spark.read.text(str(path)).withColumn("_seq", F.monotonically_increasing_id())
         schema = ", ".join(f"`{c}` string" for c in columns) + ", _bad string, _raw string, _seq long, _blank boolean"
         parsed = text.mapInPandas(lambda batches: _parse_jsonl(batches, keys, columns), schema)
         return parsed.filter(~F.col("_blank")).drop("_blank"), columns
     return frame.withColumn("_seq", F.monotonically_increasing_id()), columns
+
+
+def _new_keys(batches: Iterator[pd.DataFrame], known: list[str]) -> Iterator[pd.DataFrame]:
+    """Keys of JSON objects not in `known`, with the first `_seq` each is seen at (lines that do not parse
+    are the reader's to quarantine)."""
+    known_set = set(known)
+    for batch in batches:
+        first: dict[str, int] = {}
+        for line, seq in zip(batch["value"].tolist(), batch["_seq"].tolist(), strict=True):
+            if not line or "{" not in line:
+                continue
+            try:
+                record = json.loads(line.lstrip("\ufeff"))
+            except (json.JSONDecodeError, RecursionError):
+                continue
+            if isinstance(record, dict):
+                for key in record:
+                    if key not in known_set and key not in first:
+                        first[key] = seq
+        yield pd.DataFrame({"key": pd.Series(list(first), dtype=object), "first": pd.Series(list(first.values()), dtype="int64")})
 
 
 def _parse_jsonl(batches: Iterator[pd.DataFrame], keys: list[str], columns: list[str]) -> Iterator[pd.DataFrame]:

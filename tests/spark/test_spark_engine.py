@@ -275,6 +275,30 @@ def test_flat_jsonl_gives_the_local_nudge_rows_quarantine_and_counts(tmp_path, s
     assert {k: v for k, v in on_spark.items() if k not in RUN_SPECIFIC} == {k: v for k, v in local.items() if k not in RUN_SPECIFIC}
 
 
+def test_a_jsonl_key_that_first_appears_late_is_read_on_both_engines(tmp_path, spark, spark_bundle_dir, jsonl_day, flag_settings):
+    """Spark took the JSONL keys from the first 1,000 lines: a `category` filled in only further down was
+    dropped there (per-category summary and the nudge list's category column), kept by the local engine."""
+    lines = jsonl_day["flat"].read_text(encoding="utf-8").splitlines(keepends=True)
+    late = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):  # the bad lines stay as they are
+            late.append(line)
+            continue
+        if number <= 1200 and isinstance(record, dict):
+            record.pop("category", None)
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+        late.append(line)
+    chats = tmp_path / "late.jsonl"
+    chats.write_text("".join(late), encoding="utf-8")
+    local = _local(chats, tmp_path / "local.csv", jsonl_day["orders"], spark_bundle_dir, flag_settings)
+    on_spark = _spark(chats, tmp_path / "spark.csv", jsonl_day["orders"], spark_bundle_dir, flag_settings)
+    assert local["per_category"] and on_spark["per_category"] == local["per_category"]
+    assert "category" in pd.read_csv(tmp_path / "spark.csv", dtype=str).columns
+    assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+
+
 def test_conversation_jsonl_is_local_only_and_its_flat_export_gives_the_same_nudges(tmp_path, spark, spark_bundle_dir, jsonl_day,
                                                                                      flag_settings):
     """Conversation records (`messages` lists) are read by the local engine only (README, On Spark): Spark stops
