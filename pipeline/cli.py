@@ -208,9 +208,9 @@ def evaluate(
     typer.echo(f"metrics: {out / 'metrics.json'}; report: {out / 'report.html'}")
 
 
-def _parse_window(window: str, what: str = "window") -> float:
-    """'72h', '3d', '30m' or a number of hours -> hours."""
-    text = window.strip().lower()
+def _parse_hours(value: str, what: str = "window") -> float:
+    """'72h', '3d', '30m' or a number of hours -> hours (--window, --send-delay)."""
+    text = value.strip().lower()
     try:
         if text.endswith("h"):
             hours = float(text[:-1])
@@ -221,9 +221,9 @@ def _parse_window(window: str, what: str = "window") -> float:
         else:
             hours = float(text)
     except ValueError as exc:
-        raise typer.BadParameter(f"{what} must look like 72h, 3d or 30m, got {window!r}") from exc
+        raise typer.BadParameter(f"{what} must look like 72h, 3d or 30m, got {value!r}") from exc
     if not hours >= 0:  # also refuses nan
-        raise typer.BadParameter(f"{what} must not be negative, got {window!r}")
+        raise typer.BadParameter(f"{what} must not be negative, got {value!r}")
     return hours
 
 
@@ -254,16 +254,17 @@ def flag(
 
     _setup_logging()
     _check_engine(engine)
-    delay = _parse_window(send_delay, "--send-delay") if send_delay else None
+    window_hours = _parse_hours(window) if window else None
+    delay = _parse_hours(send_delay, "--send-delay") if send_delay else None
     run_config = _config(config, {"columns.map": columns, "flag.send_delay_hours": delay})
     try:
         if engine == "spark":
             from pipeline.jobs.spark import parse_conf, run_flag_spark
 
-            summary = run_flag_spark(chats, out, orders, model, _parse_window(window) if window else None,
+            summary = run_flag_spark(chats, out, orders, model, window_hours,
                                      run_config, master=master, conf=parse_conf(conf))
         else:
-            summary = run_flag(chats, out, orders, model, _parse_window(window) if window else None, run_config)
+            summary = run_flag(chats, out, orders, model, window_hours, run_config)
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     if as_json:

@@ -14,8 +14,9 @@ Three rules, in this order of priority:
   between its two most probable intents (`strategy="margin"`, the default) or the highest entropy of
   its intent probabilities (`strategy="entropy"`).
 
-The queue keeps the buyer's text as written (the person labelling needs it), the model's guess, its
-confidence and empty `intent` and `purchase_intent` columns to fill in. Buyer text is never logged:
+The queue holds the buyer's text (masked unless `select.mask_pii` is false: phones, order numbers and
+addresses become placeholders the model reads as the raw values), the model's guess, its confidence and
+empty `intent` and `purchase_intent` columns to fill in. Buyer text is never logged:
 log lines carry counts only.
 """
 
