@@ -165,6 +165,29 @@ def unlabelled_params(fingerprints: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _training_files(config: Config, messages: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(path, its rows) of every labelled training file (the rows of all splits: the split is in the params)."""
+    paths = [config.paths.data, *config.paths.extra_data]
+    if "source" not in messages.columns or len(paths) == 1:
+        return [(paths[0], messages)]
+    return [(path, messages[messages["source"] == Path(path).stem]) for path in paths]
+
+
+def _version_description(config: Config, result: TrainResult, code: str, run_id: str) -> str:
+    """What a registered version was trained on and how it scored, for a reader of the model registry."""
+    splits = result.fingerprints["splits"]
+    lines = [
+        f"Trained on {', '.join([config.paths.data, *config.paths.extra_data])} "
+        f"({splits['train']:,} training / {splits['val']:,} validation / {splits['test']:,} test messages) "
+        f"by MLflow run {run_id}, code at git commit {code}.",
+    ]
+    for name in ["test", *(k for k in result.metrics if k.startswith("eval:"))]:
+        intent = result.metrics[name]["intent"]
+        lines.append(f"{name.removeprefix('eval:')}: intent accuracy {intent['accuracy']:.3f}, macro-F1 {intent['macro_f1']:.3f}, "
+                     f"ECE {intent['ece']:.3f} ({intent['n']:,} messages).")
+    return "\n".join(lines)
+
+
 def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
     """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
     unlabelled = load_unlabelled(config.paths.unlabelled, config)
@@ -196,13 +219,20 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
 
     tracking.setup(config)
     headline = headline_metrics(result.metrics)
-    with mlflow.start_run() as run:
+    code, versions = tracking.code_version(), tracking.installed_versions()
+    with mlflow.start_run(run_name=tracking.run_name(config)) as run:
         run_id = run.info.run_id
+        mlflow.set_tags({"git_commit": code, **{f"version.{name}": value for name, value in versions.items()}})
+        tracking.log_datasets(
+            [(part, Path(path).stem, path, "training") for path, part in _training_files(config, result.messages)]
+            + [(eval_set.frame, set_name, path, "evaluation") for set_name, path, eval_set in eval_sets]
+        )
         champion_headline, champion_version = _champion_headline(config, result)
         report_dir = Path(config.paths.reports) / run_id
         extra = {
-            "Run": f"MLflow run `{run_id}`; champion before this run: "
+            "Run": f"MLflow run `{run_id}` ({run.info.run_name}); champion before this run: "
             + (f"version {champion_version}" if champion_version else "none"),
+            "Code": f"git commit {code}; " + ", ".join(f"{name} {value}" for name, value in versions.items()),
             "Data": "```\n" + json.dumps(result.fingerprints, ensure_ascii=False, indent=1) + "\n```",
             "Thresholds": ", ".join(f"{k} = {v:.4f}" for k, v in result.bundle.thresholds.items()),
         }
@@ -211,6 +241,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             title=f"buyer-intent training run {run_id}",
             metrics=result.metrics,
             scored=result.test_predictions,
+            eval_scored=eval_scored,
             thresholds=result.bundle.thresholds,
             headline=headline,
             champion_headline=champion_headline,
@@ -228,9 +259,9 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             result.user_dict_text,
             {"timings": json.dumps({k: round(v, 2) for k, v in result.timings.items()}), **unlabelled_params(result.fingerprints)},
         )
-        mlflow.log_metrics({f"headline_{k}": v for k, v in headline.items() if v == v})
         test_texts = result.test_predictions["text"].tolist()
-        version, sha = tracking.log_and_register_model(result.bundle, result.user_dict_text, config, test_texts)
+        description = _version_description(config, result, code, run_id)
+        version, sha = tracking.log_and_register_model(result.bundle, result.user_dict_text, config, test_texts, description)
         policy = config.mlflow.promote if promote is None else ("always" if promote else "never")
         promoted, reason = tracking.should_promote(policy, headline, champion_headline, config.mlflow.primary_metric)
         if promoted:

@@ -5,24 +5,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import tempfile
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import ColSpec, Schema
 
 from pipeline.bundle import MODELS_FILE, bundle_seal, save_bundle
 from pipeline.config import Config, config_as_flat_dict, resolve_tracking_uri
+from pipeline.data.labelled import fingerprint
 from pipeline.training.evaluate import flat_metrics
 from pipeline.text import mask_pii
 
 log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 _RUNTIME_PACKAGES = ("scikit-learn", "scipy", "numpy", "pandas", "jieba", "rjieba", "skops", "pyarrow", "mlflow")
+# shown in the report's run details and tagged on the run: what a result depends on
+_REPORTED_PACKAGES = ("buyer-intent", "scikit-learn", "numpy", "scipy", "pandas", "rjieba", "jieba", "skops", "mlflow", "bentoml")
+MODEL_DESCRIPTION = (
+    "Intent (the label set of its training data) and purchase-intent classifier for buyer messages of "
+    "e-commerce customer-service chats, with a conversation-level purchase-intent model for flagging lost "
+    "shoppers. TF-IDF word and character n-grams, linear models, calibrated; a sealed skops bundle. "
+    "Each version's description says what it was trained on and how it scored."
+)
 
 
 def setup(config: Config) -> str:
@@ -49,14 +62,52 @@ def output_schema(output: pd.DataFrame) -> Schema:
     return Schema([ColSpec(_COLUMN_TYPES[output[column].dtype.kind], str(column)) for column in output.columns])
 
 
-def _pip_requirements() -> list[str]:
-    requirements = []
-    for name in _RUNTIME_PACKAGES:
+def code_version(cwd: str | Path = Path(__file__).resolve().parent) -> str:
+    """The git commit of the checkout this package runs from (`+changes` when tracked files differ from
+    it), or `unknown` outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def installed_versions(names: tuple[str, ...] = _REPORTED_PACKAGES) -> dict[str, str]:
+    """name -> installed version, for the names that are installed."""
+    versions = {}
+    for name in names:
         try:
-            requirements.append(f"{name}=={package_version(name)}")
+            versions[name] = package_version(name)
         except PackageNotFoundError:
             continue
-    return requirements
+    return versions
+
+
+def run_name(config: Config, when: datetime | None = None) -> str:
+    """`train-messages-20261205-041230`: what was trained on, and when (UTC), instead of MLflow's random words."""
+    when = when or datetime.now(timezone.utc)
+    return f"train-{Path(config.paths.data).stem}-{when:%Y%m%d-%H%M%S}"
+
+
+def log_datasets(inputs: list[tuple[pd.DataFrame, str, str, str]]) -> None:
+    """Each data set as an MLflow run input (name, source, digest, schema and size; no rows are stored):
+    (frame, name, source path, context), context `training` or `evaluation`."""
+    for frame, name, source, context in inputs:
+        columns = [c for c in ("text", "intent", "purchase_intent") if c in frame.columns]
+        table = frame[columns].astype({"purchase_intent": "float64"} if "purchase_intent" in columns else {})  # a label, not an id
+        # a local file as MLflow's `local` source: resolving a plain path warns (two registered sources claim it)
+        located = get_dataset_source_from_json(json.dumps({"uri": str(Path(source).resolve())}), "local")
+        dataset = from_pandas(table, source=located, name=name, targets="intent" if "intent" in columns else None,
+                              digest=fingerprint(frame, columns)["sha256"][:16])
+        mlflow.log_input(dataset, context=context)
+
+
+def _pip_requirements() -> list[str]:
+    return [f"{name}=={version}" for name, version in installed_versions(_RUNTIME_PACKAGES).items()]
 
 
 def log_run_contents(
@@ -94,8 +145,11 @@ def log_run_contents(
         mlflow.log_artifacts(str(report_dir), "report")
 
 
-def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_texts: list[str]) -> tuple[str, str]:
-    """Log the bundle as a models-from-code pyfunc, register it with its seal; returns (version, seal)."""
+def log_and_register_model(
+    bundle, user_dict_text: str, config: Config, sample_texts: list[str], description: str = ""
+) -> tuple[str, str]:
+    """Log the bundle as a models-from-code pyfunc, register it with its seal and `description`; returns
+    (version, seal)."""
     from pipeline.inference import Predictor
 
     with tempfile.TemporaryDirectory(prefix="buyer-intent-bundle-") as tmp:
@@ -119,6 +173,9 @@ def log_and_register_model(bundle, user_dict_text: str, config: Config, sample_t
     client = mlflow.MlflowClient()
     client.set_model_version_tag(config.mlflow.registered_model, model_version, "bundle_seal", seal)
     client.set_model_version_tag(config.mlflow.registered_model, model_version, "models_sha256", bundle.manifest["sha256"][MODELS_FILE])
+    client.update_registered_model(config.mlflow.registered_model, description=MODEL_DESCRIPTION)
+    if description:
+        client.update_model_version(config.mlflow.registered_model, model_version, description=description)
     return model_version, seal
 
 

@@ -45,7 +45,7 @@ def first_run(env, workspace, small_messages_csv):
     return result.output
 
 
-def test_train_registers_a_champion_and_writes_the_report(first_run, env, workspace):
+def test_train_registers_a_champion_and_writes_the_report(first_run, env, workspace, small_messages_csv):
     assert "run id:" in first_run and "promoted to @champion" in first_run
     run_id = first_run.split("run id:")[1].split()[0]
     assert (workspace / "reports" / run_id / "report.html").exists()
@@ -59,6 +59,19 @@ def test_train_registers_a_champion_and_writes_the_report(first_run, env, worksp
     assert run.data.params["split.test_fraction"] == "0.15"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report", "data", "model_inputs"} <= artifacts
+    # a readable run name, the code and library versions, the data sets as inputs, one metric family per split
+    assert run.info.run_name.startswith(f"train-{small_messages_csv.stem}-")
+    assert run.data.tags["git_commit"] and run.data.tags["version.scikit-learn"]
+    inputs = {(d.dataset.name, tag.value) for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
+    assert inputs == {(small_messages_csv.stem, "training"), ("corpus-sample", "evaluation")}
+    assert not [key for key in run.data.metrics if key.startswith("headline_")]
+    version = client.get_model_version("buyer-intent", champion.version)
+    assert run_id in version.description and "corpus-sample: intent accuracy" in version.description
+    assert client.get_registered_model("buyer-intent").description
+    # the evaluation set gets its own tables in the report, and its mistakes a file
+    report = (workspace / "reports" / run_id / "report.md").read_text(encoding="utf-8")
+    assert "## Evaluation set: corpus-sample" in report and "git commit" in report
+    assert (workspace / "reports" / run_id / "errors" / "eval-corpus-sample.csv").exists()
 
 
 def test_no_promote_keeps_the_champion(first_run, env, small_messages_csv):
@@ -132,6 +145,7 @@ def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages
     assert "held-out test messages" not in report and "No evaluation set of real chats" not in report
     assert "No champion yet" not in report
     assert '"why"' in report  # the example mistakes say which n-grams pushed the wrong intent
+    assert (out / "errors" / f"messages-of-{small_messages_csv.parent.name}.csv").exists()
 
 
 def test_unknown_model_is_a_clear_error(first_run, workspace):

@@ -380,7 +380,7 @@ def test_a_report_without_labels_draws_no_purchase_curve_and_says_why(tmp_path):
     metrics = make_metrics(scored)
     result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
     md = result["markdown"].read_text(encoding="utf-8")
-    assert "No purchase-intent messages in the test split: no curve to draw." in md
+    assert "No purchase-intent messages in the held-out test messages: no curve to draw." in md
     assert "purchase_pr_curve.png" not in [p.name for p in result["plots"]]
 
 
@@ -394,3 +394,74 @@ def test_the_test_split_per_source_sits_beside_the_evaluation_sets(tmp_path):
     table = md_table(result["markdown"].read_text(encoding="utf-8"), "| metric | test | test/queue | real_chats |")
     assert table["messages"][1:] == [str(metrics["test"]["intent"]["n"]), "10", "12"]
     assert table["Intent accuracy"][2] == f"{metrics['test/queue']['intent']['accuracy']:.3f}"
+
+
+def _section(md: str, title: str) -> str:
+    """The Markdown of one `## title` section."""
+    start = md.index(f"\n## {title}\n")
+    end = md.find("\n## ", start + 1)
+    return md[start : end if end != -1 else len(md)]
+
+
+def test_an_evaluation_set_gets_the_test_splits_tables_under_its_own_name_and_an_error_file(tmp_path):
+    scored = make_scored()
+    real = scored.iloc[4:16].reset_index(drop=True)  # 12 messages with a phone and an order number among the mistakes
+    metrics = make_metrics(scored)
+    metrics["eval:real_chats"] = make_metrics(real)["test"]
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS,
+                          headline=headline_metrics(metrics), eval_scored={"eval:real_chats": real})
+    md = result["markdown"].read_text(encoding="utf-8")
+    section = _section(md, "Evaluation set: real_chats")
+    assert "[Evaluation set: real_chats](#evaluation-set-real_chats)" in md  # in the contents
+    per_intent = md_table(section, "| intent | precision |")
+    for label in ("logistics", "price_promo"):  # the set's own counts, not the test split's
+        assert per_intent[label][4] == str(int((real["intent"] == label).sum()))
+    assert f"{metrics['eval:real_chats']['intent']['macro_f1']:.3f}" in section
+    assert "![Row-normalised confusion matrix](plots/eval-real_chats-confusion_matrix.png)" in section
+    assert "![Reliability diagram](plots/eval-real_chats-reliability.png)" in section
+    assert md_table(section, "| threshold | precision |")  # purchase intent at the chosen threshold
+    names = {p.name for p in result["plots"]}
+    assert {"confusion_matrix.png", "eval-real_chats-confusion_matrix.png", "eval-real_chats-reliability.png",
+            "eval-real_chats-purchase_pr_curve.png"} <= names
+    confusions = md_table(section, "| # | true → predicted |")
+    assert confusions["1"][1] == "logistics → greeting"
+    # the error files: every mistake of each set, masked, readable by Excel (BOM)
+    files = {p.name: p for p in result["errors"]}
+    assert set(files) == {"test.csv", "eval-real_chats.csv"}
+    raw = files["eval-real_chats.csv"].read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and PHONE.encode() not in raw and ORDER.encode() not in raw
+    errors = pd.read_csv(files["eval-real_chats.csv"], encoding="utf-8-sig")
+    wrong = real[real["intent"] != real["pred_intent"]]
+    assert len(errors) == len(wrong) and errors["confidence"].is_monotonic_decreasing
+    assert sorted(errors["true_intent"]) == sorted(wrong["intent"])
+    assert len(pd.read_csv(files["test.csv"], encoding="utf-8-sig")) == int((scored["intent"] != scored["pred_intent"]).sum())
+    assert "eval-real_chats.csv" in section
+
+
+def test_a_second_report_in_the_same_directory_removes_the_first_ones_set_files(tmp_path):
+    scored = make_scored()
+    metrics = make_metrics(scored)
+    metrics["eval:real_chats"] = make_metrics(scored)["test"]
+    write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS,
+                 headline=headline_metrics(metrics), eval_scored={"eval:real_chats": scored})
+    del metrics["eval:real_chats"]
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
+    assert sorted(p.name for p in (tmp_path / "errors").iterdir()) == ["test.csv"]
+    assert not list((tmp_path / "plots").glob("eval-*")) and len(result["plots"]) == len(list((tmp_path / "plots").iterdir()))
+
+
+def test_variants_of_one_message_are_shown_once_among_the_examples(tmp_path):
+    variants = ["刚才那个就是我", "是 刚才那个就是我", "宝 刚才那个就是我。", "刚才那个就是我哈"]
+    rows = [(text, "affirm", "other", 0.99 - 0.01 * i, 0, 0.1) for i, text in enumerate(variants)]
+    rows += [("对的没错就这个", "affirm", "other", 0.80, 0, 0.1), ("好的", "affirm", "affirm", 0.9, 0, 0.1)]
+    scored = pd.DataFrame(rows, columns=["text", "intent", "pred_intent", "confidence", "purchase_intent", "purchase_score"])
+    scored["fallback"] = False
+    scored["pred_purchase"] = 0
+    metrics = make_metrics(scored)
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS,
+                          headline=headline_metrics(metrics), examples_per_confusion=3)
+    md = result["markdown"].read_text(encoding="utf-8")
+    lines = md[md.index("| # | true → predicted |"):].split("\n\n")[0].splitlines()[2:]
+    shown = [cells[6].strip() for cells in (line.split("|") for line in lines)]
+    assert shown == ["刚才那个就是我", "对的没错就这个"]  # the most confident variant, then a different mistake
+    assert lines[0].split("|")[3].strip() == "5"  # every variant still counts as a mistake
