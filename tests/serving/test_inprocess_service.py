@@ -272,6 +272,23 @@ def test_past_max_concurrency_requests_get_429(app_client, slow_model):
     assert app_client.get("/livez").status_code == 200  # probes are never refused
 
 
+@pytest.mark.parametrize("route, payload", [
+    ("/classify", {"messages": ["在吗"]}),
+    ("/score_conversation", {"conversation": conversation("c-loading")}),
+    ("/flag", {"conversations": [conversation("c-loading", buyer_id="b1", shop_id="s1")]}),
+])
+def test_while_the_model_loads_every_route_answers_503_with_retry_after(app_client, monkeypatch, route, payload):
+    import serving.runtime
+
+    monkeypatch.setattr(serving.runtime.ModelRuntime, "ready", property(lambda self: False))
+    response = post(app_client, route, payload)
+    assert response.status_code == 503 and response.headers.get("retry-after") == "1"
+    assert "still loading" in response.json()["error"]
+    assert app_client.get("/livez").status_code == 200 and app_client.get("/readyz").status_code == 503
+    monkeypatch.undo()
+    assert post(app_client, route, payload).status_code == 200
+
+
 # -------------------------------------------------------------------------------------- conversations
 
 
