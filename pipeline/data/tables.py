@@ -331,8 +331,8 @@ def _iter_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
         pending.append(
-            Rejected(
-                row=row.number,
+            Rejected(  # pyarrow counts the header row: the record number, as every other row of a CSV is numbered
+                row=None if row.number is None or row.number < 0 else row.number - 1,
                 reason=f"expected {row.expected_columns} fields, found {row.actual_columns}",
                 raw=row.text,
             )
@@ -351,12 +351,28 @@ def _iter_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     )
     buffered: list[pa.RecordBatch] = []
     buffered_rows = 0
+    skipped: list[int] = []  # record numbers of the invalid rows met so far (the parser may have read ahead)
+    next_record = 1
+
+    def numbered(frame: pd.DataFrame) -> pd.DataFrame:
+        """`_line`: each row's record number in the file, counting the invalid rows the parser skipped (the
+        position in the frame alone would number every row after a skipped one wrongly)."""
+        nonlocal next_record
+        skipped.extend(r.row for r in pending if isinstance(r.row, int))
+        ahead = np.array([n for n in skipped if n >= next_record], dtype=np.int64)
+        candidates = np.arange(next_record, next_record + len(frame) + len(ahead), dtype=np.int64)
+        numbers = np.setdiff1d(candidates, ahead, assume_unique=True)[: len(frame)]
+        if len(numbers):
+            next_record = int(numbers[-1]) + 1
+        skipped[:] = [n for n in skipped if n >= next_record]
+        return frame.assign(_line=numbers)
+
     try:
         for batch in reader:
             buffered.append(batch)
             buffered_rows += batch.num_rows
             if buffered_rows >= chunk_rows:
-                yield Chunk(pa.Table.from_batches(buffered).to_pandas(), pending[:])
+                yield Chunk(numbered(pa.Table.from_batches(buffered).to_pandas()), pending[:])
                 pending.clear()
                 buffered, buffered_rows = [], 0
     except pa.ArrowInvalid as exc:
@@ -367,7 +383,7 @@ def _iter_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
             if buffered
             else pd.DataFrame({name: pd.Series(dtype=str) for name in header})
         )
-        yield Chunk(frame, pending[:])
+        yield Chunk(numbered(frame), pending[:])
 
 
 def _iter_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.data.tables import TableError, detect_encoding, read_table, write_table_atomic
+from pipeline.data.tables import TableError, detect_encoding, iter_table, read_table, write_table_atomic
 
 ROWS = [("在吗 亲", "greeting"), ("七天无理由退货吗", "return_refund"), ("318204957263", "provide_info")]
 
@@ -19,9 +19,22 @@ def test_csv_encodings_read_identically(tmp_path, encoding):
     path = tmp_path / "m.csv"
     path.write_bytes(_csv_text().encode(encoding))
     frame, rejected = read_table(path)
-    assert list(frame.columns) == ["text", "intent"]
+    assert list(frame.columns) == ["text", "intent", "_line"]
     assert list(zip(frame["text"], frame["intent"])) == ROWS
+    assert list(frame["_line"]) == list(range(1, len(ROWS) + 1))  # record numbers, as rejected rows are numbered
     assert rejected == []
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 100])
+def test_rows_after_a_skipped_csv_line_keep_their_record_numbers(tmp_path, chunk_rows):
+    """A line with the wrong field count is skipped by the parser: the rows after it were numbered by their
+    position in the frame (one too low), so their quarantine rows named the wrong record."""
+    path = tmp_path / "m.csv"
+    path.write_text("text,intent\na,x\nb,x,extra\nc,x\nd,x,extra\ne,x\nf,x\n", encoding="utf-8")
+    chunks = list(iter_table(path, chunk_rows))
+    frame = pd.concat([chunk.frame for chunk in chunks], ignore_index=True)
+    assert dict(zip(frame["text"], frame["_line"])) == {"a": 1, "c": 3, "e": 5, "f": 6}  # header excluded
+    assert sorted(r.row for chunk in chunks for r in chunk.rejected) == [2, 4]
 
 
 def test_gb18030_is_detected(tmp_path):

@@ -138,6 +138,17 @@ def _shard_count(path: Path, settings: FlagSettings, workers: int) -> int:
     return int(min(4096, max(1, by_size, for_balance)))
 
 
+def _input_order(source_rows: np.ndarray, rejects: list[dict]) -> np.ndarray | None:
+    """The rank of each of a chunk's rows, then of each of its unreadable lines, in record-number order;
+    None when the chunk has no unreadable line or a record number is unknown."""
+    if not rejects or any(row["row"] is None or not row["row"].isdigit() for row in rejects):
+        return None
+    numbers = np.array([int(r) for r in source_rows] + [int(row["row"]) for row in rejects], dtype=np.int64)
+    order = np.empty(len(numbers), dtype=np.int64)
+    order[np.argsort(numbers, kind="stable")] = np.arange(len(numbers))
+    return order
+
+
 def partition_chats(
     chats: Path, work: Path, settings: FlagSettings, policy: NudgePolicy, progress: bool, workers: int = 1, names: ColumnNames = PLAIN_COLUMNS
 ) -> dict[str, Any]:
@@ -200,22 +211,29 @@ def partition_chats(
                 has[name] = has[name] or (name in frame.columns and not is_blank(frame[name]).all())
             base = seq
             valid_mask = np.ones(len(frame), dtype=bool)
+            # input order within the chunk: rows and unreadable lines interleaved by their record number,
+            # as Spark lists them (unnumbered rejects, e.g. a conversation record's, follow the chunk's rows)
+            table_rejects = [{"row": None if r.row is None else str(r.row), "reason": r.reason, "raw": mask_pii(r.raw)} for r in chunk.rejected]
+            order = _input_order(source_rows, table_rejects) if not conversations else None
+            if order is not None:
+                for row, rank in zip(table_rejects, order[len(frame):], strict=True):
+                    row["seq"] = base + int(rank)
             if len(frame):
                 valid, bad = validate_chat_rows(frame, policy)
                 columns = [c for c in (*CHAT_COLUMNS, "category", "ordered") if c in frame.columns]
                 bad_rows = []
+                row_seq = base + (np.arange(len(frame)) if order is None else order[: len(frame)])
                 for i, reason in bad:
                     valid_mask[i] = False
                     bad_rows.append(
-                        {"seq": base + i, "row": str(source_rows[i]), "reason": reason, "raw": raw_line(frame.iloc[i][columns].tolist())}
+                        {"seq": int(row_seq[i]), "row": str(source_rows[i]), "reason": reason, "raw": raw_line(frame.iloc[i][columns].tolist())}
                     )
-                valid["seq"] = base + np.flatnonzero(valid_mask)
+                valid["seq"] = row_seq[valid_mask]
                 valid["source_row"] = source_rows[valid_mask]
-                seq = base + len(frame)
                 write_rejected(bad_rows)
                 _write_shards(valid, n_shards, part_dir, writers)
                 rows_written += len(valid)
-            table_rejects = [{"row": None if r.row is None else str(r.row), "reason": r.reason, "raw": mask_pii(r.raw)} for r in chunk.rejected]
+            seq = base + len(frame) + (len(table_rejects) if order is not None else 0)
             write_rejected(exploded_rejects + table_rejects)
             rows_in += len(frame) + len(exploded_rejects) + len(chunk.rejected)
             bar.update(len(frame) + len(exploded_rejects) + len(chunk.rejected))
