@@ -258,7 +258,6 @@ def test_flat_jsonl_gives_the_local_nudge_rows_quarantine_and_counts(tmp_path, s
     assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     # five bad lines (the blank one is no row), with the local reasons and line numbers; the phone number masked
     rejected = pd.read_csv(tmp_path / "spark.csv.rejected.csv", dtype=str, keep_default_na=False)
-    local_rejected = pd.read_csv(tmp_path / "local.csv.rejected.csv", dtype=str, keep_default_na=False)
     # both in line order (the local engine listed a chunk's unreadable lines after its invalid rows)
     assert (tmp_path / "spark.csv.rejected.csv").read_bytes() == (tmp_path / "local.csv.rejected.csv").read_bytes()
     assert list(rejected["row"]) == ["3", "8", "21", "34", "55"]
