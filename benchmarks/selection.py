@@ -761,8 +761,8 @@ def threshold_finding(a: list[dict], b: list[dict], target: float) -> str:
         f"{mean(a, 'f1'):.3f}; rule B precision {mean(b, 'precision'):.3f}, recall {mean(b, 'recall'):.3f}, F1 {mean(b, 'f1'):.3f}. "
         f"From the writer chosen on to the other, F1 moves {mean(a, 'f1') - inside(a, 2):+.3f} under rule A and "
         f"{mean(b, 'f1') - inside(b, 2):+.3f} under rule B, precision {mean(a, 'precision') - inside(a, 0):+.3f} and "
-        f"{mean(b, 'precision') - inside(b, 0):+.3f}: what a rule promises on one writer is what it gives on the other when "
-        "these are small. Rule B trades precision for F1; rule A keeps the precision the project targets."
+        f"{mean(b, 'precision') - inside(b, 0):+.3f} (small moves: the rule transfers to a writer "
+        "it has not seen). Rule B trades precision for F1; rule A keeps the precision the project targets."
     )
 
 
