@@ -467,17 +467,24 @@ class CompiledBundle:
         intent, purchase = self.intent, self.purchase
         if purchase is None:
             return intent.predict_proba(normalized), None
-        if self._weights is None:
+        if not self.shared_features:
             return intent.predict_proba(normalized), purchase.predict_proba(normalized)[:, 1]
         features = intent.features
         data, indices, indptr = features.transform(normalized)
-        product = _linear_product(data, indices, indptr, self._weights, features.n_features)
-        width = intent.classifier.width
-        if self._intercepts is None:
-            intent_scores, purchase_scores = intent.classifier.scores(product[:, :width]), purchase.classifier.scores(product[:, width:])
+        if self._weights is None:  # weights of two dtypes (a linear SVM's float64 beside a float32 logistic
+            # regression): one product each, in its own dtype as scikit-learn computes it; the features once
+            intent_scores, purchase_scores = (
+                model.classifier.scores(_linear_product(data, indices, indptr, model.classifier.weights, features.n_features))
+                for model in (intent, purchase)
+            )
         else:
-            scores = np.asarray(product + self._intercepts, dtype=np.float64)
-            intent_scores, purchase_scores = _one_column_raveled(scores[:, :width]), _one_column_raveled(scores[:, width:])
+            product = _linear_product(data, indices, indptr, self._weights, features.n_features)
+            width = intent.classifier.width
+            if self._intercepts is None:
+                intent_scores, purchase_scores = intent.classifier.scores(product[:, :width]), purchase.classifier.scores(product[:, width:])
+            else:
+                scores = np.asarray(product + self._intercepts, dtype=np.float64)
+                intent_scores, purchase_scores = _one_column_raveled(scores[:, :width]), _one_column_raveled(scores[:, width:])
         classifier = purchase.classifier
         positive = classifier.positive_proba(purchase_scores) if classifier.binary else classifier.predict_proba(purchase_scores)[:, 1]
         return intent.classifier.predict_proba(intent_scores), positive

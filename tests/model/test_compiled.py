@@ -98,16 +98,24 @@ def _one_per_call(compiled: CompiledBundle, normalized: list[str]) -> tuple[np.n
     return np.vstack([intent for intent, _ in rows]), np.concatenate([purchase for _, purchase in rows])
 
 
-def test_the_default_model_is_compiled_with_shared_features(compiled):
+def test_the_default_model_is_compiled_with_shared_features(compiled, monkeypatch):
     assert compiled.shared_features
     assert [type(f.vectorizer) for f in compiled.intent.features.families] == [CompactTfidfVectorizer, CompactTfidfVectorizer]
     features = compiled.intent.features
-    width = compiled.intent.classifier.width + 1
-    assert compiled._weights.shape == (features.n_features, width) and compiled._intercepts.shape == (width,)
-    # what compiling adds: the weights side by side, one idf over all columns, the tf tables
-    assert compiled.nbytes == compiled._weights.nbytes + features._idf.nbytes + features._tf_tables.nbytes
+    # the linear SVM's weights are float64 (liblinear), the purchase logistic regression's float32: one product
+    # each, in its own dtype as scikit-learn computes it, over features computed once
+    assert compiled.intent.classifier.coef.dtype == np.float64 and compiled.purchase.classifier.coef.dtype == np.float32
+    assert compiled._weights is None
+    transforms = []
+    original = features.transform
+    monkeypatch.setattr(features, "transform", lambda texts: transforms.append(len(texts)) or original(texts))
+    compiled.probabilities(["在吗 有货吗", "好的"])
+    assert transforms == [2]
+    # what compiling adds: the weights laid out per column, one idf over all columns, the tf tables
+    weights = compiled.intent.classifier.weights.nbytes + compiled.purchase.classifier.weights.nbytes
+    assert compiled.nbytes == weights + features._idf.nbytes + features._tf_tables.nbytes
     intent, purchase = compiled.probabilities([])
-    assert intent.shape == (0, width - 1) and purchase.shape == (0,)
+    assert intent.shape == (0, compiled.intent.classifier.width) and purchase.shape == (0,)
 
 
 @pytest.mark.parametrize("name", ["corpus", "dev"])
@@ -142,12 +150,15 @@ def test_unnormalised_edge_texts_as_the_feature_step_sees_them(bundle, compiled)
     _assert_same(_one_per_call(compiled, EDGE_TEXTS), want, "raw edge texts, one per call")
 
 
-def test_unseen_characters_score_as_the_intercepts_alone(bundle, compiled):
-    """No n-gram of these is in the vocabulary: the scores are the intercepts, as an empty text's."""
-    unseen, empty = compiled.probabilities(["ꙮ𓀀𝔘🜁ᚠᛇ", ""])[0]
-    np.testing.assert_array_equal(unseen, empty)
+def test_unseen_characters_score_as_one_unseen_character_and_nothing_as_the_intercepts(bundle, compiled):
+    """No n-gram of these is in the vocabulary but char_wb's word padding: they score as one unseen
+    character does; an empty text has no feature at all, so its scores are the intercepts alone."""
+    texts = ["ꙮ𓀀🜁ᚠᛇ", "ꙮ", ""]  # none changed by NFKC (𝔘 would become u)
+    unseen, one, empty = compiled.probabilities(_normalized(bundle, texts))[0]
+    np.testing.assert_array_equal(unseen, one)
     scores = compiled.intent.classifier.scores(np.zeros((1, compiled.intent.classifier.width), dtype=np.float32))
-    np.testing.assert_allclose(unseen, compiled.intent.classifier.predict_proba(scores)[0], rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(empty, compiled.intent.classifier.predict_proba(scores)[0], rtol=0, atol=TOLERANCE)
+    _assert_same(compiled.probabilities(_normalized(bundle, texts)), _reference(bundle, texts), "unseen characters")
 
 
 def test_counts_beyond_the_tf_table_are_computed_the_same_way(bundle, corpus_texts, monkeypatch):
@@ -237,7 +248,7 @@ def test_a_refit_part_is_recompiled(bundle, corpus_texts):
 
 def test_a_second_model_with_three_classes_on_the_shared_features(bundle, corpus_texts):
     """Predictor reads column 1 of the second model's probabilities whatever its classes: so does the
-    compiled path when that model is not binary (its weights still side by side with the intent's)."""
+    compiled path when that model is not binary."""
     frame = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False).iloc[:800]  # enough rows for three classes
     groups = np.where(frame["intent"].isin(["greeting", "thanks"]), "a", np.where(frame["intent"] == "complaint", "b", "c"))
     features = bundle.intent.steps[1][1]
@@ -246,7 +257,7 @@ def test_a_second_model_with_three_classes_on_the_shared_features(bundle, corpus
     odd = copy.copy(bundle)
     odd.purchase = Pipeline([("normalize", bundle.intent.steps[0][1]), ("features", features), ("classifier", second)])
     compiled = CompiledBundle(odd)
-    assert compiled._weights is not None and compiled._weights.shape[1] == compiled.intent.classifier.width + 3
+    assert compiled.purchase.classifier.width == 3
     texts = corpus_texts[3000:4000] + EDGE_TEXTS
     normalized = _normalized(odd, texts)
     want = odd.intent.predict_proba(texts), odd.purchase.predict_proba(texts)[:, 1]
