@@ -163,11 +163,20 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _TEXT_BYTES = bytes([9, 10, 13, *range(32, 127), *range(128, 256)])
 
 
+def _is_utf16(head: bytes) -> bool:
+    """UTF-16 with its byte-order mark, as Excel's and many Windows tools' "Unicode text" is written."""
+    return head.startswith(_UTF16_BOMS)
+
+
 def _refuse_binary(path: Path, head: bytes) -> None:
-    """A text table (CSV, JSONL) must start as UTF-8 or GB18030 text: refuse UTF-16, known binary formats
-    and a first 4 KB of which more than 5% are control bytes, with a one-line reason."""
-    if head.startswith(_UTF16_BOMS):
-        raise TableError(f"{path}: UTF-16 text is not read: save it as CSV in UTF-8 (Excel: CSV UTF-8) or GB18030")
+    """A text table (CSV, JSONL) must start as UTF-8, GB18030 or UTF-16 (with its BOM) text: refuse known
+    binary formats and a first 4 KB of which more than 5% are control bytes, with a one-line reason."""
+    if _is_utf16(head):  # every ASCII character has a NUL byte: decoding is the check
+        try:
+            head[: len(head) // 2 * 2].decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise TableError(f"{path}: starts as UTF-16 but does not decode as UTF-16 ({exc.reason})") from exc
+        return
     for magic, what in _BINARY_MAGIC:
         if head.startswith(magic):
             raise TableError(f"{path}: not a text table: {what}")
@@ -198,9 +207,13 @@ def read_header(path: str | Path) -> list[str]:
             return []
         finally:
             rows.close()
-    with open(path, "rb") as handle:  # the first non-blank line only: later lines may be in another encoding
-        first = next((line for line in handle if line.strip()), b"")
-    text = _decode_line(first[len(codecs.BOM_UTF8):] if first.startswith(codecs.BOM_UTF8) else first)
+    if detect_encoding(path) == "utf-16":
+        with open(path, encoding="utf-16") as text_handle:
+            text = next((line for line in text_handle if line.strip()), "")
+    else:
+        with open(path, "rb") as handle:  # the first non-blank line only: later lines may be in another encoding
+            first = next((line for line in handle if line.strip()), b"")
+        text = _decode_line(first[len(codecs.BOM_UTF8):] if first.startswith(codecs.BOM_UTF8) else first)
     if fmt == "csv":
         try:
             return [name.strip() for name in next(csv.reader([text]), [])]
@@ -242,10 +255,13 @@ def table_format(path: str | Path) -> str:
 
 
 def detect_encoding(path: str | Path) -> str:
-    """utf-8 (a BOM is skipped) when the start of the file decodes as UTF-8, else GB18030 (a superset of GBK)."""
+    """utf-16 for a file that starts with a UTF-16 byte-order mark; utf-8 (a BOM is skipped) when the start of
+    the file decodes as UTF-8, else GB18030 (a superset of GBK)."""
     with open(path, "rb") as handle:
         head = handle.read(_SNIFF_BYTES)
     _refuse_binary(Path(path), head)
+    if _is_utf16(head):
+        return "utf-16"
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8"
     # A multi-byte character may be cut at the end of the sample: only judge complete lines.
@@ -264,8 +280,11 @@ def detect_encoding(path: str | Path) -> str:
 
 
 def whole_file_encoding(path: str | Path) -> str | None:
-    """utf-8 or gb18030 when every byte of the file decodes in it; None for a file with bad lines."""
-    for encoding in ("utf-8", "gb18030"):
+    """utf-8 or gb18030 (utf-16 for a file with its BOM) when every byte of the file decodes in it; None for
+    a file with bad lines."""
+    with open(path, "rb") as handle:
+        utf16 = _is_utf16(handle.read(2))
+    for encoding in ("utf-16",) if utf16 else ("utf-8", "gb18030"):
         decoder = codecs.getincrementaldecoder(encoding)()
         try:
             with open(path, "rb") as handle:

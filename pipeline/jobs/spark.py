@@ -190,6 +190,9 @@ def read_spark_table(spark, path: Path, names: ColumnNames, lower: bool = False)
         frame = frame.withColumn("_bad", F.lit(None).cast("string")).withColumn("_raw", F.lit(None).cast("string"))
     elif fmt == "csv":
         encoding = detect_encoding(path)
+        if encoding == "utf-16":  # Spark's CSV reader splits lines before decoding: UTF-16 is read line-broken
+            raise SparkEngineError(f"{path}: UTF-16 CSV for Spark must be converted first: iconv -f UTF-16 -t UTF-8 {path} > converted.csv "
+                                   "(or run it with --engine local, which reads UTF-16)")
         if encoding != "utf-8":  # Spark 4 reads only UTF/ISO charsets unless its legacy Java-charset switch is on
             spark.conf.set("spark.sql.legacy.javaCharsets", "true")
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [T.StructField("_corrupt", T.StringType())])
@@ -204,8 +207,9 @@ def read_spark_table(spark, path: Path, names: ColumnNames, lower: bool = False)
             "_bad", F.when(F.col("_corrupt").isNotNull(), F.format_string(f"expected {n_fields} fields, found %d", fields("_corrupt")))
         ).withColumnRenamed("_corrupt", "_raw")
     else:  # jsonl: lines as text, parsed by the local reader's rules (blank lines skipped, line numbers kept)
-        if detect_encoding(path) != "utf-8":
-            raise SparkEngineError(f"{path}: JSONL for Spark must be UTF-8; convert it first: iconv -f GB18030 -t UTF-8 {path} > converted.jsonl")
+        encoding = detect_encoding(path)
+        if encoding != "utf-8":
+            raise SparkEngineError(f"{path}: JSONL for Spark must be UTF-8; convert it first: iconv -f {encoding.upper()} -t UTF-8 {path} > converted.jsonl")
         keys: list[str] = []
         with open(path, encoding="utf-8-sig") as handle:
             for _, line in zip(range(1000), handle):

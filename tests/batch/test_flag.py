@@ -486,7 +486,6 @@ def test_unknown_headers_fail_before_the_model_is_loaded_and_columns_maps_them(t
         ("orders", "gzip", "gzip-compressed data"),
         ("chats", "gzip", "gzip-compressed data"),
         ("chats", "noise", "binary data"),
-        ("orders", "utf16", "UTF-16 text is not read"),
     ],
 )
 def test_a_file_that_is_not_a_text_table_is_one_clear_line(tmp_path, inputs, which, content, reason):
@@ -504,7 +503,6 @@ def test_a_file_that_is_not_a_text_table_is_one_clear_line(tmp_path, inputs, whi
     data = {
         "gzip": gzip.compress(plain),
         "noise": random.Random(3).randbytes(3000),
-        "utf16": plain.decode("utf-8-sig").encode("utf-16"),
     }[content]
     paths[which] = tmp_path / f"{which}.csv"
     paths[which].write_bytes(data)
@@ -516,6 +514,19 @@ def test_a_file_that_is_not_a_text_table_is_one_clear_line(tmp_path, inputs, whi
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"{which}.csv" in lines[0] and reason in lines[0], result.output
     assert "Traceback" not in result.output and "no-model" not in result.output
+
+
+@pytest.mark.parametrize("which", ["chats", "orders"])
+def test_a_utf16_export_gives_the_nudge_list_of_its_utf8_copy(tmp_path, inputs, flag_bundle_dir, flag_config, which):
+    """Excel's and Windows tools' "Unicode text" is UTF-16 with a byte-order mark: main refused it."""
+    paths = dict(zip(("chats", "orders"), inputs, strict=True))
+    expected = _run(paths["chats"], tmp_path / "utf8.csv", paths["orders"], flag_bundle_dir, flag_config())
+    converted = tmp_path / f"{which}-utf16.csv"
+    converted.write_bytes(paths[which].read_bytes().decode("utf-8-sig").encode("utf-16"))
+    paths[which] = converted
+    summary = _run(paths["chats"], tmp_path / "utf16.csv", paths["orders"], flag_bundle_dir, flag_config())
+    assert (tmp_path / "utf16.csv").read_bytes() == (tmp_path / "utf8.csv").read_bytes()
+    assert summary["rows"] == {**expected["rows"], "rejected_file": summary["rows"]["rejected_file"]} and summary["flagged"] >= 1
 
 
 def test_a_duplicated_conversation_record_is_quarantined_not_merged(tmp_path, inputs, flag_bundle_dir, flag_config):

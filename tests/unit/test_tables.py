@@ -25,6 +25,23 @@ def test_csv_encodings_read_identically(tmp_path, encoding):
     assert rejected == []
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_utf16_with_its_bom_is_read_like_utf8(tmp_path, suffix):
+    """Excel's "Unicode text" and many Windows exports: UTF-16 with a byte-order mark (little or big endian)."""
+    rows = [("你好 在吗", "greeting"), ("多行\n文本", "other"), ("退款 [订单x]", "return_refund")]
+    if suffix == ".csv":
+        text = "text,intent\n" + "".join(f'"{t}",{i}\n' for t, i in rows) + "bad,x,extra\n"
+    else:
+        text = "".join(json.dumps({"text": t, "intent": i}, ensure_ascii=False) + "\n" for t, i in rows) + "{not json\n"
+    for codec in ("utf-16", "utf-16-be"):
+        path = tmp_path / f"m-{codec}{suffix}"
+        path.write_bytes((b"\xfe\xff" if codec == "utf-16-be" else b"") + text.encode(codec))
+        assert detect_encoding(path) == "utf-16"
+        frame, rejected = read_table(path)
+        assert list(zip(frame["text"], frame["intent"])) == rows and list(frame["_line"]) == [1, 2, 3]
+        assert [r.row for r in rejected] == [4]
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 2, 100])
 def test_rows_after_a_skipped_csv_line_keep_their_record_numbers(tmp_path, chunk_rows):
     """A line with the wrong field count is skipped by the parser: the rows after it were numbered by their
