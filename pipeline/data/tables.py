@@ -207,7 +207,9 @@ def read_header(path: str | Path) -> list[str]:
             return []
         finally:
             rows.close()
-    if detect_encoding(path) == "utf-16":
+    with open(path, "rb") as handle:
+        utf16 = _is_utf16(handle.read(2))
+    if utf16:
         with open(path, encoding="utf-16") as text_handle:
             text = next((line for line in text_handle if line.strip()), "")
     else:

@@ -35,7 +35,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_flat_dict_for_mlflow_params():
     flat = config_as_flat_dict(load_config())
-    assert flat["intent_model.classifier"] == "logreg"
+    assert flat["intent_model.classifier"] == "linear_svc"
 
 
 def test_the_yaml_is_the_only_source_of_defaults():
