@@ -10,10 +10,9 @@ import time
 
 import httpx
 import pytest
-import yaml
 
 from serving.schemas import MAX_JSON_DEPTH, body_problem
-from tests.serving.conftest import REPO, base_env, start_server
+from tests.serving.conftest import serve_bundle
 
 SENT_AT = b'"2026-11-20T21:13:05+08:00"'
 HELLO, WILL_BUY = json.dumps("在吗", ensure_ascii=False).encode(), json.dumps("有货我就拍", ensure_ascii=False).encode()
@@ -106,15 +105,8 @@ CASES = {  # name -> (body of a route, the error names one of these; None: any r
 @pytest.fixture(scope="module")
 def live(flag_bundle_dir, tmp_path_factory):
     """`bentoml serve` with configs/default.yaml (one worker) on the small test bundle."""
-    root = tmp_path_factory.mktemp("hostile-json")
-    raw = yaml.safe_load((REPO / "configs" / "default.yaml").read_text(encoding="utf-8"))
-    raw["serving"]["workers"] = 1
-    config = root / "default-one-worker.yaml"
-    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    env = {**base_env(root / "bentoml"), "BUYER_INTENT_MODEL": str(flag_bundle_dir), "BUYER_INTENT_CONFIG": str(config)}
-    server = start_server(env, root / "server.log")
+    server = serve_bundle(flag_bundle_dir, tmp_path_factory.mktemp("hostile-json"))
     try:
-        server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=60) as client:
             yield server, client
     finally:

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import yaml
 
-from tests.serving.conftest import REPO, base_env, start_server
+from tests.serving.conftest import serve_bundle
 
 pytestmark = pytest.mark.server
 
@@ -25,15 +24,8 @@ LIVEZ_MAX_SECONDS = 1.0  # probes never wait for the model or a slot
 
 @pytest.fixture(scope="module")
 def crowded(flag_bundle_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("overload")
-    raw = yaml.safe_load((REPO / "configs" / "default.yaml").read_text(encoding="utf-8"))
-    raw["serving"].update({"workers": 1, "max_concurrency": SLOTS, "timeout_s": 10})
-    config = root / "crowded.yaml"
-    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    env = {**base_env(root / "bentoml"), "BUYER_INTENT_MODEL": str(flag_bundle_dir), "BUYER_INTENT_CONFIG": str(config)}
-    server = start_server(env, root / "server.log")
+    server = serve_bundle(flag_bundle_dir, tmp_path_factory.mktemp("overload"), max_concurrency=SLOTS, timeout_s=10)
     try:
-        server.wait_ready()
         yield server
     finally:
         server.stop()

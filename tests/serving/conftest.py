@@ -195,6 +195,23 @@ def start_server(env: dict[str, str], log_path: Path, port: int | None = None, b
     return Server(f"http://127.0.0.1:{port}", process, log_path)
 
 
+def serve_bundle(bundle_dir: Path, root: Path, **serving) -> Server:
+    """`bentoml serve` of a model directory with configs/default.yaml, one worker and these `serving` settings
+    (the fault suite's servers: each its own store, config and log under `root`); ready when returned."""
+    raw = yaml.safe_load((REPO / "configs" / "default.yaml").read_text(encoding="utf-8"))
+    raw["serving"].update({"workers": 1, **serving})
+    config = root / "serving.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    env = {**base_env(root / "bentoml"), "BUYER_INTENT_MODEL": str(bundle_dir), "BUYER_INTENT_CONFIG": str(config)}
+    server = start_server(env, root / "server.log")
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @pytest.fixture(scope="session")
 def one_worker_config(serving_workdir) -> Path:
     """configs/default.yaml with one worker: the default limits, one model load (a faster start)."""
