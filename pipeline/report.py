@@ -355,7 +355,7 @@ def _champion(headline: dict[str, float], champion: dict[str, float] | None, n_t
     return {"rows": rows, "standard_error": error}
 
 
-def _eval_sets(metrics: dict[str, Any], eval_names: list[str]) -> dict[str, Any]:
+def _eval_sets(metrics: dict[str, Any], eval_names: list[str], promises: dict[str, float] | None = None) -> dict[str, Any]:
     splits = ["test", *eval_names]
     per_split = {
         split: {k: v for k, v in headline_metrics(metrics, split).items() if not k.startswith("conversation_")} for split in splits
@@ -364,7 +364,41 @@ def _eval_sets(metrics: dict[str, Any], eval_names: list[str]) -> dict[str, Any]
     columns = [("metric", "text"), ("test", "num"), *((name.removeprefix("eval:"), "num") for name in eval_names)]
     rows = [["messages", *(str(metrics[s].get("intent", {}).get("n", "—")) for s in splits)]]
     rows += [[_metric_label(key)[0], *(per_split[s].get(key) for s in splits)] for key in keys]
-    return {"columns": columns, "rows": rows, "names": [name for name in eval_names if name.startswith("eval:")]}
+    return {"columns": columns, "rows": rows, "names": [name for name in eval_names if name.startswith("eval:")],
+            "promises": _promises(metrics, splits, promises) if promises else None}
+
+
+def threshold_promises(config: dict[str, Any]) -> dict[str, float]:
+    """What the thresholds chosen on validation promise, from a model's training config (its manifest):
+    the accuracy of the predictions not handed over, and the precision of the purchase flag."""
+    promises = {}
+    fallback = config.get("intent_model", {}).get("fallback", {})
+    if fallback.get("target") == "accepted_accuracy" and fallback.get("value") is not None:
+        promises["intent_accepted_accuracy"] = float(fallback["value"])
+    if config.get("purchase_model", {}).get("target_precision") is not None:
+        promises["purchase_precision"] = float(config["purchase_model"]["target_precision"])
+    return promises
+
+
+def _promises(metrics: dict[str, Any], splits: list[str], promises: dict[str, float]) -> dict[str, Any] | None:
+    """Each promise next to its target on every set: validation text is unlike real chats, so a threshold
+    that keeps its promise on validation may break it on real text, and this table is where that shows."""
+    per_split = {split: headline_metrics(metrics, split) for split in splits}
+    rows = []
+    for key, target in promises.items():
+        row: list[Any] = [_metric_label(key)[0], target]
+        for split in splits:
+            value = per_split[split].get(key)
+            kept = value is not None and _finite(value) and float(value) >= target - 1e-12
+            row.append({"v": value, "css": "" if kept or value is None else "bad"})
+        row.append(", ".join(s.removeprefix("eval:") for s in splits
+                             if per_split[s].get(key) is not None and _finite(per_split[s][key]) and float(per_split[s][key]) < target - 1e-12)
+                   or "none")
+        rows.append(row)
+    if not rows:
+        return None
+    columns = [("promise", "text"), ("target", "num"), *((s.removeprefix("eval:"), "num") for s in splits), ("broken on", "text")]
+    return {"columns": columns, "rows": rows}
 
 
 def _per_intent(intent: dict[str, Any], scored: pd.DataFrame) -> dict[str, Any]:
@@ -665,6 +699,7 @@ def write_report(
     scored_name: str = "held-out test messages",
     scored_is_real: bool = False,
     explain: Callable[..., list] | None = None,
+    promises: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write report.html, report.md, plots/*.png and metrics.json into `out_dir`.
 
@@ -679,6 +714,9 @@ def write_report(
     `explain(texts, predicted_intents)`: explanations of the example mistakes (e.g.
     `functools.partial(pipeline.explain.Explainer(bundle).explain, top_k=3)`, whose n-grams are PII-masked),
     shown beside them; None: no explanations.
+
+    `promises`: {headline metric: target} the thresholds were chosen to keep (`threshold_promises`): shown
+    next to what every set achieves.
 
     `eval_scored`: {"eval:<name>": scored frame like `scored`}: each of these evaluation sets gets the test
     split's per-intent table, confusion matrix, example confusions, calibration and purchase sections under
@@ -704,7 +742,7 @@ def write_report(
         },
         "champion": None if scored_is_real else _champion(headline, champion_headline, n),
         # the test split per source (a shop's labelled queue next to the bundled corpus), then every evaluation set
-        "eval_sets": _eval_sets(metrics, sorted(k for k in metrics if str(k).startswith("test/")) + eval_names),
+        "eval_sets": _eval_sets(metrics, sorted(k for k in metrics if str(k).startswith("test/")) + eval_names, promises),
         "per_intent": view["per_intent"],
         "confusion_matrix": view["confusion_matrix"],
         "confusions": view["confusions"],

@@ -56,6 +56,13 @@ def _write_report(out_dir: Path, **kwargs) -> dict[str, Any]:
     return write_report(out_dir, **kwargs)
 
 
+def _promises_of(bundle) -> dict[str, float]:
+    """The targets the bundle's thresholds were chosen for, from the config it was trained with."""
+    from pipeline.report import threshold_promises
+
+    return threshold_promises(bundle.manifest.get("config", {}))
+
+
 def _report_explainer(predictor: Predictor):
     """The report's "why" column for its example mistakes: the top 3 n-grams of the predicted intent."""
     from pipeline.explain import Explainer
@@ -250,6 +257,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             top_confusions=config.report.top_confusions,
             examples_per_confusion=config.report.examples_per_confusion,
             explain=_report_explainer(Predictor(result.bundle)),
+            promises=_promises_of(result.bundle),
         )
         tracking.log_run_contents(
             config,
@@ -351,9 +359,10 @@ def predict_file(
         parts.append(pd.concat([frame, predictions], axis=1))
     output = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", *PREDICTION_COLUMNS, *(("explanation",) if explain else ())])
     Path(f"{output_path}.rejected.csv").unlink(missing_ok=True)  # a previous run's: it would describe other rows
-    write_table_atomic(output, output_path)
+    csv_encoding = config.output.csv_encoding
+    write_table_atomic(output, output_path, csv_encoding)
     if rejected:
-        write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv")
+        write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv", csv_encoding)
     return {"rows_in": len(output) + len(rejected), "rows_scored": len(output) - skipped, "rows_not_buyer": skipped,
             "rows_rejected": len(rejected)}
 
@@ -383,6 +392,7 @@ def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None,
         top_confusions=config.report.top_confusions,
         examples_per_confusion=config.report.examples_per_confusion,
         explain=_report_explainer(predictor),
+        promises=_promises_of(bundle),
     )
     flat = {
         "model": {"name": bundle.name, "version": bundle.version},

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pipeline.training.evaluate import intent_metrics, purchase_metrics
-from pipeline.report import EVAL_SET_NOTE, write_report
+from pipeline.report import EVAL_SET_NOTE, threshold_promises, write_report
 from pipeline.text import normalize
 from pipeline.training.evaluate import headline_metrics
 
@@ -465,3 +465,34 @@ def test_variants_of_one_message_are_shown_once_among_the_examples(tmp_path):
     shown = [cells[6].strip() for cells in (line.split("|") for line in lines)]
     assert shown == ["刚才那个就是我", "对的没错就这个"]  # the most confident variant, then a different mistake
     assert lines[0].split("|")[3].strip() == "5"  # every variant still counts as a mistake
+
+
+def test_each_threshold_promise_sits_next_to_its_target_and_a_broken_one_is_named(tmp_path):
+    # the thresholds were chosen on validation to reach these targets; a real-chat set can break them
+    scored = make_scored()
+    metrics = make_metrics(scored)
+    metrics["eval:real_chats"] = make_metrics(scored.iloc[4:16].reset_index(drop=True))["test"]
+    metrics["eval:real_chats"]["intent"]["accepted_accuracy"] = 0.61
+    metrics["test"]["intent"]["accepted_accuracy"] = 0.93
+    promises = threshold_promises({"intent_model": {"fallback": {"target": "accepted_accuracy", "value": 0.9}},
+                                   "purchase_model": {"target_precision": 0.8}})
+    assert promises == {"intent_accepted_accuracy": 0.9, "purchase_precision": 0.8}
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS,
+                          headline=headline_metrics(metrics), promises=promises)
+    md = result["markdown"].read_text(encoding="utf-8")
+    table = md_table(md, "| promise | target | test | real_chats | broken on |")
+    assert table["Accepted accuracy"][1:] == ["0.900", "0.930", "**0.610**", "real_chats"]  # broken: bold
+    precision = [f"{metrics[s]['purchase']['precision']:.3f}" for s in ("test", "eval:real_chats")]
+    assert [cell.strip("*") for cell in table["Purchase precision"][1:4]] == ["0.800", *precision]
+    broken = [s for s in ("test", "real_chats") if metrics["eval:" + s if s != "test" else s]["purchase"]["precision"] < 0.8]
+    assert table["Purchase precision"][4] == (", ".join(broken) or "none")
+    html = result["html"].read_text(encoding="utf-8")
+    assert "Do the thresholds keep their promises?" in html and 'class="num bad"' in html
+
+
+def test_no_promise_table_without_targets(tmp_path):
+    scored = make_scored()
+    metrics = make_metrics(scored)
+    assert threshold_promises({"intent_model": {"fallback": {"target": "oos_recall", "value": 0.9}}}) == {}
+    result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
+    assert "| promise | target |" not in result["markdown"].read_text(encoding="utf-8")
