@@ -100,6 +100,13 @@ SLOW_FOLDERS = ("benchmarks", "notebooks", "model", "serving", "reliability", "t
 XDIST_GROUPS = {"notebooks": "corpus", "model": "corpus", "serving": "serving", "reliability": "reliability",
                 "tracking": "tracking", "spark": "spark"}
 CORPUS_FIXTURES = frozenset({"corpus_training", "corpus_bundle_dir"})
+# The fault suite (`pytest -m reliability`, issue #16): tests/reliability plus the schema-driven fuzzing of
+# the live service's OpenAPI document, which lives beside the other server tests.
+RELIABILITY_FILES = frozenset({"test_server_openapi.py"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "reliability: the fault suite (tests/reliability and the OpenAPI fuzzing), `pytest -m reliability`")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -109,6 +116,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if folder in SLOW_FOLDERS or SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if folder == "reliability" or Path(str(item.fspath)).name in RELIABILITY_FILES:
+            item.add_marker(pytest.mark.reliability)
         group = "corpus" if CORPUS_FIXTURES & fixtures else XDIST_GROUPS.get(folder)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
