@@ -15,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install demo test test-fast serve bento tracking-server clean
+.PHONY: install demo test test-fast serve bento tracking-server notebook render-notebooks clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -60,6 +60,15 @@ bento: install
 ## TRACKING_PORT (5000), TRACKING_WORKERS (2), TRACKING_ALLOWED_HOSTS. Clients: MLFLOW_TRACKING_URI=http://HOST:PORT.
 tracking-server: install
 	$(BIN)/python -m pipeline.tracking.server
+
+## JupyterLab on notebooks/ (NOTEBOOK_ARGS=--no-browser on a machine without a browser).
+notebook: install
+	$(BIN)/jupyter lab notebooks/ $(NOTEBOOK_ARGS)
+
+## Execute the notebooks and save them with their outputs (notebooks/render.py): error analysis on the bundled
+## corpus's test split with models/latest (BUYER_INTENT_MODEL=...), never on the real-chat dev set.
+render-notebooks: install
+	$(BIN)/python notebooks/render.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .bentoml mlflow.db mlartifacts reports/* models/*
