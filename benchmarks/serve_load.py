@@ -15,6 +15,15 @@
    serving overhead), and the targets: p99 <= 50 ms for single messages at 32 clients, >= 5,000
    messages/s with 64-message requests. The server is always stopped.
 
+`--ramp` (issue #16: where 429s start): no in-process part and no 64-message scenario; for each of
+`--ramp-keepalive` (default `100,0`: with and without connection recycling) one server, then closed-loop
+single-message /classify at each of `--levels` connections (8 ... 96) for `--level-seconds` each, fresh
+connections per level. Per level: requests, answers/s, p50/p99 of the 200s, 429s (count, share, in how many
+seconds), other errors, and the established connections each worker process holds (sampled from /proc with
+psutil; the service is unchanged). A worker can have no more requests in flight than connections, so a
+worker above its share of `max_concurrency` is where 429s come from. `--results FILE` writes the table
+between the serve-ramp markers of FILE (benchmarks/RESULTS.md); JSON to benchmarks/out/serve_ramp.json.
+
 Results also go to benchmarks/out/serve_load.json. The client and server share the machine: on a
 2-core box the client's CPU is taken from the server, which the figures include.
 """
@@ -147,7 +156,9 @@ def _requests(host: str, port: int, messages: list[str], size: int, n: int = 512
 
 async def _drive(host: str, port: int, payloads: list[bytes], clients: int, seconds: float, max_requests: int, warmup: float):
     latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    ok_latencies: list[float] = []
+    statuses: dict[int, int] = {}  # 0: the connection failed (refused, reset, closed mid-answer)
+    rejected_by_second: dict[int, int] = {}  # 429s by whole second of the measured time
     counter = {"sent": 0}
     start = time.perf_counter()
     measure_from = start + warmup
@@ -162,17 +173,26 @@ async def _drive(host: str, port: int, payloads: list[bytes], clients: int, seco
                 payload = payloads[k % len(payloads)]
                 k += clients
                 t0 = time.perf_counter()
-                if writer is None:  # first request, or the server closed the connection: reconnecting is part of the latency
-                    reader, writer = await asyncio.open_connection(host, port)
-                writer.write(payload)
-                await writer.drain()
-                status, close = await _read_response(reader)
+                try:
+                    if writer is None:  # first request, or the server closed the connection: reconnecting is part of the latency
+                        reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(payload)
+                    await writer.drain()
+                    status, close = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
+                    status, close = 0, True
                 t1 = time.perf_counter()
                 if t0 >= measure_from:
                     latencies.append(t1 - t0)
                     statuses[status] = statuses.get(status, 0) + 1
-                if close:
+                    if status == 200:
+                        ok_latencies.append(t1 - t0)
+                    elif status == 429:
+                        second = int(t0 - measure_from)
+                        rejected_by_second[second] = rejected_by_second.get(second, 0) + 1
+                if close and writer is not None:
                     writer.close()
+                if close:
                     reader = writer = None
         finally:
             if writer is not None:
@@ -180,7 +200,7 @@ async def _drive(host: str, port: int, payloads: list[bytes], clients: int, seco
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = min(time.perf_counter(), deadline) - measure_from
-    return latencies, statuses, max(elapsed, 1e-9)
+    return latencies, statuses, max(elapsed, 1e-9), ok_latencies, rejected_by_second
 
 
 def client_main(args: argparse.Namespace) -> None:
@@ -188,7 +208,7 @@ def client_main(args: argparse.Namespace) -> None:
     messages = load_messages(Path(args.messages) if args.messages else None)
     payloads = _requests("127.0.0.1", args.port, messages, args.size)
     cpu_before = time.process_time()
-    latencies, statuses, elapsed = asyncio.run(
+    latencies, statuses, elapsed, ok_latencies, rejected_by_second = asyncio.run(
         _drive("127.0.0.1", args.port, payloads, args.clients, args.duration, args.max_requests, args.warmup)
     )
     ok = statuses.get(200, 0)
@@ -196,6 +216,7 @@ def client_main(args: argparse.Namespace) -> None:
         "clients": args.clients, "messages_per_request": args.size, "requests": len(latencies), "ok": ok,
         "statuses": {str(k): v for k, v in sorted(statuses.items())}, "seconds": round(elapsed, 2),
         "requests_per_s": ok / elapsed, "messages_per_s": ok * args.size / elapsed, **percentiles(latencies),
+        "ok_latency": percentiles(ok_latencies), "rejected_by_second": {str(k): v for k, v in sorted(rejected_by_second.items())},
         "client_cpu_s": time.process_time() - cpu_before,
     }))
 
@@ -310,6 +331,257 @@ def run_client(port: int, clients: int, size: int, args: argparse.Namespace) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# -------------------------------------------------------------------------------------------- ramp
+
+RAMP_OUT = REPO / "benchmarks" / "out" / "serve_ramp.json"
+RAMP_START = "<!-- serve-ramp:start -->"
+RAMP_END = "<!-- serve-ramp:end -->"
+
+
+class WorkerConnections:
+    """Samples, every `interval` s in a thread, the established client connections each worker process of the
+    server holds on `port` (psutil reads /proc: the service is not changed). A worker can have at most as many
+    requests in flight as connections, so a worker above its slots is where a closed-loop client meets 429."""
+
+    def __init__(self, process: subprocess.Popen, port: int, interval: float = 0.25):
+        import psutil
+
+        self.port, self.interval, self.samples = port, interval, []
+        self.workers: dict[str, psutil.Process] = {}
+        for proc in psutil.Process(process.pid).children(recursive=True):
+            try:
+                cmdline = proc.cmdline()
+            except psutil.Error:
+                continue
+            if any("worker.service" in part for part in cmdline):
+                worker_id = cmdline[cmdline.index("--worker-id") + 1] if "--worker-id" in cmdline else str(proc.pid)
+                self.workers[worker_id] = proc
+        self._stop = None
+        self._thread = None
+
+    def _count(self) -> dict[str, int]:
+        import psutil
+
+        counts = {}
+        for worker_id, proc in sorted(self.workers.items()):
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                conns = []
+            counts[worker_id] = sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == self.port)
+        return counts
+
+    def start(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                counts = self._count()
+                if sum(counts.values()):
+                    self.samples.append(counts)
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self, slots: int) -> dict:
+        self._stop.set()
+        self._thread.join()
+        if not self.samples or not self.workers:
+            return {"samples": len(self.samples), "workers": len(self.workers)}
+        ids = sorted(self.workers)
+        return {
+            "samples": len(self.samples), "workers": len(ids),
+            "mean": {w: statistics.fmean(s.get(w, 0) for s in self.samples) for w in ids},
+            "max": {w: max(s.get(w, 0) for s in self.samples) for w in ids},
+            "max_on_one": max(max(s.values()) for s in self.samples),
+            "share_above_slots": sum(1 for s in self.samples if max(s.values()) > slots) / len(self.samples),
+        }
+
+
+def ramp(args: argparse.Namespace, model: Path, overrides: dict) -> dict:
+    """For each keep-alive setting (and round): one server, then closed-loop single-message /classify at each level of
+    connections for `--level-seconds`, a fresh set of connections per level (a new client process)."""
+    import yaml
+
+    levels = [int(x) for x in args.levels.split(",")]
+    settings = [int(x) for x in args.ramp_keepalive.split(",")]
+    level_args = argparse.Namespace(**{**vars(args), "duration": args.level_seconds, "warmup": 0.0})
+    runs = []
+    for round_ in range(1, args.rounds + 1):
+        for keepalive in settings:
+            with tempfile.TemporaryDirectory(prefix="serve-ramp-") as tmp:
+                workdir = Path(tmp)
+                port = free_port()
+                load_before = os.getloadavg()
+                process = start_server(model, port, args.workers, workdir, args.pythonpath, {**overrides, "keepalive_requests": keepalive})
+                try:
+                    ready = wait_ready(process, port, 300, workdir / "server.log")
+                    serving = yaml.safe_load((workdir / "config.yaml").read_text(encoding="utf-8"))["serving"]
+                    slots = max(1, serving["max_concurrency"] // serving["workers"])
+                    print(f"round {round_}, keepalive_requests={keepalive}: server ready in {ready:.1f} s "
+                          f"({serving['workers']} workers x {slots} slots)", flush=True)
+                    rows = []
+                    for clients in levels:
+                        sampler = WorkerConnections(process, port)
+                        sampler.start()
+                        try:
+                            result = run_client(port, clients, 1, level_args)
+                        finally:
+                            result_workers = sampler.stop(slots)
+                        result["worker_connections"] = result_workers
+                        rows.append(result)
+                        print("  " + ramp_line(result), flush=True)
+                        time.sleep(args.pause)
+                    log_text = (workdir / "server.log").read_text(errors="replace")
+                finally:
+                    stop_server(process)
+            runs.append({
+                "round": round_, "keepalive_requests": keepalive, "ready_s": round(ready, 1), "workers": serving["workers"],
+                "max_concurrency": serving["max_concurrency"], "slots_per_worker": slots, "levels": rows,
+                "load_before": load_before, "load_after": os.getloadavg(),
+                "server_log_tracebacks": log_text.count("Traceback"),
+            })
+    return {"levels": levels, "settings": settings, "level_seconds": args.level_seconds, "runs": runs}
+
+
+def _rejected(row: dict) -> int:
+    return row["statuses"].get("429", 0)
+
+
+def _other_errors(row: dict) -> int:
+    return sum(v for k, v in row["statuses"].items() if k not in ("200", "429"))
+
+
+def _other_cell(row: dict) -> str:
+    """Other answers by status, e.g. `355 (503)`; 0 is a failed connection."""
+    other = {k: v for k, v in row["statuses"].items() if k not in ("200", "429")}
+    return ", ".join(f"{v:,} ({'connection' if k == '0' else k})" for k, v in other.items()) or "0"
+
+
+def _spread(row: dict) -> str:
+    w = row.get("worker_connections", {})
+    if "mean" not in w:
+        return "n/a"
+    return " / ".join(f"{v:.0f}" for v in w["mean"].values()) + f" (max {w['max_on_one']})"
+
+
+def ramp_line(row: dict) -> str:
+    rejected = _rejected(row)
+    ok = row["ok_latency"]
+    return (f"{row['clients']:>4} connections: {row['requests']:>6} requests, {row['requests_per_s']:>6.0f} ok/s, "
+            f"p50/p99 {ok['p50_ms']:.1f}/{ok['p99_ms']:.1f} ms, 429 {rejected} ({100 * rejected / max(row['requests'], 1):.1f}%) "
+            f"in {len(row['rejected_by_second'])} s, other errors {_other_errors(row)}, connections per worker {_spread(row)}")
+
+
+def first_level(run: dict, share: float = 0.0) -> int | None:
+    for row in run["levels"]:
+        if _rejected(row) > share * row["requests"]:
+            return row["clients"]
+    return None
+
+
+def render_ramp(results: dict) -> str:
+    meta, runs = results["meta"], results["ramp"]["runs"]
+    fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
+    name = lambda run: f"keepalive_requests={run['keepalive_requests']}" + (f", round {run['round']}" if len({r['round'] for r in runs}) > 1 else "")  # noqa: E731
+    first = runs[0]
+    lines = [
+        RAMP_START,
+        "# Where 429s start: closed-loop connections ramped on two workers, with and without connection recycling (issue #16)",
+        "",
+        f"Generated by `{meta['command']}` on {meta['when']} ({meta['machine']}, {meta['cpus']} cores, {meta['memory_gb']} GB; "
+        f"Python {meta['python']}, BentoML {meta['bentoml']}). **The machine is shared** with other jobs: the load average "
+        f"(1/5/15 min) per server is below; throughput and latency are noisy, where 429s start is not a matter of speed."
+        + (f" {meta['note']}" if meta.get("note") else ""),
+        "",
+        f"Server: `bentoml serve serving.service:BuyerIntent`, {first['workers']} workers, the serving settings of "
+        f"`configs/default.yaml` (max_concurrency {first['max_concurrency']}, i.e. {first['slots_per_worker']} requests in "
+        f"flight per worker, past which that worker answers 429) with `keepalive_requests` set per run; model `{meta['model']}` "
+        f"(trained {meta['model_trained']}). One server per setting, one after the other.",
+        "",
+        f"Client (`benchmarks/serve_load.py`'s raw HTTP/1.1 keep-alive client, a separate process): N connections, each "
+        f"sending its next single-message /classify request as soon as the previous answer is in (closed loop: at most N "
+        f"requests in flight in all, so with connections spread evenly no 429 can appear below {first['max_concurrency']}); "
+        f"{results['ramp']['level_seconds']:g} s per level, all of it measured, fresh connections per level (opened at "
+        f"once, as a client pool starting up does). A 429 answer is fast and the connection sends again at once (the "
+        f"`Retry-After: 1` is not honoured), so the 429 count is larger than it would be with a polite client; its share "
+        f"is of all answers. \"s with 429\": in how many of the level's seconds a 429 came. Connections per worker: "
+        f"established connections on the server port held by each worker process, read from /proc (psutil) every "
+        f"0.25 s, mean per worker and the most on one worker at any sample (no change to the service).",
+        "",
+        "| connections | " + " | ".join(f"429 share, {name(r)}" for r in runs) + " | "
+        + " | ".join(f"connections per worker, {name(r)}" for r in runs) + " |",
+        "|---|" + "---|" * (2 * len(runs)),
+    ]
+    for i, level in enumerate(results["ramp"]["levels"]):
+        cells = []
+        for r in runs:
+            row = r["levels"][i]
+            cells.append(f"{_rejected(row):,} ({100 * _rejected(row) / max(row['requests'], 1):.1f}%)" if _rejected(row) else "0")
+        cells += [_spread(r["levels"][i]) for r in runs]
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    lines += ["", "First level with a 429 (and with at least 1% 429s): " + "; ".join(
+        f"{name(r)}: {first_level(r) or 'none'} ({first_level(r, 0.01) or 'none'})" for r in runs) + ".", ""]
+    for r in runs:
+        lines += [
+            f"**{name(r)}** (ready in {r['ready_s']:.0f} s; load average {fmt(r['load_before'])} before, "
+            f"{fmt(r['load_after'])} after; server log: {r['server_log_tracebacks']} tracebacks)",
+            "",
+            "| connections | requests | ok req/s | p50 / p99 ms (200s) | 429 | 429 share | s with 429 | other errors | connections per worker: mean (max on one) | samples with a worker above its slots |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in r["levels"]:
+            ok, w = row["ok_latency"], row.get("worker_connections", {})
+            above = f"{100 * w['share_above_slots']:.0f}%" if "share_above_slots" in w else "n/a"
+            lines.append(
+                f"| {row['clients']} | {row['requests']:,} | {row['requests_per_s']:,.0f} | {ok['p50_ms']:.1f} / {ok['p99_ms']:.1f} "
+                f"| {_rejected(row):,} | {100 * _rejected(row) / max(row['requests'], 1):.1f}% | "
+                f"{len(row['rejected_by_second'])} of {row['seconds']:.0f} | {_other_cell(row)} | {_spread(row)} | {above} |"
+            )
+        lines.append("")
+    lines += [
+        f"Reproduce: `make demo` (or any model bundle), then `.venv/bin/python {meta['command']}`.",
+        RAMP_END,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ramp_main(args: argparse.Namespace, model: Path, overrides: dict) -> None:
+    import shlex
+    from datetime import datetime, timezone
+    from importlib.metadata import version as package_version
+
+    import psutil
+
+    manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+    model_name = os.path.relpath(model, REPO) if not os.path.relpath(model, REPO).startswith("..") else str(model)
+    meta = {
+        "command": shlex.join(["benchmarks/serve_load.py", *sys.argv[1:]]),
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30), "python": platform.python_version(),
+        "bentoml": package_version("bentoml"), "model": model_name, "model_trained": manifest.get("created_at"),
+        "messages": args.messages, "note": args.note,
+    }
+    results = {"meta": meta, "ramp": ramp(args, model, overrides)}
+    print()
+    for run in results["ramp"]["runs"]:
+        print(f"keepalive_requests={run['keepalive_requests']}, round {run['round']}: first 429 at "
+              f"{first_level(run) or 'none'} connections, first >= 1% at {first_level(run, 0.01) or 'none'}")
+    out = Path(args.out if args.out != str(OUT) else RAMP_OUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"results: {out}")
+    if args.results:
+        from inference_speed import update_results  # the marked-section writer of benchmarks/RESULTS.md
+
+        update_results(Path(args.results), render_ramp(results), RAMP_START, RAMP_END)
+        print(f"section written: {args.results}")
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -327,7 +599,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each scenario")
     parser.add_argument("--max-requests", type=int, default=200_000, help="requests per scenario at most")
-    parser.add_argument("--out", default=str(OUT), help="JSON results")
+    parser.add_argument("--out", default=str(OUT), help="JSON results (with --ramp: benchmarks/out/serve_ramp.json)")
+    parser.add_argument(
+        "--ramp", action="store_true",
+        help="instead of the two scenarios: closed-loop single-message /classify at each of --levels connections, "
+        "for each of --ramp-keepalive (one server each), and where 429s start",
+    )
+    parser.add_argument("--levels", default="8,16,32,48,56,60,64,72,96", help="--ramp: connection counts, in order")
+    parser.add_argument("--level-seconds", type=float, default=8.0, help="--ramp: measured seconds per level")
+    parser.add_argument("--ramp-keepalive", default="100,0", help="--ramp: keepalive_requests values, one server each")
+    parser.add_argument("--rounds", type=int, default=1, help="--ramp: repeat the settings this many times (alternating)")
+    parser.add_argument("--pause", type=float, default=1.0, help="--ramp: seconds between levels")
+    parser.add_argument("--note", default="", help="--ramp: a sentence added to the section's header (e.g. what else ran)")
+    parser.add_argument("--results", help="--ramp: write the section between the serve-ramp markers of this Markdown file")
     parser.add_argument(
         "--pythonpath",
         help="prepended to the server's PYTHONPATH: e.g. a `pip install --target DIR uvloop httptools` directory, "
@@ -360,6 +644,9 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--serving {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
+    if args.ramp:
+        ramp_main(args, model, overrides)
+        return
     messages = load_messages(messages_path)
     print("in-process ceiling (Predictor.predict, top_k=3, one thread) ...", flush=True)
     ceiling = in_process(model, messages, seconds=min(args.duration, 8.0))
