@@ -26,11 +26,27 @@ ModelOption = Annotated[
 EngineOption = Annotated[str, typer.Option("--engine", help="local (this machine's cores) or spark (PySpark; see README, On Spark)")]
 MasterOption = Annotated[str, typer.Option("--master", help="with --engine spark: the Spark master URL")]
 ConfOption = Annotated[Optional[list[str]], typer.Option("--conf", help="with --engine spark: a Spark setting key=value; repeatable")]
+EncodingOption = Annotated[
+    Optional[str],
+    typer.Option("--encoding", help="CSV output encoding: utf-8-sig (UTF-8 with BOM, for Excel), gb18030 (old Excel/ERP imports) or "
+                 "utf-8 (no BOM); default output.csv_encoding (utf-8-sig). Ignored for .xlsx, .parquet and .jsonl outputs"),
+]
 
 
 def _check_engine(engine: str) -> None:
     if engine not in ("local", "spark"):
         raise typer.BadParameter(f"--engine must be local or spark, got {engine!r}")
+
+
+def _check_encoding(encoding: Optional[str]) -> None:
+    """An unknown --encoding is one line naming the choices, before any model is loaded."""
+    from pipeline.data.tables import TableError, check_csv_encoding
+
+    if encoding is not None:
+        try:
+            check_csv_encoding(encoding)
+        except TableError as exc:
+            _fail(ValueError(f"--encoding: {exc}"))
 
 
 def _setup_logging() -> None:
@@ -133,6 +149,7 @@ def predict(
     engine: EngineOption = "local",
     master: MasterOption = "local[*]",
     conf: ConfOption = None,
+    encoding: EncodingOption = None,
 ) -> None:
     """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row (and `explanation` with --explain)."""
     from pipeline.bundle import ModelIntegrityError
@@ -142,15 +159,17 @@ def predict(
 
     _setup_logging()
     _check_engine(engine)
+    _check_encoding(encoding)
+    run_config = _config(config, {"columns.map": columns, "output.csv_encoding": encoding})
     try:
         if engine == "spark":
             from pipeline.jobs.spark import SparkEngineError, parse_conf, run_predict
 
             if explain:
                 raise SparkEngineError("--explain runs with --engine local only")
-            counts = run_predict(input, output, model, _config(config, {"columns.map": columns}), master=master, conf=parse_conf(conf))
+            counts = run_predict(input, output, model, run_config, master=master, conf=parse_conf(conf))
         else:
-            counts = predict_file(input, output, model, _config(config, {"columns.map": columns}), explain=explain, explain_top_k=explain_top_k)
+            counts = predict_file(input, output, model, run_config, explain=explain, explain_top_k=explain_top_k)
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))
@@ -159,13 +178,14 @@ def predict(
 @app.command()
 def select(
     input: Annotated[Path, typer.Option("--input", help="chat export (CSV/JSONL/Parquet) with a `text` column; with `role`, buyer rows only")],
-    out: Annotated[Path, typer.Option("--out", help="the queue: .csv (UTF-8 with BOM, opens in Excel) or .xlsx (needs openpyxl)")],
+    out: Annotated[Path, typer.Option("--out", help="the queue: .csv (UTF-8 with BOM unless --encoding, opens in Excel) or .xlsx (needs openpyxl)")],
     n: Annotated[int, typer.Option("--n", min=1, help="messages to queue for labelling")] = 200,
     strategy: Annotated[str, typer.Option(help="uncertainty: margin (top-2 probabilities) or entropy")] = "margin",
     similarity: Annotated[float, typer.Option(help="near-duplicates: character-bigram Jaccard at or above this (>1: off)")] = 0.6,
     model: ModelOption = None,
     config: ConfigOption = None,
     columns: ColumnsOption = None,
+    encoding: EncodingOption = None,
 ) -> None:
     """Choose the buyer messages whose labels would teach the model most; write them with the model's guess
     and empty `intent` and `purchase_intent` columns to fill in."""
@@ -175,8 +195,10 @@ def select(
     from pipeline.data.tables import TableError
 
     _setup_logging()
+    _check_encoding(encoding)
+    run_config = _config(config, {"columns.map": columns, "output.csv_encoding": encoding})
     try:
-        summary = select_file(input, out, n, model, _config(config, {"columns.map": columns}), strategy=strategy, similarity=similarity)
+        summary = select_file(input, out, n, model, run_config, strategy=strategy, similarity=similarity)
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError) as exc:
         _fail(exc)
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
@@ -245,6 +267,7 @@ def flag(
     engine: EngineOption = "local",
     master: MasterOption = "local[*]",
     conf: ConfOption = None,
+    encoding: EncodingOption = None,
 ) -> None:
     """Find lost shoppers who had wanted to buy and write the nudge list (催拍)."""
     from pipeline.bundle import ModelIntegrityError
@@ -254,9 +277,10 @@ def flag(
 
     _setup_logging()
     _check_engine(engine)
+    _check_encoding(encoding)
     window_hours = _parse_hours(window) if window else None
     delay = _parse_hours(send_delay, "--send-delay") if send_delay else None
-    run_config = _config(config, {"columns.map": columns, "flag.send_delay_hours": delay})
+    run_config = _config(config, {"columns.map": columns, "flag.send_delay_hours": delay, "output.csv_encoding": encoding})
     try:
         if engine == "spark":
             from pipeline.jobs.spark import parse_conf, run_flag_spark

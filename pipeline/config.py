@@ -268,6 +268,19 @@ class ColumnSettings(_Strict):
         return ColumnNames.from_settings(self.aliases, self.map)
 
 
+class OutputSettings(_Strict):
+    """The `output:` section: how the files a person opens are written; `--encoding` overrides."""
+
+    csv_encoding: str  # utf-8-sig | gb18030 | utf-8 (pipeline.data.tables.CSV_ENCODINGS)
+
+    @field_validator("csv_encoding")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from pipeline.data.tables import check_csv_encoding
+
+        return check_csv_encoding(value)  # a TableError (ValueError) names the choices
+
+
 class Config(_Strict):
     """Every setting of a run. No field has a default here: `configs/default.yaml` is the one source of
     defaults, and another config file only states what it changes (`load_config` lays it over)."""
@@ -289,6 +302,7 @@ class Config(_Strict):
     tune: TuneSettings
     select: SelectSettings
     columns: ColumnSettings
+    output: OutputSettings
 
 
 class ConfigError(ValueError):

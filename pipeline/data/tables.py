@@ -1,4 +1,5 @@
-"""Reading and writing the tables users bring: CSV (UTF-8, UTF-8 with BOM, GB18030/GBK), JSONL, Parquet.
+"""Reading and writing the tables users bring: CSV and tab-separated text (.tsv, .txt: UTF-8, UTF-8 with
+BOM, GB18030/GBK, UTF-16 with its BOM), JSONL, Parquet, Excel.
 
 Shop back-ends export in whatever encoding the operator's Excel used, and exports are messy: rows with
 a wrong number of fields or lines that are not JSON are handed back as rejected rows with a reason,
@@ -25,8 +26,16 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet", ".xlsx")
+SUPPORTED_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".parquet", ".xlsx")
+# Delimited text, comma or TAB (sniffed from the header line): .txt is Excel's "Save as Unicode Text"
+# and many back-office exports (UTF-16 with its BOM, TAB-separated). Read only: outputs are .csv.
+DELIMITED_FORMATS = ("csv", "tsv", "txt")
+OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet", ".xlsx")
 BINARY_FORMATS = ("parquet", "xlsx")  # no text encoding to detect
+# CSV outputs: UTF-8 with a BOM (Excel on Chinese Windows reads plain UTF-8 as GBK: mojibake), GB18030
+# for old Excel and ERP imports that expect the ANSI code page, or UTF-8 without a BOM for other programs.
+CSV_ENCODINGS = ("utf-8-sig", "gb18030", "utf-8")
+DEFAULT_CSV_ENCODING = "utf-8-sig"
 _SNIFF_BYTES = 1 << 20
 
 
@@ -216,9 +225,9 @@ def read_header(path: str | Path) -> list[str]:
         with open(path, "rb") as handle:  # the first non-blank line only: later lines may be in another encoding
             first = next((line for line in handle if line.strip()), b"")
         text = _decode_line(first[len(codecs.BOM_UTF8):] if first.startswith(codecs.BOM_UTF8) else first)
-    if fmt == "csv":
+    if fmt in DELIMITED_FORMATS:
         try:
-            return [name.strip() for name in next(csv.reader([text]), [])]
+            return [name.strip() for name in next(csv.reader([text], delimiter=sniff_delimiter(text)), [])]
         except csv.Error as exc:  # e.g. a lone carriage return inside the header line
             raise TableError(f"{path}: the header line is not CSV ({exc})") from exc
     try:
@@ -226,6 +235,12 @@ def read_header(path: str | Path) -> list[str]:
     except (json.JSONDecodeError, RecursionError):
         return []
     return list(record) if isinstance(record, dict) else []
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """TAB when the header line has more tabs than commas (a TAB-separated export, whatever its name),
+    else a comma: a comma CSV with a stray tab in one header name stays a comma CSV."""
+    return "\t" if header_line.count("\t") > header_line.count(",") else ","
 
 
 def _decode_line(line: bytes) -> str:
@@ -254,6 +269,22 @@ def table_format(path: str | Path) -> str:
     if suffix not in SUPPORTED_SUFFIXES:
         raise TableError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
     return suffix[1:]
+
+
+def output_format(path: str | Path) -> str:
+    """The format an output is written in, by extension; .tsv and .txt are read but not written."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        read_only = " (.tsv and .txt are read, not written)" if suffix in SUPPORTED_SUFFIXES else ""
+        raise TableError(f"{path}: unsupported output file type {suffix!r}{read_only}; use one of {', '.join(OUTPUT_SUFFIXES)}")
+    return suffix[1:]
+
+
+def check_csv_encoding(encoding: str) -> str:
+    """`encoding` when CSV outputs can be written in it; a TableError naming the choices otherwise."""
+    if encoding not in CSV_ENCODINGS:
+        raise TableError(f"unknown CSV encoding {encoding!r}; use one of {', '.join(CSV_ENCODINGS)}")
+    return encoding
 
 
 def detect_encoding(path: str | Path) -> str:
@@ -333,10 +364,16 @@ def utf8_copy(path: str | Path, target: str | Path) -> list[Rejected]:
     return rejected
 
 
-def _csv_header(path: Path, encoding: str) -> list[str]:
+def text_delimiter(path: Path, encoding: str) -> str:
+    """The delimiter of a delimited text file, from its first line (comma for an empty file)."""
+    with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as handle:
+        return sniff_delimiter(handle.readline())
+
+
+def _csv_header(path: Path, encoding: str, delimiter: str = ",") -> list[str]:
     with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, newline="") as handle:
         try:
-            header = next(csv.reader(handle))
+            header = next(csv.reader(handle, delimiter=delimiter))
         except StopIteration as exc:
             raise TableError(f"{path}: the file is empty (no header row)") from exc
     header = [name.strip() for name in header]
@@ -346,8 +383,11 @@ def _csv_header(path: Path, encoding: str) -> list[str]:
 
 
 def _iter_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
+    """Delimited text (.csv, .tsv, .txt) with its comma or TAB delimiter, one parser and one numbering
+    of rejected rows for all of them."""
     encoding = detect_encoding(path)
-    header = _csv_header(path, encoding)
+    delimiter = text_delimiter(path, encoding)
+    header = _csv_header(path, encoding, delimiter)
     pending: list[Rejected] = []
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
@@ -365,7 +405,7 @@ def _iter_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
         read_options=pa_csv.ReadOptions(
             encoding=encoding, column_names=header, skip_rows=1, block_size=8 << 20, use_threads=False
         ),
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
             column_types={name: pa.string() for name in header}, strings_can_be_null=False
         ),
@@ -515,7 +555,7 @@ def _iter_raw(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     if not path.is_file():
         raise TableError(f"{path}: file not found")
     fmt = table_format(path)
-    readers = {"csv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "xlsx": _iter_xlsx}
+    readers = {**dict.fromkeys(DELIMITED_FORMATS, _iter_csv), "jsonl": _iter_jsonl, "parquet": _iter_parquet, "xlsx": _iter_xlsx}
     if fmt in BINARY_FORMATS or _reads_in_one_encoding(path):
         yield from readers[fmt](path, chunk_rows)
         return
@@ -575,22 +615,28 @@ def _defuse_cell(value: object) -> object:
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
 
 
-def csv_bytes(frame: pd.DataFrame, header: bool = True) -> bytes:
+def _continuation_encoding(encoding: str) -> str:
+    """The encoding of chunks after the first: the same, without a second BOM in the middle of the file."""
+    return "utf-8" if encoding == "utf-8-sig" else encoding
+
+
+def csv_bytes(frame: pd.DataFrame, header: bool = True, encoding: str = DEFAULT_CSV_ENCODING) -> bytes:
     """A frame as the CSV every job writes: text cells that Excel would run as a formula get a leading
-    apostrophe (only text columns: a negative number stays a number), UTF-8 with a BOM when the header
-    is written (Excel on Chinese Windows reads plain UTF-8 as GBK: mojibake). Chunks written after the
-    first pass header=False and get neither header nor BOM."""
+    apostrophe (only text columns: a negative number stays a number), in `encoding` (CSV_ENCODINGS; by
+    default UTF-8 with a BOM: Excel on Chinese Windows reads plain UTF-8 as GBK, mojibake). Chunks
+    written after the first pass header=False and get neither header nor BOM."""
     columns = [c for c in _text_columns(frame) if frame[c].map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_STARTS)).any()]
     if columns:
         frame = frame.copy()
         for column in columns:
             frame[column] = frame[column].map(_defuse_cell)
-    return frame.to_csv(index=False, header=header).encode("utf-8-sig" if header else "utf-8")
+    check_csv_encoding(encoding)
+    return frame.to_csv(index=False, header=header).encode(encoding if header else _continuation_encoding(encoding))
 
 
-def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str) -> None:
+def _write(frame: pd.DataFrame, handle: io.BufferedWriter, fmt: str, csv_encoding: str) -> None:
     if fmt == "csv":
-        handle.write(csv_bytes(frame))
+        handle.write(csv_bytes(frame, encoding=csv_encoding))
     elif fmt == "jsonl":
         handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
     elif fmt == "xlsx":
@@ -634,11 +680,13 @@ def named_os_error(exc: OSError, path: str | Path) -> OSError:
     return type(exc)(exc.errno, os.strerror(exc.errno), str(path))
 
 
-def write_table_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write by extension (CSV as UTF-8 with BOM, JSONL, Parquet, Excel .xlsx), atomically."""
-    fmt = table_format(path)
+def write_table_atomic(frame: pd.DataFrame, path: str | Path, csv_encoding: str = DEFAULT_CSV_ENCODING) -> Path:
+    """Write by extension (CSV in `csv_encoding`, UTF-8 with BOM by default; JSONL in UTF-8; Parquet; Excel
+    .xlsx), atomically. The encoding is checked before the temporary file is made."""
+    fmt = output_format(path)
+    check_csv_encoding(csv_encoding)
     with atomic_file(path) as handle:
-        _write(frame, handle, fmt)
+        _write(frame, handle, fmt, csv_encoding)
     return Path(path)
 
 

@@ -241,18 +241,19 @@ def select_messages(
     return queue[[*QUEUE_COLUMNS, "position", "uncertainty"]]
 
 
-def write_queue(queue: pd.DataFrame, path: str | Path) -> Path:
-    """CSV in UTF-8 with a BOM (Excel opens it with the Chinese intact) or .xlsx, written atomically by
-    the same writer as every other output (buyer text that looks like a formula stays text). The queue
-    is sorted by guessed intent, least sure first, which is how it is fastest to label."""
-    from pipeline.data.tables import write_table_atomic
+def write_queue(queue: pd.DataFrame, path: str | Path, csv_encoding: str | None = None) -> Path:
+    """CSV (UTF-8 with a BOM unless `csv_encoding` says otherwise: Excel opens it with the Chinese intact)
+    or .xlsx, written atomically by the same writer as every other output (buyer text that looks like a
+    formula stays text). The queue is sorted by guessed intent, least sure first, which is how it is
+    fastest to label."""
+    from pipeline.data.tables import DEFAULT_CSV_ENCODING, write_table_atomic
 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in QUEUE_SUFFIXES:
         raise SelectError(f"{path}: the queue is written as .csv (UTF-8 with BOM) or .xlsx, not {suffix!r}")
     table = queue[list(QUEUE_COLUMNS)].sort_values(["guess_intent", "guess_confidence"], kind="stable").reset_index(drop=True)
-    return write_table_atomic(table, path)  # .xlsx: text cells as text; .csv: BOM, formulas defused
+    return write_table_atomic(table, path, csv_encoding or DEFAULT_CSV_ENCODING)  # .xlsx: text cells as text; .csv: formulas defused
 
 
 def select_file(
@@ -305,9 +306,9 @@ def select_file(
     queue = select_messages(predictor, texts, n, strategy=strategy, similarity=similarity, rows=rows)
     if config.select.mask_pii:  # chosen on the raw text; labelled masked (`normalize` reads both the same)
         queue = queue.assign(text=[mask_pii(text) for text in queue["text"]])
-    write_queue(queue, out_path)
+    write_queue(queue, out_path, config.output.csv_encoding)
     if rejected:
-        write_table_atomic(rejected_frame(rejected, input_path), f"{out_path}.rejected.csv")
+        write_table_atomic(rejected_frame(rejected, input_path), f"{out_path}.rejected.csv", config.output.csv_encoding)
     return {
         "rows_in": offset + len(rejected),
         "buyer_messages": len(texts),

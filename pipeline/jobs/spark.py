@@ -47,7 +47,19 @@ import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
 from pipeline.config import Config, Registry
-from pipeline.data.tables import ColumnNames, csv_bytes, detect_encoding, read_header, require_columns, table_format, write_xlsx
+from pipeline.data.tables import (
+    DEFAULT_CSV_ENCODING,
+    DELIMITED_FORMATS,
+    ColumnNames,
+    csv_bytes,
+    detect_encoding,
+    output_format,
+    read_header,
+    require_columns,
+    table_format,
+    text_delimiter,
+    write_xlsx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +166,9 @@ def _predictor(bundle_name: str, seal: str):
 # --- reading ----------------------------------------------------------------------------------------
 
 
-def _csv_fields(line: str | None) -> int:
+def _csv_fields(line: str | None, delimiter: str = ",") -> int:
     try:
-        return len(next(csv.reader([line or ""]), []))
+        return len(next(csv.reader([line or ""], delimiter=delimiter), []))
     except csv.Error:
         return 0
 
@@ -188,21 +200,22 @@ def read_spark_table(spark, path: Path, names: ColumnNames, lower: bool = False)
             elif isinstance(field.dataType, T.TimestampNTZType):
                 frame = frame.withColumn(field.name, F.date_format(F.col(field.name), "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"))
         frame = frame.withColumn("_bad", F.lit(None).cast("string")).withColumn("_raw", F.lit(None).cast("string"))
-    elif fmt == "csv":
+    elif fmt in DELIMITED_FORMATS:  # comma or TAB, as the local reader sniffs it from the header line
         encoding = detect_encoding(path)
         if encoding == "utf-16":  # Spark's CSV reader splits lines before decoding: UTF-16 is read line-broken
-            raise SparkEngineError(f"{path}: UTF-16 CSV for Spark must be converted first: iconv -f UTF-16 -t UTF-8 {path} > converted.csv "
+            raise SparkEngineError(f"{path}: UTF-16 text for Spark must be converted first: iconv -f UTF-16 -t UTF-8 {path} > converted.{fmt} "
                                    "(or run it with --engine local, which reads UTF-16)")
+        delimiter = text_delimiter(path, encoding)
         if encoding != "utf-8":  # Spark 4 reads only UTF/ISO charsets unless its legacy Java-charset switch is on
             spark.conf.set("spark.sql.legacy.javaCharsets", "true")
         schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [T.StructField("_corrupt", T.StringType())])
         frame = (
             spark.read.schema(schema)
-            .options(header=True, encoding=encoding, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt", multiLine=False)
+            .options(header=True, sep=delimiter, encoding=encoding, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt", multiLine=False)
             .csv(str(path))
         )
         n_fields = len(columns)
-        fields = F.udf(_csv_fields, "int")
+        fields = F.udf(lambda line: _csv_fields(line, delimiter), "int")
         frame = frame.withColumn(
             "_bad", F.when(F.col("_corrupt").isNotNull(), F.format_string(f"expected {n_fields} fields, found %d", fields("_corrupt")))
         ).withColumnRenamed("_corrupt", "_raw")
@@ -330,13 +343,13 @@ def _parts(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("part-*") if p.suffix == ".parquet")
 
 
-def assemble(frame, parts_dir: Path, target: Path, finish=None) -> None:
+def assemble(frame, parts_dir: Path, target: Path, finish=None, csv_encoding: str = DEFAULT_CSV_ENCODING) -> None:
     """Write the (ordered) Spark DataFrame as Parquet parts, then stream them, in order, into one file
     at `target` in the local engine's format for its extension (`finish`: per pandas chunk, the local
-    engine's dtypes). `target` is inside the staging directory; publishing is a rename."""
+    engine's dtypes; a CSV in `csv_encoding`). `target` is inside the staging directory; publishing is a rename."""
     frame.write.mode("overwrite").parquet(str(parts_dir))
     parts = _parts(parts_dir)
-    fmt = table_format(target)
+    fmt = output_format(target)
     arrow_schema = pq.read_schema(parts[0]) if parts else None
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -350,10 +363,10 @@ def assemble(frame, parts_dir: Path, target: Path, finish=None) -> None:
         if fmt == "csv":
             wrote = False
             for chunk in chunks():
-                handle.write(csv_bytes(chunk, header=not wrote))
+                handle.write(csv_bytes(chunk, header=not wrote, encoding=csv_encoding))
                 wrote = True
             if not wrote:
-                handle.write(csv_bytes(finish(empty) if finish else empty))
+                handle.write(csv_bytes(finish(empty) if finish else empty, encoding=csv_encoding))
         elif fmt == "jsonl":
             for chunk in chunks():
                 handle.write(chunk.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
@@ -430,7 +443,8 @@ def run_predict(
     input_path, output_path = Path(input_path), Path(output_path)
     names = config.columns.names().only(("text", "role"))
     require_columns(input_path, ["text"], names)
-    table_format(output_path)
+    output_format(output_path)
+    csv_encoding = config.output.csv_encoding
     resolved = resolve_model(model, Registry.from_config(config))
     spark, created = spark_session(master, conf)
     try:
@@ -480,11 +494,11 @@ def run_predict(
         ).orderBy("row")
         with _Staging(output_path) as staging:
             target = staging.parts(output_path.name)
-            assemble(result, staging.parts("predictions"), target, finish)
+            assemble(result, staging.parts("predictions"), target, finish, csv_encoding)
             n_rejected = rejected.count()
             rejected_target = staging.parts("rejected.csv")
             if n_rejected:
-                assemble(rejected, staging.parts("rejected"), rejected_target)
+                assemble(rejected, staging.parts("rejected"), rejected_target, csv_encoding=csv_encoding)
             counts = good.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_buyer").cast("long")).alias("buyers") if has_role else F.count(F.lit(1)).alias("buyers")).collect()[0]
             _publish(target, output_path)
             rejected_path = output_path.with_name(f"{output_path.name}.rejected.csv")
@@ -920,8 +934,8 @@ def run_flag_spark(
         with _Staging(out) as staging:
             staged_out, staged_rejected = staging.parts(out.name), staging.parts(rejected_path.name)
             assemble(nudge_list, staging.parts("nudges"), staged_out,
-                     lambda chunk: chunk.assign(priority=chunk["priority"].astype(np.int64)))
-            assemble(rejected, staging.parts("rejected"), staged_rejected)
+                     lambda chunk: chunk.assign(priority=chunk["priority"].astype(np.int64)), config.output.csv_encoding)
+            assemble(rejected, staging.parts("rejected"), staged_rejected, csv_encoding=config.output.csv_encoding)
             summary["files_sha256"] = {out.name: sha256_file(staged_out), rejected_path.name: sha256_file(staged_rejected)}
             # As the local engine: the summary (the set's commit record) goes first and comes back last.
             summary_path.unlink(missing_ok=True)

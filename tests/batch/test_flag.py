@@ -605,3 +605,45 @@ def test_candidates_whose_window_outlasts_the_orders_file_are_counted_and_warned
     long = _run(chats, tmp_path / "b.csv", orders, flag_bundle_dir, flag_config(window_hours=24 * 365))
     assert long["candidates_before_window_end"] >= long["flagged"] >= 1
     assert any("have not paid so far" in w for w in long["warnings"])
+
+
+# The headers of an Excel "Unicode Text" export of a shop's chats (columns.aliases reads each of them).
+UNICODE_TEXT_HEADERS = {"conversation_id": "会话ID", "buyer_id": "买家昵称", "shop_id": "店铺", "category": "类目",
+                        "role": "角色", "text": "内容", "sent_at": "时间"}
+
+
+def test_a_unicode_text_export_gives_the_nudge_list_written_in_gb18030_on_request(tmp_path, inputs, flag_bundle_dir, flag_config):
+    """Excel's "Save as Unicode Text" (UTF-16 LE with its BOM, TAB-separated, .txt) with a row of too many
+    fields: the row is quarantined with its record number, the others flag what the CSV flags; with
+    --encoding gb18030 the nudge list and the rejected rows are GB18030 (not UTF-8) and read back equal."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.data.tables import read_table
+
+    chats, orders = inputs
+    reference = tmp_path / "reference.csv"
+    _run(chats, reference, orders, flag_bundle_dir, flag_config())
+    lines = flat_rows().rename(columns=UNICODE_TEXT_HEADERS).to_csv(sep="\t", index=False, lineterminator="\r\n").splitlines(keepends=True)
+    bad = "c20\tb20\ts1\tfood\tbuyer\t我要了\t多一格\t2024-05-01T10:00:00+08:00\r\n"
+    export = tmp_path / "聊天记录.txt"
+    export.write_bytes(b"\xff\xfe" + "".join([*lines[:4], bad, *lines[4:]]).encode("utf-16-le"))
+    config = tmp_path / "one-worker.yaml"
+    config.write_text("flag: {workers: 1}\n", encoding="utf-8")
+    out = tmp_path / "nudges.csv"
+    result = CliRunner().invoke(app, ["flag", "--chats", str(export), "--orders", str(orders), "--out", str(out), "--model", str(flag_bundle_dir),
+                                      "--config", str(config), "--encoding", "gb18030", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_name("nudges.csv.summary.json").read_text(encoding="utf-8"))
+    assert summary["rows"] == {**summary["rows"], "in": 29, "used": 28, "rejected": 1, "balanced": True}
+    data = out.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    assert data.decode("gb18030") == reference.read_bytes().decode("utf-8-sig")
+    assert read_table(out)[0].equals(read_table(reference)[0])
+    rejected_bytes = out.with_name("nudges.csv.rejected.csv").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        rejected_bytes.decode("utf-8")
+    rejected, _ = read_table(out.with_name("nudges.csv.rejected.csv"))
+    assert rejected[["row", "reason"]].values.tolist() == [["4", "expected 7 fields, found 8"]]
+    assert rejected["raw"].tolist() == [bad.rstrip("\r\n")]

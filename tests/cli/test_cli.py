@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 
 from pathlib import Path
@@ -122,10 +123,50 @@ def test_predict_scores_only_buyer_rows_when_there_is_a_role_column(first_run, w
     out = workspace / "roles-out.csv"
     result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(out)])
     assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(codecs.BOM_UTF8)  # the default CSV output: UTF-8 with its BOM, for Excel
     scored = pd.read_csv(out, encoding="utf-8-sig")
     assert len(scored) == 4 and scored["scored"].tolist() == [True, False, True, False]
     assert scored.loc[[1, 3], "intent"].isna().all() and scored.loc[[1, 3], "purchase_intent"].isna().all()
     assert scored.loc[[0, 2], "intent"].notna().all()
+
+
+@pytest.mark.parametrize(("name", "bom", "codec"), [("unicode-text.txt", codecs.BOM_UTF16_LE, "utf-16-le"), ("export.tsv", b"", "utf-8")])
+def test_predict_reads_a_tab_separated_export_and_writes_gb18030_on_request(first_run, workspace, name, bom, codec):
+    """A TAB-separated export (Excel's "Unicode Text" .txt, a UTF-8 .tsv) with the shop's headers and a row
+    of too many fields: the row goes to the rejected file with its record number; with --encoding gb18030
+    the predictions decode as GB18030, not UTF-8, and read back as the UTF-8 run's."""
+    from pipeline.data.tables import read_table
+
+    lines = ["会话ID\t买家昵称\t店铺\t角色\t内容\t时间", "c1\tb1\ts1\t买家\t在吗\t2024-05-01 10:00", "c1\tb1\ts1\t买家\t有货\t我就拍\t2024-05-01 10:01",
+             "c1\tb1\ts1\t客服\t亲 在的\t2024-05-01 10:02", "c2\tb2\ts2\t买家\t能便宜点吗 𠮷\t2024-05-01 11:00"]
+    source = workspace / name
+    source.write_bytes(bom + ("\r\n".join(lines) + "\r\n").encode(codec))
+    outputs = {}
+    for encoding in ("utf-8-sig", "gb18030"):
+        outputs[encoding] = out = workspace / f"{name}-{encoding}.csv"
+        result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(out), "--encoding", encoding])
+        assert result.exit_code == 0, result.output
+        assert f"scored 2 rows -> {out}; 1 rejected" in result.output
+    data = outputs["gb18030"].read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    assert data.decode("gb18030") == outputs["utf-8-sig"].read_bytes().decode("utf-8-sig")
+    scored, _ = read_table(outputs["gb18030"])
+    assert scored.equals(read_table(outputs["utf-8-sig"])[0])
+    assert scored["text"].tolist() == ["在吗", "亲 在的", "能便宜点吗 𠮷"] and scored["scored"].tolist() == ["True", "False", "True"]
+    rejected, _ = read_table(f"{outputs['gb18030']}.rejected.csv")
+    assert rejected[["row", "reason", "raw"]].values.tolist() == [["2", "expected 6 fields, found 7", lines[2]]]
+
+
+def test_an_unknown_output_encoding_is_one_clear_line(workspace):
+    source = workspace / "enc.csv"
+    source.write_text("text\n在吗\n", encoding="utf-8")
+    result = runner.invoke(app, ["predict", "--input", str(source), "--output", str(workspace / "enc-out.csv"), "--encoding", "latin-1",
+                                 "--model", str(workspace / "no-model")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--encoding" in lines[0] and "'latin-1'" in lines[0] and "utf-8-sig, gb18030, utf-8" in lines[0]
+    assert not (workspace / "enc-out.csv").exists()
 
 
 def test_evaluate_writes_metrics_and_report(first_run, workspace, small_messages_csv):

@@ -114,6 +114,29 @@ def test_a_gb18030_export_is_read_through_sparks_encoding(tmp_path, spark, spark
     assert "能便宜点吗" in (tmp_path / "spark.csv").read_text(encoding="utf-8-sig")
 
 
+def test_a_tab_separated_export_is_read_and_a_gb18030_list_written_as_the_local_engine_does(tmp_path, spark, spark_bundle_dir):
+    """A UTF-8 .tsv with a row of too many fields: the local engine's rows, quarantine and GB18030 bytes
+    (output.csv_encoding, what --encoding sets); a UTF-16 .txt is refused with the conversion named."""
+    from pipeline.config import load_config
+    from pipeline.jobs.spark import SparkEngineError
+
+    settings = load_config(overrides={"paths.data": "unused.csv", "flag.workers": 1, "output.csv_encoding": "gb18030"})
+    orders = write_orders(tmp_path / "orders.csv")
+    lines = flat_rows().to_csv(sep="\t", index=False).splitlines(keepends=True)
+    tsv = tmp_path / "chats.tsv"
+    tsv.write_text("".join([*lines[:4], "c20\tb20\ts1\tfood\tbuyer\t我要了\t多一格\t2024-05-01T10:00:00+08:00\n", *lines[4:]]), encoding="utf-8")
+    local = _local(tsv, tmp_path / "local.csv", orders, spark_bundle_dir, settings)
+    summary = _spark(tsv, tmp_path / "spark.csv", orders, spark_bundle_dir, settings)
+    assert summary["rows"]["rejected"] == local["rows"]["rejected"] == 1 and summary["flagged"] == local["flagged"] > 0
+    for name in ("spark.csv", "spark.csv.rejected.csv"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / name.replace("spark", "local")).read_bytes()
+    assert "能便宜点吗" in (tmp_path / "spark.csv").read_bytes().decode("gb18030")
+    unicode_text = tmp_path / "chats.txt"
+    unicode_text.write_bytes(b"\xff\xfe" + "".join(lines).encode("utf-16-le"))
+    with pytest.raises(SparkEngineError, match=r"chats\.txt: UTF-16 text for Spark must be converted first: iconv -f UTF-16 -t UTF-8 .* > converted\.txt"):
+        _spark(unicode_text, tmp_path / "utf16.csv", orders, spark_bundle_dir, settings)
+
+
 def test_a_killed_job_leaves_no_output_and_a_rerun_gives_the_same_bytes(tmp_path, spark, spark_bundle_dir, generated_day, flag_settings,
                                                                         flagged_day):
     chats, orders = generated_day

@@ -66,7 +66,8 @@ def test_another_config_states_only_what_it_changes(tmp_path):
 @pytest.mark.parametrize(
     ("section", "key"),
     [("flag: {windw_hours: 3}", "flag.windw_hours"), ("serving: {max_chars: 0}", "serving.max_chars"),
-     ("tune: {metric: recall}", "tune.metric"), ("flag: {quiet_hours: ['25:00', '08:00']}", "flag.quiet_hours")],
+     ("tune: {metric: recall}", "tune.metric"), ("flag: {quiet_hours: ['25:00', '08:00']}", "flag.quiet_hours"),
+     ("output: {csv_encoding: latin-1}", "output.csv_encoding")],
 )
 def test_every_section_is_validated_at_load_time(tmp_path, section, key):
     """A typo under flag:, serving: or tune: fails when the config is read, not after training."""
@@ -74,6 +75,14 @@ def test_every_section_is_validated_at_load_time(tmp_path, section, key):
     path.write_text(section + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(path)
+
+
+def test_csv_outputs_are_utf8_with_a_bom_unless_the_config_or_encoding_says_otherwise(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("output: {csv_encoding: gb18030}\n", encoding="utf-8")
+    assert load_config().output.csv_encoding == "utf-8-sig"
+    assert load_config(path).output.csv_encoding == "gb18030"
+    assert load_config(path, {"output.csv_encoding": "utf-8"}).output.csv_encoding == "utf-8"  # --encoding wins
 
 
 def test_model_name_alias_and_tracking_uri_come_from_the_config(tmp_path, monkeypatch):

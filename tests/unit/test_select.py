@@ -261,3 +261,32 @@ def test_select_command(tiny_model_dir, tmp_path):
     pd.DataFrame({"foo": ["x"]}).to_csv(missing, index=False)
     bad = CliRunner().invoke(app, ["select", "--input", str(missing), "--out", str(tmp_path / "q.csv"), "--model", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and "missing column" in bad.output  # headers checked before the model is resolved
+
+
+def test_select_reads_a_unicode_text_export_and_writes_a_gb18030_queue_on_request(tiny_model_dir, tmp_path):
+    """Excel's "Unicode Text" (UTF-16 with its BOM, TAB-separated, .txt) in; with --encoding gb18030 the
+    queue and its rejected rows are GB18030 for an old Excel, and read back as they were written."""
+    from pipeline.cli import app
+    from pipeline.data.tables import read_table
+
+    rows = [("c1", "买家", "在吗"), ("c1", "客服", "亲在的"), ("c2", "买家", "有货吗 𠮷"), ("c3", "买家", "能便宜点吗")]
+    lines = ["会话ID\t发送方\t消息内容", *("\t".join(row) for row in rows[:2]), "c9\t买家\t多\t一格", *("\t".join(row) for row in rows[2:])]
+    export = tmp_path / "聊天记录.txt"
+    export.write_bytes(codecs.BOM_UTF16_LE + ("\r\n".join(lines) + "\r\n").encode("utf-16-le"))
+    out = tmp_path / "queue.csv"
+    args = ["select", "--input", str(export), "--n", "3", "--out", str(out), "--model", str(tiny_model_dir)]
+    result = CliRunner().invoke(app, [*args, "--encoding", "gb18030"])
+    assert result.exit_code == 0, result.output
+    for written in (out, tmp_path / "queue.csv.rejected.csv"):
+        data = written.read_bytes()
+        with pytest.raises(UnicodeDecodeError):
+            data.decode("utf-8")
+        data.decode("gb18030")
+    queue, _ = read_table(out)
+    assert sorted(queue["text"]) == sorted(["在吗", "有货吗 𠮷", "能便宜点吗"])
+    rejected, _ = read_table(tmp_path / "queue.csv.rejected.csv")
+    assert rejected[["row", "reason", "raw"]].values.tolist() == [["3", "expected 3 fields, found 4", "c9\t买家\t多\t一格"]]
+
+    bad = CliRunner().invoke(app, [*args, "--encoding", "latin-1"])
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1 and "--encoding" in lines[0] and "gb18030" in lines[0], bad.output

@@ -1,5 +1,7 @@
-"""Exports arrive in GB18030, UTF-8 with or without BOM, as CSV, JSONL or Parquet."""
+"""Exports arrive in GB18030, UTF-8 with or without BOM, UTF-16, as CSV, tab-separated text, JSONL or Parquet; CSV
+outputs are written in UTF-8 with a BOM or the encoding asked for."""
 
+import codecs
 import json
 
 import pandas as pd
@@ -208,3 +210,111 @@ def test_a_file_that_is_not_excel_is_a_clear_error(tmp_path):
     path.write_text("text\n在吗\n", encoding="utf-8")
     with pytest.raises(TableError, match=r"fake\.xlsx: not a readable Excel"):
         read_table(path)
+
+
+# --- CSV output encodings (--encoding) and tab-separated text exports (.tsv, .txt) -----------------------
+
+# Chinese, a character beyond the BMP (GB18030's four-byte range) and a euro sign: GB18030 covers all of Unicode.
+OUTPUT_ROWS = pd.DataFrame({"text": ["在吗 亲", "𠮷野家 €5 包邮吗", "=1+1"], "intent": ["greeting", "price_promo", "other"]})
+
+
+def test_a_gb18030_csv_output_is_gb18030_not_utf8_and_reads_back_equal(tmp_path):
+    """Old Excel and ERP imports expect the ANSI code page: the file decodes as GB18030, has no BOM, and
+    our readers (which detect GB18030) give back the frame that was written."""
+    path = tmp_path / "out.csv"
+    write_table_atomic(OUTPUT_ROWS, path, csv_encoding="gb18030")
+    data = path.read_bytes()
+    assert not data.startswith(b"\xef\xbb\xbf")
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    assert data.decode("gb18030").splitlines()[2] == "𠮷野家 €5 包邮吗,price_promo"
+    assert detect_encoding(path) == "gb18030"
+    frame, rejected = read_table(path)
+    assert rejected == []
+    assert frame["text"].tolist() == ["在吗 亲", "𠮷野家 €5 包邮吗", "'=1+1"]  # a formula stays defused
+    assert frame["intent"].tolist() == OUTPUT_ROWS["intent"].tolist()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]  # written through a temporary file and renamed
+
+
+@pytest.mark.parametrize(("encoding", "start"), [(None, b"\xef\xbb\xbftext,intent"), ("utf-8-sig", b"\xef\xbb\xbftext,intent"),
+                                                 ("utf-8", b"text,intent")])
+def test_csv_output_is_utf8_with_its_bom_by_default(tmp_path, encoding, start):
+    path = tmp_path / "out.csv"
+    write_table_atomic(OUTPUT_ROWS, path, **({"csv_encoding": encoding} if encoding else {}))
+    assert path.read_bytes().startswith(start)
+    assert read_table(path)[0]["intent"].tolist() == OUTPUT_ROWS["intent"].tolist()
+
+
+def test_csv_chunks_after_the_first_carry_no_second_bom():
+    """The Spark engine streams a CSV chunk by chunk: only the first chunk may start with a BOM."""
+    from pipeline.data.tables import csv_bytes
+
+    assert csv_bytes(OUTPUT_ROWS, header=False, encoding="utf-8-sig").startswith("在吗".encode())
+    assert csv_bytes(OUTPUT_ROWS, header=False, encoding="gb18030") == OUTPUT_ROWS.to_csv(index=False, header=False).replace(
+        "=1+1", "'=1+1").encode("gb18030")
+
+
+def test_an_unknown_output_encoding_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(TableError, match=r"unknown CSV encoding 'latin-1'; use one of utf-8-sig, gb18030, utf-8"):
+        write_table_atomic(OUTPUT_ROWS, tmp_path / "out.csv", csv_encoding="latin-1")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".txt"])
+def test_tab_separated_text_is_read_not_written(tmp_path, suffix):
+    with pytest.raises(TableError, match=rf"unsupported output file type '\{suffix}' \(.tsv and .txt are read, not written\); use one of .csv"):
+        write_table_atomic(OUTPUT_ROWS, tmp_path / f"out{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
+# An export with the shop's own headers (columns.aliases) and, as line 3, a row with one field too many.
+EXPORT_HEADERS = ["会话ID", "买家昵称", "店铺", "角色", "内容", "时间"]
+EXPORT_LINES = [
+    ["c1", "b1", "s1", "买家", "在吗 有货吗", "2024-05-01 10:00:00"],
+    ["c1", "b1", "s1", "买家", "多", "一格", "2024-05-01 10:01:00"],
+    ["c1", "b1", "s1", "客服", '"亲, 在的\t有货"', "2024-05-01 10:02:00"],  # quoted: a comma and a TAB inside
+    ["c2", "b2", "s1", "买家", "𠮷 这个能便宜点吗", "2024-05-01 11:00:00"],
+]
+
+
+def _tab_separated(lines=EXPORT_LINES) -> str:
+    return "\r\n".join("\t".join(fields) for fields in [EXPORT_HEADERS, *lines]) + "\r\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("unicode-text.txt", codecs.BOM_UTF16_LE + _tab_separated().encode("utf-16-le")),  # Excel: Save as Unicode Text
+        ("export.tsv", _tab_separated().encode("utf-8")),
+        ("export-bom.tsv", _tab_separated().encode("utf-8-sig")),
+        ("export-gbk.txt", _tab_separated().encode("gb18030")),
+        ("tabs-named.csv", _tab_separated().encode("utf-8")),  # the delimiter comes from the header, not the name
+    ],
+)
+def test_tab_separated_exports_are_read_like_csv(tmp_path, name, data):
+    """TAB-separated text in any encoding the CSV reader detects: the headers map through columns.aliases,
+    and the malformed row is quarantined with its record number and reason, as in a CSV."""
+    from pipeline.config import load_config
+    from pipeline.data.tables import read_header, require_columns
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    names = load_config().columns.names()
+    assert read_header(path) == EXPORT_HEADERS
+    require_columns(path, ["conversation_id", "buyer_id", "shop_id", "role", "text", "sent_at"], names)
+    frame, rejected = read_table(path, names)
+    assert list(frame.columns) == ["conversation_id", "buyer_id", "shop_id", "role", "text", "sent_at", "_line"]
+    assert frame["text"].tolist() == ["在吗 有货吗", "亲, 在的\t有货", "𠮷 这个能便宜点吗"]
+    assert frame["_line"].tolist() == [1, 3, 4]
+    assert [(r.row, r.reason) for r in rejected] == [(2, "expected 6 fields, found 7")]
+    assert rejected[0].raw == "\t".join(EXPORT_LINES[1])
+
+
+def test_a_comma_csv_with_a_tab_in_one_header_stays_comma_separated(tmp_path):
+    from pipeline.data.tables import sniff_delimiter
+
+    assert sniff_delimiter("会话ID\t内容\t时间\r\n") == "\t" and sniff_delimiter("text,intent\n") == ","
+    path = tmp_path / "m.tsv"
+    path.write_text("text\tnote,intent,group\n在吗,greeting,g1\n", encoding="utf-8")
+    frame, rejected = read_table(path)
+    assert list(frame.columns) == ["text\tnote", "intent", "group", "_line"] and rejected == []

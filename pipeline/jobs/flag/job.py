@@ -22,7 +22,7 @@ from pipeline.jobs.flag.partition import partition_chats
 from pipeline.jobs.flag.shards import ShardTask, run_shards
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.rows import ORDER_COLUMNS
-from pipeline.data.tables import ColumnNames, TableError, require_columns, table_format
+from pipeline.data.tables import ColumnNames, TableError, output_format, require_columns, table_format
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def checked_job(chats: Path, out: Path, orders: Path | None, config: Config, win
             except TableError as exc:
                 raise FlagError(str(exc)) from exc
     try:
-        table_format(out)
+        output_format(out)
     except TableError as exc:
         raise FlagError(f"--out {exc}") from exc
     chat_names = config.columns.names().only((*CHAT_COLUMNS, "category", "ordered"))
@@ -182,7 +182,8 @@ def run_flag(
         "threshold": settings.min_score if settings.min_score is not None else model_threshold,
         "model": {"name": resolved.name, "version": resolved.version, "sha256": model_identity["sha256"]},
     }
-    summary = merge_results(work, out, chats, orders, partition, orders_info, policy, threshold_info, settings.share_alert)
+    summary = merge_results(work, out, chats, orders, partition, orders_info, policy, threshold_info, settings.share_alert,
+                            config.output.csv_encoding)
     if not settings.keep_work_dir:
         shutil.rmtree(work, ignore_errors=True)
         if base.is_dir() and not any(base.iterdir()):

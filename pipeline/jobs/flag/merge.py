@@ -21,7 +21,7 @@ from pipeline.jobs.flag.files import OUTPUT_COLUMNS, REJECTED_SCHEMA, reason_kin
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.policy import share_warnings
 from pipeline.nudge.rules import apply_one_per_window
-from pipeline.data.tables import write_table_atomic
+from pipeline.data.tables import DEFAULT_CSV_ENCODING, write_table_atomic
 from pipeline.times import format_times
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,10 @@ def _group_summary(counts: pd.DataFrame, flagged: pd.DataFrame, key: str) -> dic
 def merge_results(
     work: Path, out: Path, chats: Path, orders: Path | None, partition: dict, orders_info: dict | None,
     policy: NudgePolicy, threshold_info: dict[str, Any], share_alert: ShareAlertSettings | None = None,
+    csv_encoding: str = DEFAULT_CSV_ENCODING,
 ) -> dict[str, Any]:
-    """Phase 3: one nudge per buyer/shop/window, deterministic order, atomic output, rejected rows, summary."""
+    """Phase 3: one nudge per buyer/shop/window, deterministic order, atomic output, rejected rows, summary.
+    CSV files (the list, the rejected rows) are written in `csv_encoding`."""
     results = work / "results"
     shard_names = [f"shard-{i:05d}" for i in range(partition["shards"])]
     done = [json.loads((results / f"{name}.json").read_text(encoding="utf-8")) for name in shard_names]
@@ -101,7 +103,7 @@ def merge_results(
         ):
             leftover.unlink(missing_ok=True)
     try:
-        write_table_atomic(output, staged[out])
+        write_table_atomic(output, staged[out], csv_encoding)
     except BaseException:
         staged[out].unlink(missing_ok=True)
         raise
@@ -114,7 +116,7 @@ def merge_results(
     order_rejected = pd.read_parquet(work / "orders-rejected.parquet") if orders is not None else REJECTED_SCHEMA.empty_table().to_pandas()
     rejected = pd.concat([chat_rejected, order_rejected.sort_values("seq", kind="mergesort")], ignore_index=True)
     try:
-        write_table_atomic(rejected[["source", "row", "reason", "raw"]], staged[rejected_path])
+        write_table_atomic(rejected[["source", "row", "reason", "raw"]], staged[rejected_path], csv_encoding)
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)

@@ -38,7 +38,8 @@ from pipeline.nudge.rows import check_turns, is_blank
 from pipeline.data.tables import PLAIN_COLUMNS, ColumnNames, TableError, iter_table, named_os_error, parse_yes_no_column, table_format
 from pipeline.text import mask_pii
 
-_BYTES_PER_ROW = {"csv": 90, "jsonl": 140, "xlsx": 40}  # only to choose the number of shards (xlsx is compressed)
+# only to choose the number of shards (xlsx is compressed; .txt is mostly UTF-16, two bytes a character)
+_BYTES_PER_ROW = {"csv": 90, "tsv": 90, "txt": 180, "jsonl": 140, "xlsx": 40}
 
 
 def _explode_conversations(frame: pd.DataFrame, seen: dict[tuple[str, str], Any]) -> tuple[pd.DataFrame, list[dict]]:
