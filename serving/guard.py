@@ -96,6 +96,7 @@ class RequestGuard:
         body_timeout_s: float = 0.0,
         max_json_containers: int = 0,
         openapi: Callable[[], dict[str, Any]] | None = None,
+        shared_slots: Callable[[], Any] | None = None,
     ):
         self.app = app
         self.openapi = openapi
@@ -105,6 +106,10 @@ class RequestGuard:
         self.max_in_flight = max_in_flight
         self.body_timeout_s = body_timeout_s
         self._slots: asyncio.Semaphore | None = None  # made in the worker's event loop, on first use
+        # () -> serving.inflight.SharedInFlight (one bound for all workers) or None (this worker's own
+        # `max_in_flight`); called once, in the worker, on the first API request
+        self._make_shared_slots = shared_slots
+        self._shared_slots: Any = None
         self.api_routes = frozenset(api_routes)
         self._openapi: bytes | None = None
         self._served: collections.OrderedDict[Any, int] = collections.OrderedDict()  # requests per client connection
@@ -189,12 +194,24 @@ class RequestGuard:
             send = _closing(send)
         if not self.max_in_flight:
             return await self.app(scope, replay, _ErrorReshaper(send))
+        if self._make_shared_slots is not None:
+            self._shared_slots, self._make_shared_slots = self._make_shared_slots(), None
+        if self._shared_slots is not None:  # the server's bound, counted over all its workers
+            if not self._shared_slots.try_acquire():
+                return await self._busy(scope, replay, send)
+            try:
+                return await self.app(scope, replay, _ErrorReshaper(send))
+            finally:
+                self._shared_slots.release()
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_in_flight)
         if self._slots.locked():  # a slot is taken only once the whole body is here
-            return await json_error(429, "too many requests in flight (serving.max_concurrency)", {"Retry-After": "1"})(scope, replay, send)
+            return await self._busy(scope, replay, send)
         async with self._slots:
             await self.app(scope, replay, _ErrorReshaper(send))
+
+    async def _busy(self, scope, receive, send):
+        return await json_error(429, "too many requests in flight (serving.max_concurrency)", {"Retry-After": "1"})(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
         limit = self.max_body_bytes / (1024 * 1024)

@@ -31,6 +31,7 @@ from pipeline.explain import DEFAULT_TOP_K, Explainer, UnsupportedExplanation
 from pipeline.inference import Predictor
 from serving.conversations import InvalidConversation, decide_conversations, nudge_rows, reason_counts, score_response
 from serving.guard import API_ROUTES, RequestGuard, install_client_error_log_filter, invalid, json_error
+from serving.inflight import SharedInFlight
 from serving.metrics import metrics, observe_batch
 from serving.openapi import openapi_document
 from serving.schemas import (
@@ -216,6 +217,14 @@ def _message_result(result: dict[str, Any]) -> MessageResult:
     return MessageResult.model_construct(**{**result, "top_intents": top})
 
 
+def _shared_slots() -> SharedInFlight | None:
+    """One `max_concurrency` for all workers of this server (serving/inflight.py); None with one worker."""
+    index = bentoml.server_context.worker_index
+    if SETTINGS.workers < 2 or index is None:
+        return None
+    return SharedInFlight(SETTINGS.max_concurrency, SETTINGS.workers, index - 1, server_id=os.getppid())
+
+
 BuyerIntent.add_asgi_middleware(
     RequestGuard,
     max_body_bytes=SETTINGS.max_body_bytes,
@@ -224,6 +233,7 @@ BuyerIntent.add_asgi_middleware(
     body_timeout_s=SETTINGS.body_timeout_s,
     max_json_containers=max_json_containers(SETTINGS),
     openapi=functools.partial(openapi_document, BuyerIntent),
+    shared_slots=_shared_slots,
 )
 
 
