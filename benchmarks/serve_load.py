@@ -422,7 +422,7 @@ def ramp(args: argparse.Namespace, model: Path, overrides: dict) -> dict:
                     serving = yaml.safe_load((workdir / "config.yaml").read_text(encoding="utf-8"))["serving"]
                     slots = max(1, serving["max_concurrency"] // serving["workers"])
                     print(f"round {round_}, keepalive_requests={keepalive}: server ready in {ready:.1f} s "
-                          f"({serving['workers']} workers x {slots} slots)", flush=True)
+                          f"({serving['workers']} workers, max_concurrency {serving['max_concurrency']} over all of them)", flush=True)
                     rows = []
                     for clients in levels:
                         sampler = WorkerConnections(process, port)
@@ -498,8 +498,8 @@ def render_ramp(results: dict) -> str:
         + (f" {meta['note']}" if meta.get("note") else ""),
         "",
         f"Server: `bentoml serve serving.service:BuyerIntent`, {first['workers']} workers, the serving settings of "
-        f"`configs/default.yaml` (max_concurrency {first['max_concurrency']}, i.e. {first['slots_per_worker']} requests in "
-        f"flight per worker, past which that worker answers 429) with `keepalive_requests` set per run; model `{meta['model']}` "
+        f"`configs/default.yaml` (max_concurrency {first['max_concurrency']}: requests in flight counted over both workers, "
+        f"past which the server answers 429; `serving/inflight.py`) with `keepalive_requests` set per run; model `{meta['model']}` "
         f"(trained {meta['model_trained']}). One server per setting, one after the other.",
         "",
         f"Client (`benchmarks/serve_load.py`'s raw HTTP/1.1 keep-alive client, a separate process): N connections, each "
@@ -530,7 +530,7 @@ def render_ramp(results: dict) -> str:
             f"**{name(r)}** (ready in {r['ready_s']:.0f} s; load average {fmt(r['load_before'])} before, "
             f"{fmt(r['load_after'])} after; server log: {r['server_log_tracebacks']} tracebacks)",
             "",
-            "| connections | requests | ok req/s | p50 / p99 ms (200s) | 429 | 429 share | s with 429 | other errors | connections per worker: mean (max on one) | samples with a worker above its slots |",
+            "| connections | requests | ok req/s | p50 / p99 ms (200s) | 429 | 429 share | s with 429 | other errors | connections per worker: mean (max on one) | samples with one worker holding more than an even share |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in r["levels"]:

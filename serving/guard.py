@@ -83,7 +83,8 @@ class RequestGuard:
     * after `keepalive_requests` API requests on one connection, the answer carries `Connection:
       close` (as nginx's `keepalive_requests`). The workers share one listening socket and a burst of
       new connections mostly lands on one of them; a client that reconnects is accepted by whichever
-      worker is waiting, so connections drift to the less busy worker.
+      worker is waiting, so connections drift to the less busy worker (latency, not admission: the bound on
+      requests in flight is the server's, counted over all workers, serving/inflight.py).
     """
 
     def __init__(

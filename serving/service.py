@@ -95,8 +95,8 @@ MODEL_SOURCE = _check_model()
 
 # --------------------------------------------------------------------------------------- the service
 
-# Concurrency is limited in RequestGuard (per worker, after the body is read), not by BentoML's own
-# limiter, which counts a request from its first byte: slow bodies held every slot (#16).
+# Concurrency is limited in RequestGuard (over all workers, serving/inflight.py, after the body is read), not by
+# BentoML's own limiter, which counts a request from its first byte: slow bodies held every slot (#16).
 _traffic: dict[str, Any] = {"timeout": SETTINGS.timeout_s}
 
 
