@@ -44,7 +44,7 @@ class SharedInFlight:
         self.limit = limit
         self.workers = workers
         self.worker = worker
-        folder = Path(directory or tempfile.gettempdir()) / "buyer-intent-inflight"
+        folder = Path(directory or tempfile.gettempdir()) / f"buyer-intent-inflight-{os.getuid()}"
         folder.mkdir(mode=0o700, exist_ok=True)
         _remove_dead_servers(folder, keep=server_id)
         self.path = folder / f"server-{server_id}.bin"

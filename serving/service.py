@@ -222,7 +222,11 @@ def _shared_slots() -> SharedInFlight | None:
     index = bentoml.server_context.worker_index
     if SETTINGS.workers < 2 or index is None:
         return None
-    return SharedInFlight(SETTINGS.max_concurrency, SETTINGS.workers, index - 1, server_id=os.getppid())
+    try:
+        return SharedInFlight(SETTINGS.max_concurrency, SETTINGS.workers, index - 1, server_id=os.getppid())
+    except OSError as exc:  # no writable temporary directory: each worker keeps its share of the bound
+        log.warning("max_concurrency split per worker: no shared counter (%s)", exc)
+        return None
 
 
 BuyerIntent.add_asgi_middleware(

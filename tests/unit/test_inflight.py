@@ -32,7 +32,7 @@ def test_another_server_counts_apart_and_a_restarted_worker_starts_at_zero(tmp_p
 
 def test_counter_files_of_servers_that_are_gone_are_removed(tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    folder = tmp_path / "buyer-intent-inflight"
+    folder = tmp_path / f"buyer-intent-inflight-{os.getuid()}"
     folder.mkdir()
     (folder / f"server-{gone}.bin").write_bytes(b"\0" * 16)
     SharedInFlight(2, 2, 1, server_id=os.getpid(), directory=tmp_path)
