@@ -15,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install demo test test-fast serve bento tracking-server notebook render-notebooks clean
+.PHONY: install demo test test-fast test-reliability serve bento tracking-server notebook render-notebooks clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -36,6 +36,10 @@ demo: install
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+
+## The fault suite (issue #16): tests/reliability and the OpenAPI fuzzing of a live server, on two xdist workers.
+test-reliability: install
+	$(BIN)/python -m pytest -q -m reliability -n 2 --dist loadgroup
 
 ## The quick tier (under a minute): no trained corpus model, no corpus tables, no server.
 test-fast: install

@@ -103,6 +103,8 @@ CORPUS_FIXTURES = frozenset({"corpus_training", "corpus_bundle_dir"})
 # The fault suite (`pytest -m reliability`, issue #16): tests/reliability plus the schema-driven fuzzing of
 # the live service's OpenAPI document, which lives beside the other server tests.
 RELIABILITY_FILES = frozenset({"test_server_openapi.py"})
+# the fault suite's live-server tests, apart from its batch jobs: the two halves run side by side
+RELIABILITY_SERVER_FILES = frozenset({"test_overload.py", "test_hostile_json.py", "test_shared_slots.py"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -119,5 +121,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if folder == "reliability" or Path(str(item.fspath)).name in RELIABILITY_FILES:
             item.add_marker(pytest.mark.reliability)
         group = "corpus" if CORPUS_FIXTURES & fixtures else XDIST_GROUPS.get(folder)
+        if folder == "reliability" and Path(str(item.fspath)).name in RELIABILITY_SERVER_FILES:
+            group = "reliability-server"
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
