@@ -107,16 +107,8 @@ RELIABILITY_FILES = frozenset({"test_server_openapi.py"})
 RELIABILITY_SERVER_FILES = frozenset({"test_overload.py", "test_hostile_json.py", "test_shared_slots.py"})
 
 
-# The groups by their time on one worker, longest first (a `make test` run with --durations): handed out
-# first, the two workers start on the long ones and the many short ungrouped tests fill the gaps at the end.
-GROUPS_LONGEST_FIRST = ("corpus", "spark", "reliability", "tracking", "serving", "reliability-server")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reliability: the fault suite (tests/reliability and the OpenAPI fuzzing), `pytest -m reliability`")
-
-
-_GROUP = pytest.StashKey[str | None]()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -133,6 +125,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             group = "reliability-server"
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-        item.stash[_GROUP] = group
-    rank = {group: i for i, group in enumerate(GROUPS_LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.stash[_GROUP], len(rank)))  # stable: each group keeps its order
