@@ -41,7 +41,7 @@ test: install
 test-reliability: install
 	$(BIN)/python -m pytest -q -m reliability -n 2 --dist loadgroup
 
-## The quick tier (under a minute): no trained corpus model, no corpus tables, no server.
+## The quick tier (under 2 minutes): no trained corpus model, no corpus tables, no server.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
