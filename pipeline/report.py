@@ -365,7 +365,7 @@ def _eval_sets(metrics: dict[str, Any], eval_names: list[str], promises: dict[st
     rows = [["messages", *(str(metrics[s].get("intent", {}).get("n", "—")) for s in splits)]]
     rows += [[_metric_label(key)[0], *(per_split[s].get(key) for s in splits)] for key in keys]
     return {"columns": columns, "rows": rows, "names": [name for name in eval_names if name.startswith("eval:")],
-            "promises": _promises(metrics, splits, promises) if promises else None}
+            "promises": _promises(per_split, promises or {})}
 
 
 def threshold_promises(config: dict[str, Any]) -> dict[str, float]:
@@ -380,24 +380,24 @@ def threshold_promises(config: dict[str, Any]) -> dict[str, float]:
     return promises
 
 
-def _promises(metrics: dict[str, Any], splits: list[str], promises: dict[str, float]) -> dict[str, Any] | None:
+def _promises(per_split: dict[str, dict[str, float]], promises: dict[str, float]) -> dict[str, Any] | None:
     """Each promise next to its target on every set: validation text is unlike real chats, so a threshold
-    that keeps its promise on validation may break it on real text, and this table is where that shows."""
-    per_split = {split: headline_metrics(metrics, split) for split in splits}
+    that keeps its promise on validation may break it on real text, and this table is where that shows.
+    `per_split`: {split: headline metrics}; a set without the metric is neither kept nor broken."""
+    if not promises:
+        return None
     rows = []
     for key, target in promises.items():
         row: list[Any] = [_metric_label(key)[0], target]
-        for split in splits:
-            value = per_split[split].get(key)
-            kept = value is not None and _finite(value) and float(value) >= target - 1e-12
-            row.append({"v": value, "css": "" if kept or value is None else "bad"})
-        row.append(", ".join(s.removeprefix("eval:") for s in splits
-                             if per_split[s].get(key) is not None and _finite(per_split[s][key]) and float(per_split[s][key]) < target - 1e-12)
-                   or "none")
-        rows.append(row)
-    if not rows:
-        return None
-    columns = [("promise", "text"), ("target", "num"), *((s.removeprefix("eval:"), "num") for s in splits), ("broken on", "text")]
+        broken = []
+        for split, headline in per_split.items():
+            value = headline.get(key)
+            is_broken = value is not None and not (_finite(value) and float(value) >= target - 1e-12)
+            if is_broken:
+                broken.append(split.removeprefix("eval:"))
+            row.append({"v": value, "css": "bad" if is_broken else ""})
+        rows.append([*row, ", ".join(broken) or "none"])
+    columns = [("promise", "text"), ("target", "num"), *((s.removeprefix("eval:"), "num") for s in per_split), ("broken on", "text")]
     return {"columns": columns, "rows": rows}
 
 

@@ -12,6 +12,7 @@ with its predecessor. The kernel drops a dead process's lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -56,8 +57,13 @@ class SharedInFlight:
             self._map = mmap.mmap(self._fd, size)
             COUNTER.pack_into(self._map, COUNTER.size * worker, 0)
 
+    @contextlib.contextmanager
     def _locked(self):
-        return _FileLock(self._fd)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _count(self, worker: int) -> int:
         return COUNTER.unpack_from(self._map, COUNTER.size * worker)[0]
@@ -80,17 +86,6 @@ class SharedInFlight:
     def close(self) -> None:
         self._map.close()
         os.close(self._fd)
-
-
-class _FileLock:
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    def __enter__(self):
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 def _remove_dead_servers(folder: Path, keep: int) -> None:
