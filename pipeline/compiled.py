@@ -395,7 +395,7 @@ class CompiledModel:
         return self.classes_[np.argmax(self.predict_proba(normalized), axis=1)]
 
 
-def _fitted_parts(pipeline) -> list:
+def _fitted_parts(pipeline, known_step=None) -> list:
     """Every fitted object a compiled pipeline was built from, read afresh from the pipeline: a refit or a
     replaced step shows as a different object (a recalibration does not: calibration is read per call).
     Run at every call, so the steps are read from `pipeline.steps` (no `named_steps`, which builds a Bunch
@@ -404,10 +404,12 @@ def _fitted_parts(pipeline) -> list:
     if len(steps) != len(MODEL_STEPS):
         return [pipeline, *steps]
     normalizer, step, classifier = steps
-    parts = [pipeline, normalizer, step, classifier, getattr(step, "transformer_weights", None)]
-    for transformer in [t for _, t in step.transformer_list] if isinstance(step, FeatureUnion) else [step]:
-        tfidf = getattr(transformer, "_tfidf", None)
-        parts += [transformer, getattr(transformer, "vocabulary_", None), tfidf, getattr(tfidf, "idf_", None)]
+    parts = [pipeline, normalizer, step, classifier]
+    if step is not known_step:  # a feature step shared with a pipeline listed already is read once
+        parts.append(getattr(step, "transformer_weights", None))
+        for transformer in [t for _, t in step.transformer_list] if isinstance(step, FeatureUnion) else [step]:
+            tfidf = getattr(transformer, "_tfidf", None)
+            parts += [transformer, getattr(transformer, "vocabulary_", None), tfidf, getattr(tfidf, "idf_", None)]
     estimator = getattr(classifier, "estimator_", None)
     parts += [estimator, getattr(estimator, "coef_", None), getattr(estimator, "intercept_", None)]
     return parts
@@ -454,7 +456,13 @@ class CompiledBundle:
 
     def _fitted_parts(self) -> list:
         intent, purchase = self.bundle.intent, self.bundle.purchase
-        return [intent, purchase, *_fitted_parts(intent), *(_fitted_parts(purchase) if purchase is not None else ())]
+        parts = [intent, purchase, *_fitted_parts(intent)]
+        if purchase is not None:
+            # a feature step shared with the intent model is checked with it already (a refit of it in place,
+            # or another step object in either pipeline, still shows)
+            intent_step = intent.steps[1][1] if len(intent.steps) == len(MODEL_STEPS) else None
+            parts += _fitted_parts(purchase, known_step=intent_step)
+        return parts
 
     def is_current(self) -> bool:
         """False when the bundle's models or a fitted part of them were replaced since compiling. A

@@ -197,12 +197,13 @@ class Predictor:
                 purchase = purchase_proba[0]
             if top_k:
                 top = [(self.labels[j], round(float(row[j]), 6)) for j in np.argsort(-row)[:top_k]]
+        scores = np.array([confidence, purchase], dtype=np.float64).round(6)  # one rounding call for both columns
         columns: dict[str, np.ndarray | list] = {
             "intent": np.array([intent], dtype=object),
-            "intent_confidence": np.array([confidence], dtype=np.float64).round(6),
+            "intent_confidence": scores[:1],
             "fallback": np.array([confidence < self.fallback_threshold or not present]),
             "purchase_intent": np.array([purchase >= self.purchase_threshold and present], dtype=np.int8),
-            "purchase_score": np.array([purchase], dtype=np.float64).round(6),
+            "purchase_score": scores[1:],
         }
         if top_k:
             columns["top"] = [top]

@@ -102,18 +102,22 @@ def test_the_default_model_is_compiled_with_shared_features(compiled, monkeypatc
     assert compiled.shared_features
     assert [type(f.vectorizer) for f in compiled.intent.features.families] == [CompactTfidfVectorizer, CompactTfidfVectorizer]
     features = compiled.intent.features
-    # the linear SVM's weights are float64 (liblinear), the purchase logistic regression's float32: one product
-    # each, in its own dtype as scikit-learn computes it, over features computed once
-    assert compiled.intent.classifier.coef.dtype == np.float64 and compiled.purchase.classifier.coef.dtype == np.float32
-    assert compiled._weights is None
-    transforms = []
+    # the linear SVM's weights are stored in the features' float32 like the purchase logistic regression's
+    # (pipeline/estimators.py): both models' weights and intercepts side by side, read in one product
+    assert compiled.intent.classifier.coef.dtype == np.float32 and compiled.purchase.classifier.coef.dtype == np.float32
+    width = compiled.intent.classifier.width + compiled.purchase.classifier.width
+    assert compiled._weights.shape == (features.n_features, width) and compiled._weights.dtype == np.float32
+    assert compiled._intercepts is not None and compiled._intercepts.shape == (width,)
+    transforms, products = [], []
     original = features.transform
     monkeypatch.setattr(features, "transform", lambda texts: transforms.append(len(texts)) or original(texts))
+    product = compiled_module._linear_product
+    monkeypatch.setattr(compiled_module, "_linear_product", lambda *args: products.append(args[3].shape) or product(*args))
     compiled.probabilities(["在吗 有货吗", "好的"])
-    assert transforms == [2]
+    compiled.probabilities(["好的"])
+    assert transforms == [2, 1] and products == [(features.n_features, width)] * 2
     # what compiling adds: the weights laid out per column, one idf over all columns, the tf tables
-    weights = compiled.intent.classifier.weights.nbytes + compiled.purchase.classifier.weights.nbytes
-    assert compiled.nbytes == weights + features._idf.nbytes + features._tf_tables.nbytes
+    assert compiled.nbytes == compiled._weights.nbytes + features._idf.nbytes + features._tf_tables.nbytes
     intent, purchase = compiled.probabilities([])
     assert intent.shape == (0, compiled.intent.classifier.width) and purchase.shape == (0,)
 

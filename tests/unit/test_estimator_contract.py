@@ -80,3 +80,23 @@ def test_calibrated_classifier_scores_float32_tfidf_rows_as_they_are():
     model = CalibratedLinearClassifier(_logreg()).fit(X32, y)
     want = np.asarray(X32 @ model.estimator_.coef_.T + model.estimator_.intercept_, dtype=np.float64).ravel()
     assert np.array_equal(model.decision_function(X32), want)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_liblinear_weights_are_kept_in_the_features_dtype(classes):
+    """LinearSVC returns float64 weights whatever its input: on float32 TF-IDF rows they are stored in
+    float32 like the logistic regression's, so both message models score in one precision (and the
+    compiled path reads their weights in one product); float64 rows keep float64 weights."""
+    from sklearn.svm import LinearSVC
+
+    X, y = _data(classes=classes)
+    X32 = sparse.csr_array(np.abs(X).astype(np.float32))
+    model = CalibratedLinearClassifier(LinearSVC(C=0.5, random_state=0), n_jobs=1).fit(X32, y)
+    assert model.estimator_.coef_.dtype == np.float32 and model.estimator_.intercept_.dtype == np.float32
+    want = np.asarray(X32 @ model.estimator_.coef_.T + model.estimator_.intercept_, dtype=np.float64)
+    assert np.array_equal(model.decision_function(X32), want.ravel() if classes == 2 else want)
+    # the weights are those of the float64 fit, rounded once
+    reference = LinearSVC(C=0.5, random_state=0).fit(X32, y)
+    assert np.array_equal(model.estimator_.coef_, reference.coef_.astype(np.float32))
+    float64_model = CalibratedLinearClassifier(LinearSVC(C=0.5, random_state=0), n_jobs=1).fit(sparse.csr_array(np.abs(X)), y)
+    assert float64_model.estimator_.coef_.dtype == np.float64
