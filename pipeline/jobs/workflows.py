@@ -214,7 +214,11 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         for set_name, path in map(eval_set_spec, eval_data or [])
     ]
     evaluation_texts = [text for _, _, eval_set in eval_sets for text in eval_set.frame["text"]] if unlabelled else []
-    result = train(config, data, conversations, unlabelled, evaluation_texts)
+    calibration = None
+    if config.paths.calibration_data:
+        calibration = load_labelled(config.paths.calibration_data, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
+        log.info("%s: %d calibration rows, %d quarantined", config.paths.calibration_data, len(calibration.frame), len(calibration.rejected))
+    result = train(config, data, conversations, unlabelled, evaluation_texts, calibration)
     predictor = Predictor(result.bundle)
     result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
@@ -233,6 +237,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         tracking.log_datasets(
             [(part, Path(path).stem, path, "training") for path, part in _training_files(config, result.messages)]
             + [(eval_set.frame, set_name, path, "evaluation") for set_name, path, eval_set in eval_sets]
+            + ([(calibration.frame, Path(config.paths.calibration_data).stem, config.paths.calibration_data, "calibration")] if calibration is not None else [])
         )
         champion_headline, champion_version = _champion_headline(config, result)
         report_dir = Path(config.paths.reports) / run_id
@@ -288,6 +293,8 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         "report": str(report.get("html", report_dir)),
         "model_dir": config.paths.model_dir,
         "unlabelled": result.fingerprints.get("unlabelled"),
+        "calibration": {**result.fingerprints["calibration"], "headline": headline_metrics(result.metrics, "calibration")}
+        if "calibration" in result.metrics else None,
     }
 
 

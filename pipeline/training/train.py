@@ -111,20 +111,22 @@ def _fit_message_models(
     return intent_pipeline, purchase_pipeline
 
 
-def _recalibrate_on_validation(config: Config, intent_pipeline: Pipeline, purchase_pipeline: Pipeline | None, val: pd.DataFrame) -> None:
+def _recalibrate_on_validation(
+    config: Config, intent_pipeline: Pipeline, purchase_pipeline: Pipeline | None, val: pd.DataFrame, shop: pd.DataFrame | None = None
+) -> None:
+    """Refit the calibration of the models configured for it on the validation writers; the intent model's
+    on `shop` instead when given (`paths.calibration_data`: a shop's own labelled messages)."""
     wanted = [
-        (pipeline, labels)
-        for pipeline, labels, where in (
-            (intent_pipeline, "intent", config.intent_model.calibrate_on),
-            (purchase_pipeline, "purchase_intent", config.purchase_model.calibrate_on),
+        (pipeline, labels, frame)
+        for pipeline, labels, where, frame in (
+            (intent_pipeline, "intent", "shop" if shop is not None else config.intent_model.calibrate_on, shop if shop is not None else val),
+            (purchase_pipeline, "purchase_intent", config.purchase_model.calibrate_on, val),
         )
-        if pipeline is not None and where == "validation"
+        if pipeline is not None and where in ("validation", "shop")
     ]
-    if not wanted:
-        return
-    matrix = intent_pipeline.named_steps["features"].transform(val["normalized"].tolist())
-    for pipeline, labels in wanted:
-        pipeline.named_steps["classifier"].recalibrate(matrix, val[labels].to_numpy())
+    features = intent_pipeline.named_steps["features"]
+    for pipeline, labels, frame in wanted:
+        pipeline.named_steps["classifier"].recalibrate(features.transform(frame["normalized"].tolist()), frame[labels].to_numpy())
 
 
 def _conversation_split(frame: pd.DataFrame, config: Config) -> pd.Series:
@@ -213,15 +215,32 @@ def train(
     conversations: ConversationData | None = None,
     unlabelled: UnlabelledData | None = None,
     evaluation_texts: list[str] | tuple[str, ...] = (),
+    calibration: LabelledData | None = None,
 ) -> TrainResult:
     """Fit on the train split, choose thresholds on validation, measure once on test.
 
     `unlabelled`: the IDF (only) is fitted on the training text plus these messages, less any that is also
-    a validation or test text or one of `evaluation_texts` (the sets the caller will measure on)."""
+    a validation or test text or one of `evaluation_texts` (the sets the caller will measure on).
+    `calibration`: a shop's own labelled messages, never trained on (a training row with the same
+    normalised text is left out of the fit): the intent temperature and the fallback threshold are fitted
+    on them instead of the validation writers, so confidence and hand-over follow the shop's real chats
+    (benchmarks/CALIBRATION.md). The purchase model stays calibrated on validation."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     frame = data.frame.copy()
     frame["split"] = split_by_settings(frame, config.split, config.seed)
+    shop = None
+    if calibration is not None:
+        shop = calibration.frame[calibration.frame["normalized"] != ""]
+        if shop.empty:
+            raise ValueError(f"{calibration.source}: no labelled message to calibrate on")
+        unknown = sorted(set(shop["intent"]) - set(frame["intent"]))
+        if unknown:
+            raise ValueError(f"{calibration.source}: intents the training data does not have: {unknown}")
+        overlap = (frame["split"] == "train") & frame["normalized"].isin(set(shop["normalized"]))
+        if overlap.any():
+            log.info("%d training rows left out: their text is one of the calibration messages", int(overlap.sum()))
+            frame.loc[overlap, "split"] = "calibration_overlap"
     train_part, val_part, test_part = (frame[frame["split"] == name] for name in ("train", "val", "test"))
     if val_part.empty or test_part.empty:
         raise ValueError("validation or test split is empty: the data set is too small to train and evaluate honestly")
@@ -261,12 +280,15 @@ def train(
     predictor = Predictor(bundle)
 
     # Validation choices: calibration (when configured), then the thresholds on calibrated scores.
-    _recalibrate_on_validation(config, intent_pipeline, purchase_pipeline, val_part)
+    _recalibrate_on_validation(config, intent_pipeline, purchase_pipeline, val_part, shop)
     _, val_scored = score_labelled(predictor, val_part)
     fallback = config.intent_model.fallback
+    fallback_on = val_scored if shop is None else score_labelled(predictor, shop)[1]
     manifest["thresholds"]["fallback"] = choose_fallback_threshold(
-        val_scored["intent"], val_scored["pred_intent"], val_scored["confidence"], fallback.target, fallback.value, fallback.oos_label
+        fallback_on["intent"], fallback_on["pred_intent"], fallback_on["confidence"], fallback.target, fallback.value, fallback.oos_label
     )
+    if shop is not None:
+        manifest["calibrated_on"] = {"intent": "calibration_data", "fallback": "calibration_data", "purchase": config.purchase_model.calibrate_on}
     if purchase_pipeline is not None:
         manifest["thresholds"]["purchase"], _ = choose_precision_threshold(
             val_scored["purchase_intent"].to_numpy(), val_scored["purchase_score"].to_numpy(), config.purchase_model.target_precision
@@ -277,6 +299,8 @@ def train(
     timings["evaluate_s"] = time.perf_counter() - started - timings["fit_message_models_s"]
 
     metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
+    if shop is not None:  # fitted on: what the calibration reached there, not a measurement of the model
+        metrics["calibration"], _ = score_labelled(predictor, shop)
     conversation_test = None
     fingerprints: dict[str, Any] = {
         "messages": fingerprint(frame, ["text", "intent", *(["purchase_intent"] if data.has_purchase_labels else []), "group"]),
@@ -285,6 +309,12 @@ def train(
     }
     if unlabelled_summary is not None:  # counts and checksums only: no unlabelled text is kept
         fingerprints["unlabelled"] = unlabelled_summary
+    if shop is not None:  # counts and a checksum only, as for the other sets
+        fingerprints["calibration"] = {
+            "source": str(calibration.source), "rows": int(len(shop)), "rejected": int(len(calibration.rejected)),
+            "training_rows_left_out": int((frame["split"] == "calibration_overlap").sum()),
+            **fingerprint(shop, ["text", "intent"]),
+        }
     if "_weight" in frame.columns:  # extra labelled files: how many rows each source gave, and their weight
         fingerprints["sources"] = {
             str(source): {"rows": int(len(part)), "weight": float(part["_weight"].iloc[0]),

@@ -1,0 +1,122 @@
+"""`train --calibration-data SHOP.csv` (#10 item 2, #15): a shop's own labelled messages calibrate the intent
+model's confidence and choose the fallback threshold, and are never trained on. The linear models, the
+purchase model's calibration and threshold stay what they are without the flag. Small corpora only
+(tests/batch/builders.py): seconds each."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.bundle import verify_bundle
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.data.labelled import LabelledData, validate_labelled
+from pipeline.estimators import _fit_temperature
+from pipeline.inference import Predictor
+from pipeline.training.evaluate import choose_fallback_threshold
+from pipeline.training.train import labelled_predictions, train
+from tests.batch.builders import labelled_messages
+
+runner = CliRunner()
+CONFIG = {"paths.data": "unused.csv", "paths.conversations": None, "paths.orders": None}
+
+
+def _labelled(frame: pd.DataFrame, source: str) -> LabelledData:
+    config = load_config(overrides=CONFIG)
+    valid, rejected = validate_labelled(frame, source, config.split.min_examples_per_label)
+    return LabelledData(valid, rejected, source)
+
+
+def _shop_frame() -> pd.DataFrame:
+    """Messages like a shop's: the corpus phrases written differently (a prefix the corpus never has), and a
+    share of them labelled with another intent, so that the model is often wrong there, as on real chats."""
+    corpus = labelled_messages()
+    shop = corpus.groupby("group").head(2).copy()
+    shop["text"] = "唉 那个 " + shop["text"]
+    intents = sorted(shop["intent"].unique())
+    flip = np.arange(len(shop)) % 3 == 0
+    shop.loc[flip, "intent"] = [intents[(intents.index(i) + 1) % len(intents)] for i in shop.loc[flip, "intent"]]
+    return shop[["text", "intent", "purchase_intent"]].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    config = load_config(overrides=CONFIG)
+    data = _labelled(labelled_messages(), "fixture")
+    shop = _labelled(_shop_frame(), "shop.csv")
+    return data, shop, train(config, data), train(config, data, calibration=shop)
+
+
+def test_the_temperature_and_the_fallback_threshold_come_from_the_shops_labels(trained):
+    _, shop, plain, calibrated = trained
+    features = calibrated.bundle.intent.named_steps["features"]
+    classifier = calibrated.bundle.intent.named_steps["classifier"]
+    scores = classifier.decision_function(features.transform(shop.frame["normalized"].tolist()))
+    y_index = np.searchsorted(classifier.classes_, shop.frame["intent"].to_numpy())
+    assert classifier.temperature_ == pytest.approx(_fit_temperature(scores, y_index), rel=1e-12)
+    # a shop where the model is often wrong: less confident than on the validation writers
+    assert classifier.temperature_ > plain.bundle.intent.named_steps["classifier"].temperature_
+    scored = labelled_predictions(Predictor(calibrated.bundle), shop.frame)
+    fallback = load_config(overrides=CONFIG).intent_model.fallback
+    want = choose_fallback_threshold(scored["intent"], scored["pred_intent"], scored["confidence"], fallback.target, fallback.value)
+    assert calibrated.bundle.thresholds["fallback"] == want > 0
+    assert calibrated.bundle.manifest["calibrated_on"] == {"intent": "calibration_data", "fallback": "calibration_data", "purchase": "validation"}
+    assert set(calibrated.metrics["calibration"]) >= {"intent", "purchase"}
+
+
+def test_the_linear_models_and_the_purchase_model_are_those_of_a_run_without_it(trained):
+    _, _, plain, calibrated = trained
+    for name in ("intent", "purchase"):
+        a, b = (getattr(r.bundle, name).named_steps["classifier"].estimator_ for r in (plain, calibrated))
+        assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+    assert plain.bundle.purchase.named_steps["classifier"].platt_ == calibrated.bundle.purchase.named_steps["classifier"].platt_
+    assert plain.bundle.thresholds["purchase"] == calibrated.bundle.thresholds["purchase"]
+    assert plain.metrics["test"]["intent"]["accuracy"] == calibrated.metrics["test"]["intent"]["accuracy"]
+
+
+def test_a_calibration_message_is_never_trained_on():
+    config = load_config(overrides=CONFIG)
+    data = _labelled(labelled_messages(), "fixture")
+    train_texts = data.frame["text"][data.frame.index.isin(range(0, len(data.frame), 7))]
+    shop = _labelled(pd.DataFrame({"text": train_texts, "intent": data.frame.loc[train_texts.index, "intent"],
+                                   "purchase_intent": data.frame.loc[train_texts.index, "purchase_intent"]}), "shop.csv")
+    result = train(config, data, calibration=shop)
+    left_out = result.fingerprints["calibration"]["training_rows_left_out"]
+    assert left_out > 0
+    trained_on = result.messages[result.messages["split"] == "train"]["normalized"]
+    assert not trained_on.isin(set(shop.frame["normalized"])).any()
+
+
+def test_an_intent_the_model_does_not_know_is_refused():
+    config = load_config(overrides=CONFIG)
+    data = _labelled(labelled_messages(), "fixture")
+    shop = _shop_frame()
+    shop.loc[0, "intent"] = "warranty_claim"
+    shop = pd.concat([shop] + [shop.iloc[[0]]] * 6, ignore_index=True)  # enough rows not to be quarantined as rare
+    with pytest.raises(ValueError, match="warranty_claim"):
+        train(config, data, calibration=_labelled(shop, "shop.csv"))
+
+
+def test_train_calibration_data_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    labelled_messages().to_csv(tmp_path / "labelled.csv", index=False)
+    (tmp_path / "config.yaml").write_text("paths:\n  conversations: null\n  orders: null\n", encoding="utf-8")
+    shop = _shop_frame()
+    shop.loc[len(shop)] = ["", "other", 0]  # an empty message: quarantined with its reason
+    shop.to_csv(tmp_path / "shop.csv", index=False, encoding="utf-8-sig")
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "labelled.csv"),
+                                 "--calibration-data", str(tmp_path / "shop.csv"), "--model-dir", str(tmp_path / "model"), "--no-promote"])
+    assert result.exit_code == 0, result.output
+    rows = len(shop) - 1
+    assert f"fitted on {rows} labelled messages of {tmp_path / 'shop.csv'} (1 rows quarantined)" in result.output
+    run = mlflow.MlflowClient().get_run(result.output.split("run id:")[1].split()[0])
+    assert "calibration_intent_ece" in run.data.metrics and run.data.params["paths.calibration_data"] == str(tmp_path / "shop.csv")
+    contexts = [tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"]
+    assert contexts.count("calibration") == 1 and contexts.count("training") == 1
+    manifest = verify_bundle(tmp_path / "model")
+    assert manifest["fingerprints"]["calibration"]["rows"] == rows and manifest["calibrated_on"]["intent"] == "calibration_data"
