@@ -480,7 +480,8 @@ class CompiledBundle:
         features = intent.features
         data, indices, indptr = features.transform(normalized)
         if self._weights is None:  # weights of two dtypes (a linear SVM's float64 beside a float32 logistic
-            # regression): one product each, in its own dtype as scikit-learn computes it; the features once
+            # regression, in bundles trained before `estimators._weights_in_dtype`): one product each, in its own
+            # dtype as scikit-learn computes it; the features once
             intent_scores, purchase_scores = (
                 model.classifier.scores(_linear_product(data, indices, indptr, model.classifier.weights, features.n_features))
                 for model in (intent, purchase)
