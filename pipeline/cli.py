@@ -106,6 +106,15 @@ def train(
             "hand-over follow the shop's real chats (benchmarks/CALIBRATION.md: ECE on real chats 0.14 -> 0.07 with 200)",
         ),
     ] = None,
+    calibration_chats: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--calibration-chats",
+            help="a shop's unlabelled chat export (read as --unlabelled reads it); repeatable. Without labels: the intent "
+            "temperature is set so that the mean confidence on these messages is ATC's estimate of the accuracy there, and "
+            "the fallback threshold so that the accepted messages' mean confidence reaches the target (benchmarks/CALIBRATION.md)",
+        ),
+    ] = None,
 ) -> None:
     """Fit, evaluate, log to MLflow, register `buyer-intent`, maybe promote to champion, write the report.
 
@@ -121,7 +130,8 @@ def train(
          "paths.model_dir": str(model_dir) if model_dir else None,
          "paths.conversations": str(conversations) if conversations else None, "paths.orders": str(orders) if orders else None,
          "seed": seed, "columns.map": columns, "paths.unlabelled": [str(p) for p in unlabelled] if unlabelled else None,
-         "paths.calibration_data": str(calibration_data) if calibration_data else None},
+         "paths.calibration_data": str(calibration_data) if calibration_data else None,
+         "paths.calibration_chats": [str(p) for p in calibration_chats] if calibration_chats else None},
     )
     if conversations and not orders:  # the config's orders belong to the config's conversations, not to these
         cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
@@ -140,6 +150,12 @@ def train(
         fitted = summary["calibration"]
         typer.echo(f"intent temperature and fallback threshold fitted on {fitted['rows']} labelled messages of {cfg.paths.calibration_data} "
                    f"({fitted['rejected']} rows quarantined); there: " + ", ".join(f"{k}={v:.4f}" for k, v in fitted["headline"].items()))
+    if summary.get("calibration_chats"):
+        chats = summary["calibration_chats"]
+        typer.echo(f"calibrated on {chats['messages_used']} unlabelled buyer messages: estimated accuracy there "
+                   f"{chats['estimated_accuracy']:.3f}, temperature {chats['temperature_validation']:.4f} -> {chats['temperature']:.4f}"
+                   + (f", fallback hands over {chats['handed_over_share']:.0%} (expected accepted accuracy {chats['expected_accepted_accuracy']:.3f})"
+                      if "handed_over_share" in chats else ""))
     typer.echo("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["headline"].items()))
     for name, headline in summary["eval"].items():
         typer.echo(f"{name} metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))

@@ -31,6 +31,7 @@ class Paths(_Strict):
     extra_data: list[str]  # labelled files merged into training (a shop's labelled queue), weighted
     unlabelled: list[str]  # a shop's unlabelled chat exports: only the TF-IDF IDF is fitted on their buyer messages too
     calibration_data: str | None  # a shop's labelled messages, never trained on: intent temperature and fallback threshold
+    calibration_chats: list[str]  # a shop's unlabelled chat exports: the same two choices without labels (ATC)
     conversations: str | None
     orders: str | None  # orders of the labelled conversations: the nudge list is evaluated on held-out ones
     reports: str

@@ -172,6 +172,16 @@ def unlabelled_params(fingerprints: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def calibration_chats_params(fingerprints: dict[str, Any]) -> dict[str, str]:
+    """MLflow params of a run calibrated on a shop's unlabelled chats (none without it)."""
+    summary = fingerprints.get("calibration_chats")
+    if not summary:
+        return {}
+    keys = ("messages_used", "estimated_accuracy", "temperature_validation", "temperature", "expected_accepted_accuracy", "handed_over_share")
+    return {f"calibration_chats_{key}": str(summary[key]) for key in keys if key in summary} | {
+        "calibration_chats_sha256": ",".join(f["sha256"] for f in summary["files"])}
+
+
 def _training_files(config: Config, messages: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(path, its rows) of every labelled training file (the rows of all splits: the split is in the params)."""
     paths = [config.paths.data, *config.paths.extra_data]
@@ -218,7 +228,8 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
     if config.paths.calibration_data:
         calibration = load_labelled(config.paths.calibration_data, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
         log.info("%s: %d calibration rows, %d quarantined", config.paths.calibration_data, len(calibration.frame), len(calibration.rejected))
-    result = train(config, data, conversations, unlabelled, evaluation_texts, calibration)
+    calibration_chats = load_unlabelled(config.paths.calibration_chats, config)
+    result = train(config, data, conversations, unlabelled, evaluation_texts, calibration, calibration_chats)
     predictor = Predictor(result.bundle)
     result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
@@ -270,7 +281,8 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             result.fingerprints,
             report_dir,
             result.user_dict_text,
-            {"timings": json.dumps({k: round(v, 2) for k, v in result.timings.items()}), **unlabelled_params(result.fingerprints)},
+            {"timings": json.dumps({k: round(v, 2) for k, v in result.timings.items()}), **unlabelled_params(result.fingerprints),
+             **calibration_chats_params(result.fingerprints)},
         )
         test_texts = result.test_predictions["text"].tolist()
         description = _version_description(config, result, code, run_id)
@@ -295,6 +307,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         "unlabelled": result.fingerprints.get("unlabelled"),
         "calibration": {**result.fingerprints["calibration"], "headline": headline_metrics(result.metrics, "calibration")}
         if "calibration" in result.metrics else None,
+        "calibration_chats": result.fingerprints.get("calibration_chats"),
     }
 
 

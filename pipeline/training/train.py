@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from sklearn.pipeline import Pipeline
 
 from pipeline.bundle import ModelBundle
@@ -33,6 +34,7 @@ from pipeline.nudge import NudgePolicy
 from pipeline.nudge.features import features_from_turns
 from pipeline.training.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
 from pipeline.text import normalize
+from pipeline.training.shift import atc_accuracy, atc_threshold, fallback_for_expected_accuracy, temperature_for_mean_confidence
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,38 @@ def _recalibrate_on_validation(
         pipeline.named_steps["classifier"].recalibrate(features.transform(frame["normalized"].tolist()), frame[labels].to_numpy())
 
 
+def _calibrate_on_chats(config: Config, intent_pipeline: Pipeline, val_scored: pd.DataFrame, chats: UnlabelledData,
+                        manifest: dict[str, Any]) -> dict[str, Any]:
+    """Set the intent temperature and the fallback threshold from a shop's unlabelled messages (ATC,
+    `pipeline.training.shift`), after the validation calibration they start from. Returns the figures."""
+    classifier = intent_pipeline.named_steps["classifier"]
+    scores = classifier.decision_function(intent_pipeline.named_steps["features"].transform(chats.texts))
+    threshold = atc_threshold(val_scored["confidence"].to_numpy(), (val_scored["intent"] == val_scored["pred_intent"]).to_numpy())
+    validation_temperature = float(classifier.temperature_)
+    estimate = atc_accuracy(softmax(scores / validation_temperature, axis=1).max(axis=1), threshold)
+    classifier.temperature_ = temperature_for_mean_confidence(scores, estimate)
+    confidence = softmax(scores / classifier.temperature_, axis=1).max(axis=1)
+    summary: dict[str, Any] = {
+        "method": "ATC (average thresholded confidence) on validation, temperature matched on the chats",
+        "messages_used": len(chats.texts), "files": chats.files, "atc_threshold": round(threshold, 6),
+        "estimated_accuracy": round(estimate, 4), "temperature_validation": round(validation_temperature, 6),
+        "temperature": round(float(classifier.temperature_), 6),
+    }
+    fallback = config.intent_model.fallback
+    on = {"intent": "calibration_chats", "purchase": config.purchase_model.calibrate_on}
+    if fallback.target == "accepted_accuracy":
+        manifest["thresholds"]["fallback"], expected = fallback_for_expected_accuracy(confidence, fallback.value)
+        summary.update({"expected_accepted_accuracy": round(expected, 4),
+                        "handed_over_share": round(float((confidence < manifest["thresholds"]["fallback"]).mean()), 4)})
+        on["fallback"] = "calibration_chats"
+    else:  # an out-of-scope recall target needs labels: it stays chosen on validation
+        on["fallback"] = "validation"
+    manifest["calibrated_on"] = on
+    log.info("calibrated on %d unlabelled chat messages: estimated accuracy %.3f, temperature %.4f -> %.4f, fallback threshold %.4f",
+             len(chats.texts), estimate, validation_temperature, classifier.temperature_, manifest["thresholds"]["fallback"])
+    return summary
+
+
 def _conversation_split(frame: pd.DataFrame, config: Config) -> pd.Series:
     keyed = pd.DataFrame(
         {
@@ -216,6 +250,7 @@ def train(
     unlabelled: UnlabelledData | None = None,
     evaluation_texts: list[str] | tuple[str, ...] = (),
     calibration: LabelledData | None = None,
+    calibration_chats: UnlabelledData | None = None,
 ) -> TrainResult:
     """Fit on the train split, choose thresholds on validation, measure once on test.
 
@@ -224,12 +259,18 @@ def train(
     `calibration`: a shop's own labelled messages, never trained on (a training row with the same
     normalised text is left out of the fit): the intent temperature and the fallback threshold are fitted
     on them instead of the validation writers, so confidence and hand-over follow the shop's real chats
-    (benchmarks/CALIBRATION.md). The purchase model stays calibrated on validation."""
+    (benchmarks/CALIBRATION.md). The purchase model stays calibrated on validation.
+    `calibration_chats`: a shop's unlabelled buyer messages: the same two choices without labels
+    (`pipeline.training.shift`: the temperature at which the mean confidence there is ATC's estimate of the
+    accuracy there, and the fallback threshold at which the accepted messages' mean confidence reaches the
+    target)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     frame = data.frame.copy()
     frame["split"] = split_by_settings(frame, config.split, config.seed)
     shop = None
+    if calibration is not None and calibration_chats is not None:
+        raise ValueError("calibrate on the shop's labelled messages or on its unlabelled chats, not both")
     if calibration is not None:
         shop = calibration.frame[calibration.frame["normalized"] != ""]
         if shop.empty:
@@ -289,6 +330,9 @@ def train(
     )
     if shop is not None:
         manifest["calibrated_on"] = {"intent": "calibration_data", "fallback": "calibration_data", "purchase": config.purchase_model.calibrate_on}
+    chats_summary = None
+    if calibration_chats is not None:
+        chats_summary = _calibrate_on_chats(config, intent_pipeline, val_scored, calibration_chats, manifest)
     if purchase_pipeline is not None:
         manifest["thresholds"]["purchase"], _ = choose_precision_threshold(
             val_scored["purchase_intent"].to_numpy(), val_scored["purchase_score"].to_numpy(), config.purchase_model.target_precision
@@ -309,6 +353,8 @@ def train(
     }
     if unlabelled_summary is not None:  # counts and checksums only: no unlabelled text is kept
         fingerprints["unlabelled"] = unlabelled_summary
+    if chats_summary is not None:  # counts, checksums and the fitted figures: no chat text is kept
+        fingerprints["calibration_chats"] = chats_summary
     if shop is not None:  # counts and a checksum only, as for the other sets
         fingerprints["calibration"] = {
             "source": str(calibration.source), "rows": int(len(shop)), "rejected": int(len(calibration.rejected)),

@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import softmax
 from typer.testing import CliRunner
 
 from pipeline.bundle import verify_bundle
@@ -18,7 +19,9 @@ from pipeline.data.labelled import LabelledData, validate_labelled
 from pipeline.estimators import _fit_temperature
 from pipeline.inference import Predictor
 from pipeline.training.evaluate import choose_fallback_threshold
-from pipeline.training.train import labelled_predictions, train
+from pipeline.text import normalize
+from pipeline.training.shift import atc_accuracy, atc_threshold, fallback_for_expected_accuracy, mean_confidence
+from pipeline.training.train import UnlabelledData, labelled_predictions, train
 from tests.batch.builders import labelled_messages
 
 runner = CliRunner()
@@ -120,3 +123,55 @@ def test_train_calibration_data_on_the_command_line(tmp_path, monkeypatch):
     assert contexts.count("calibration") == 1 and contexts.count("training") == 1
     manifest = verify_bundle(tmp_path / "model")
     assert manifest["fingerprints"]["calibration"]["rows"] == rows and manifest["calibrated_on"]["intent"] == "calibration_data"
+
+
+# --- without labels: --calibration-chats ----------------------------------------------------------------
+
+
+def _chats() -> UnlabelledData:
+    texts = [normalize(t) for t in _shop_frame()["text"]]
+    return UnlabelledData(texts, [{"source": "chats.csv", "sha256": "0" * 64, "rows_in": len(texts), "messages_used": len(texts),
+                                   "rows_not_buyer": 0, "rows_rejected": 0}])
+
+
+def test_unlabelled_chats_set_the_temperature_from_atcs_estimate_and_keep_the_rest(trained):
+    data, _, plain, _ = trained
+    result = train(load_config(overrides=CONFIG), data, calibration_chats=_chats())
+    summary = result.fingerprints["calibration_chats"]
+    classifier = result.bundle.intent.named_steps["classifier"]
+    plain_classifier = plain.bundle.intent.named_steps["classifier"]
+    scores = classifier.decision_function(result.bundle.intent.named_steps["features"].transform(_chats().texts))
+    # ATC: the validation threshold, applied to the chats at the validation temperature
+    val = labelled_predictions(Predictor(plain.bundle), plain.messages[plain.messages["split"] == "val"])
+    threshold = atc_threshold(val["confidence"].to_numpy(), (val["intent"] == val["pred_intent"]).to_numpy())
+    estimate = atc_accuracy(softmax(scores / plain_classifier.temperature_, axis=1).max(axis=1), threshold)
+    assert summary["estimated_accuracy"] == round(estimate, 4) and summary["temperature_validation"] == round(plain_classifier.temperature_, 6)
+    assert mean_confidence(scores, classifier.temperature_) == pytest.approx(estimate, abs=1e-6)
+    confidence = softmax(scores / classifier.temperature_, axis=1).max(axis=1)
+    assert result.bundle.thresholds["fallback"] == fallback_for_expected_accuracy(confidence, 0.9)[0]
+    assert result.bundle.manifest["calibrated_on"] == {"intent": "calibration_chats", "fallback": "calibration_chats", "purchase": "validation"}
+    # the linear models and the purchase model are those of a run without it
+    a, b = plain_classifier.estimator_, classifier.estimator_
+    assert np.array_equal(a.coef_, b.coef_)
+    assert plain.bundle.thresholds["purchase"] == result.bundle.thresholds["purchase"]
+    with pytest.raises(ValueError, match="not both"):
+        train(load_config(overrides=CONFIG), data, calibration=trained[1], calibration_chats=_chats())
+
+
+def test_train_calibration_chats_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    labelled_messages().to_csv(tmp_path / "labelled.csv", index=False)
+    (tmp_path / "config.yaml").write_text("paths:\n  conversations: null\n  orders: null\n", encoding="utf-8")
+    chats = tmp_path / "chats.csv"
+    chats.write_text("角色,内容\n" + "".join(f"买家,{t}\n客服,好的亲\n" for t in _shop_frame()["text"]), encoding="gb18030")
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "labelled.csv"),
+                                 "--calibration-chats", str(chats), "--model-dir", str(tmp_path / "model"), "--no-promote"])
+    assert result.exit_code == 0, result.output
+    assert f"calibrated on {len(_shop_frame())} unlabelled buyer messages: estimated accuracy there" in result.output
+    run = mlflow.MlflowClient().get_run(result.output.split("run id:")[1].split()[0])
+    assert run.data.params["calibration_chats_messages_used"] == str(len(_shop_frame()))
+    manifest = verify_bundle(tmp_path / "model")
+    assert manifest["fingerprints"]["calibration_chats"]["messages_used"] == len(_shop_frame())
+    logged = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".html", ".txt", ".yaml") and "quarantine" not in p.parts]
+    assert not any("唉 那个" in p.read_text(encoding="utf-8", errors="replace") for p in logged)  # no chat text kept
