@@ -5,6 +5,7 @@ purchase model. A small Chinese corpus and a made-up "shop" (no shared data need
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.bundle import save_bundle
@@ -52,7 +53,28 @@ def test_the_document_has_both_tables_and_what_they_say(bundle_and_shop, tmp_pat
 
     model, path, _ = bundle_and_shop
     out = tmp_path / "CALIBRATION.md"
-    assert main(["--model", str(model), "--dev", str(path), "--sizes", "40", "--folds", "2", "--out", str(out)]) == 0
+    assert main(["--model", str(model), "--dev", str(path), "--sizes", "40", "--folds", "2", "--out", str(out),
+                 "--chats", str(tmp_path / "no-chats.csv")]) == 0  # no label-free row: the shared pool is not read here
     text = out.read_text(encoding="utf-8")
     assert text.count("| 0 (as trained: held-out writers) |") == 2 and "## What the figures say" in text
     assert "shop_a" in text and "唉 那个" not in text  # figures only, no message
+
+
+def test_the_label_free_row_is_what_train_calibration_chats_gives(bundle_and_shop, tmp_path):
+    from benchmarks.shop_calibration import chats_row
+    from pipeline.text import normalize
+    from pipeline.training.train import UnlabelledData
+    from tests.cli.test_calibration_data import _labelled
+
+    model, path, shop = bundle_and_shop
+    labelled_messages().to_csv(tmp_path / "labelled.csv", index=False)
+    chats = pd.DataFrame({"text": [f"请问 {t}" for t in shop["text"]]})
+    chats.to_csv(tmp_path / "chats.csv", index=False)
+    row = chats_row(model, path, tmp_path / "chats.csv", tmp_path / "labelled.csv")
+    trained = train(load_config(overrides=CONFIG), _labelled(labelled_messages(), "fixture"),
+                    calibration_chats=UnlabelledData([normalize(t) for t in chats["text"]], []))
+    predicted = Predictor(trained.bundle).predict(shop["text"].tolist())
+    correct = (predicted["intent"] == shop["intent"]).to_numpy()
+    assert row["ece"] == pytest.approx(expected_calibration_error(correct, predicted["intent_confidence"].to_numpy()), abs=1e-5)
+    assert row["fallback_rate"] == pytest.approx(predicted["fallback"].mean())
+    assert row["temperature"] == trained.fingerprints["calibration_chats"]["temperature"]
