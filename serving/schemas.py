@@ -356,12 +356,11 @@ def body_problem(body: bytes, max_containers: int = 0) -> str | None:
     if not body:
         return None
     structure = _outside_strings(body)
-    if max_containers:
-        containers = structure.count(b"{") + structure.count(b"[")
-        if containers > max_containers:
-            return f"{containers} JSON objects and arrays; a valid request has at most {max_containers}"
-    depth = _nesting_depth(structure.translate(*_OPENERS_CLOSERS), MAX_JSON_DEPTH)
-    if depth > MAX_JSON_DEPTH:
+    containers = structure.count(b"{") + structure.count(b"[")
+    if max_containers and containers > max_containers:
+        return f"{containers} JSON objects and arrays; a valid request has at most {max_containers}"
+    # no deeper than it has containers: the running count is only needed past the limit (not for live traffic)
+    if containers > MAX_JSON_DEPTH and _nesting_depth(structure.translate(*_OPENERS_CLOSERS), MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         return f"JSON nested deeper than {MAX_JSON_DEPTH} levels; a request has at most {REQUEST_DEPTH}"
     try:
         json.loads(body, object_pairs_hook=_check_object, strict=False)  # strict=False: control characters are the models' call
