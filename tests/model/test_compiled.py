@@ -375,3 +375,21 @@ def test_other_fitted_settings_match_scikit_learn(variant):
         assert diff <= TOLERANCE
         assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
     np.testing.assert_array_equal(fast.predict(normalized), model.predict(texts))
+
+
+def test_one_message_softmax_and_platt_match_numpy_and_never_overflow():
+    """`_one_message_probabilities` (one message per call, plain Python) against scipy's softmax and expit."""
+    from scipy.special import expit, softmax
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        scores = (rng.normal(size=21) * 5).tolist()
+        temperature, platt = float(rng.uniform(0.1, 2)), (float(rng.normal()), float(rng.normal()))
+        intent, positive = compiled_module._one_message_probabilities(scores, 20, temperature, platt)
+        assert intent.shape == (1, 20) and positive.shape == (1,)
+        assert np.abs(intent - softmax(np.array([scores[:20]]) / temperature, axis=1)).max() <= 1e-15
+        assert positive[0] == expit(platt[0] * scores[20] + platt[1])  # expit's operations: bit for bit
+    # a purchase score far on either side: 0 and 1 as expit gives them, no OverflowError from math.exp
+    for score, want in ((-1e4, 0.0), (1e4, 1.0)):
+        _, positive = compiled_module._one_message_probabilities([0.0] * 20 + [score], 20, 1.0, (1.0, 0.0))
+        assert positive[0] == want == expit(score)
