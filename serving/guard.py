@@ -152,24 +152,25 @@ class RequestGuard:
                 return await self._too_large(scope, receive, send)
         chunks, size = [], 0
         deadline = asyncio.get_running_loop().time() + self.body_timeout_s if self.body_timeout_s else None
-        while True:
-            try:
-                if deadline is None:
+        try:
+            # one deadline for the whole body (asyncio.timeout_at: no task per receive, as wait_for makes)
+            async with asyncio.timeout_at(deadline):
+                while True:
                     message = await receive()
-                else:
-                    message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
-            except asyncio.TimeoutError:  # a slow or stalled body: it never holds a model slot
-                response = json_error(408, f"request body not received within {self.body_timeout_s:g} s", {"Connection": "close"})
-                return await response(scope, receive, send)
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return await self._too_large(scope, receive, send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        break
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:  # a slow or stalled body: it never holds a model slot
+            response = json_error(408, f"request body not received within {self.body_timeout_s:g} s", {"Connection": "close"})
+            return await response(scope, receive, send)
+        if size > self.max_body_bytes:
+            return await self._too_large(scope, receive, send)
         body = b"".join(chunks)
         try:
             body.decode("utf-8")
