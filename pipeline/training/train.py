@@ -118,17 +118,18 @@ def _recalibrate_on_validation(
 ) -> None:
     """Refit the calibration of the models configured for it on the validation writers; the intent model's
     on `shop` instead when given (`paths.calibration_data`: a shop's own labelled messages)."""
-    wanted = [
-        (pipeline, labels, frame)
-        for pipeline, labels, where, frame in (
-            (intent_pipeline, "intent", "shop" if shop is not None else config.intent_model.calibrate_on, shop if shop is not None else val),
-            (purchase_pipeline, "purchase_intent", config.purchase_model.calibrate_on, val),
-        )
-        if pipeline is not None and where in ("validation", "shop")
-    ]
-    features = intent_pipeline.named_steps["features"]
+    wanted: list[tuple[Pipeline, str, pd.DataFrame]] = []
+    if shop is not None:
+        wanted.append((intent_pipeline, "intent", shop))
+    elif config.intent_model.calibrate_on == "validation":
+        wanted.append((intent_pipeline, "intent", val))
+    if purchase_pipeline is not None and config.purchase_model.calibrate_on == "validation":
+        wanted.append((purchase_pipeline, "purchase_intent", val))
+    features, matrices = intent_pipeline.named_steps["features"], {}
     for pipeline, labels, frame in wanted:
-        pipeline.named_steps["classifier"].recalibrate(features.transform(frame["normalized"].tolist()), frame[labels].to_numpy())
+        if id(frame) not in matrices:  # the validation features once for both models
+            matrices[id(frame)] = features.transform(frame["normalized"].tolist())
+        pipeline.named_steps["classifier"].recalibrate(matrices[id(frame)], frame[labels].to_numpy())
 
 
 def _calibrate_on_chats(config: Config, intent_pipeline: Pipeline, val_scored: pd.DataFrame, chats: UnlabelledData,
