@@ -77,6 +77,27 @@ def _predict(intent_clf, purchase_clf, intent_x, purchase_x, present: np.ndarray
     return predicted, confidence, purchase
 
 
+def _rate(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def intent_figures(correct: np.ndarray, confidence: np.ndarray, handed_over: np.ndarray, sources: pd.Series) -> dict:
+    """Accuracy, ECE, mean confidence, hand-over and accepted accuracy, over all messages and per source."""
+    accepted = ~handed_over
+
+    def part(mask: np.ndarray) -> dict:
+        return {"ece": expected_calibration_error(correct[mask], confidence[mask]), "fallback_rate": _rate(handed_over[mask]),
+                "accepted_accuracy": _rate(correct[mask & accepted])}
+
+    everything = np.ones(len(correct), dtype=bool)
+    return {"accuracy": _rate(correct), "mean_confidence": _rate(confidence), **part(everything),
+            "by_source": {str(s): part((sources == s).to_numpy()) for s in sorted(sources.unique())}}
+
+
+def source_cells(by_source: dict, sources: list[str]) -> str:
+    return " | ".join(f"{by_source[s]['ece']:.3f} / {by_source[s]['fallback_rate']:.2f} / {by_source[s]['accepted_accuracy']:.3f}" for s in sources)
+
+
 def run(bundle_dir: Path, dev_path: Path, sizes: list[int], folds: int, seed: int, purchase_too: bool = False) -> dict:
     bundle = load_bundle(bundle_dir)
     if bundle.purchase is None:
@@ -134,30 +155,15 @@ def run(bundle_dir: Path, dev_path: Path, sizes: list[int], folds: int, seed: in
             p, c, b = _predict(intent_k, purchase_k, intent_x[held], purchase_x[held], present[held], empty_label)
             predicted[held], confidence[held], purchase[held] = p, c, b
             fallback_at[held], purchase_at[held] = fallback_k, purchase_t
-        correct = predicted == y
-        handed_over = (confidence < fallback_at) | ~present
-        accepted = ~handed_over
         flagged = (purchase >= purchase_at).astype(float)
         buy = purchase_metrics(y_buy, flagged, 0.5)
         rows[n] = {
-            "accuracy": float(correct.mean()),
-            "ece": expected_calibration_error(correct, confidence),
-            "mean_confidence": float(confidence.mean()),
-            "fallback_rate": float(handed_over.mean()),
-            "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else float("nan"),
+            **intent_figures(predicted == y, confidence, (confidence < fallback_at) | ~present, dev["source"]),
             "purchase_precision": buy["precision"],
             "purchase_recall": buy["recall"],
             "purchase_f1": buy["f1"],
             "purchase_ece": expected_calibration_error(y_buy, purchase),
             "threshold_warnings": warned,
-            "by_source": {
-                str(s): {
-                    "ece": expected_calibration_error(correct[m], confidence[m]),
-                    "accepted_accuracy": float(correct[m & accepted].mean()) if (m & accepted).any() else float("nan"),
-                    "fallback_rate": float(handed_over[m].mean()),
-                }
-                for s, m in ((s, (dev["source"] == s).to_numpy()) for s in sorted(dev["source"].unique()))
-            },
         }
     return {"model": str(bundle_dir), "dev": len(dev), "positives": int(y_buy.sum()), "folds": folds, "seed": seed,
             "target_accuracy": target_accuracy, "target_precision": target_precision, "purchase_too": purchase_too, "rows": rows}
@@ -182,19 +188,10 @@ def chats_row(bundle_dir: Path, dev_path: Path, chats_path: Path, data_path: Pat
     bundle.manifest["thresholds"] = manifest["thresholds"]
     dev = pd.read_csv(dev_path, dtype=str, keep_default_na=False)
     predicted = Predictor(bundle).predict(dev["text"].tolist())
-    correct = (predicted["intent"] == dev["intent"]).to_numpy()
-    accepted = ~predicted["fallback"].to_numpy()
-    confidence = predicted["intent_confidence"].to_numpy()
     return {
         "chats": str(chats_path), "messages": len(texts), **{k: summary[k] for k in ("estimated_accuracy", "temperature_validation", "temperature")},
-        "accuracy": float(correct.mean()), "ece": expected_calibration_error(correct, confidence),
-        "mean_confidence": float(confidence.mean()), "fallback_rate": float((~accepted).mean()),
-        "accepted_accuracy": float(correct[accepted].mean()),
-        "by_source": {
-            str(s): {"ece": expected_calibration_error(correct[m], confidence[m]), "fallback_rate": float((~accepted[m]).mean()),
-                     "accepted_accuracy": float(correct[m & accepted].mean())}
-            for s, m in ((s, (dev["source"] == s).to_numpy()) for s in sorted(dev["source"].unique()))
-        },
+        **intent_figures((predicted["intent"] == dev["intent"]).to_numpy(), predicted["intent_confidence"].to_numpy(),
+                         predicted["fallback"].to_numpy(), dev["source"]),
     }
 
 
@@ -207,12 +204,10 @@ def render_chats(row: dict, target_accuracy: float) -> str:
         "|---" * (9 + len(sources)) + "|",
         f"| none (as trained) | - | - | {row['temperature_validation']:.4f} | {row['base']['accuracy']:.3f} | {row['base']['ece']:.3f} "
         f"| {row['base']['mean_confidence']:.3f} | {row['base']['fallback_rate']:.2f} | {row['base']['accepted_accuracy']:.3f} | "
-        + " | ".join(f"{row['base']['by_source'][s]['ece']:.3f} / {row['base']['by_source'][s]['fallback_rate']:.2f} / "
-                     f"{row['base']['by_source'][s]['accepted_accuracy']:.3f}" for s in sources) + " |",
+        + source_cells(row["base"]["by_source"], sources) + " |",
         f"| `{Path(row['chats']).parent.name}` | {row['messages']:,} | {row['estimated_accuracy']:.3f} | {row['temperature']:.4f} | "
         f"{row['accuracy']:.3f} | {row['ece']:.3f} | {row['mean_confidence']:.3f} | {row['fallback_rate']:.2f} | {row['accepted_accuracy']:.3f} | "
-        + " | ".join(f"{row['by_source'][s]['ece']:.3f} / {row['by_source'][s]['fallback_rate']:.2f} / {row['by_source'][s]['accepted_accuracy']:.3f}"
-                     for s in sources) + " |",
+        + source_cells(row["by_source"], sources) + " |",
     ]
     return "\n".join(lines)
 
@@ -228,9 +223,7 @@ def render(results: dict) -> str:
     ]
     for n, m in results["rows"].items():
         name = "0 (as trained: held-out writers)" if int(n) == 0 else str(n)
-        per_source = " | ".join(
-            f"{m['by_source'][s]['ece']:.3f} / {m['by_source'][s]['fallback_rate']:.2f} / {m['by_source'][s]['accepted_accuracy']:.3f}" for s in sources
-        )
+        per_source = source_cells(m["by_source"], sources)
         lines.append(
             f"| {name} | {m['accuracy']:.3f} | {m['ece']:.3f} | {m['mean_confidence']:.3f} | {m['fallback_rate']:.2f} | "
             f"{m['accepted_accuracy']:.3f} | {m['purchase_precision']:.2f} / {m['purchase_recall']:.2f} / {m['purchase_f1']:.3f} | "
