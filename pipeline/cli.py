@@ -159,6 +159,9 @@ def train(
     typer.echo("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["headline"].items()))
     for name, headline in summary["eval"].items():
         typer.echo(f"{name} metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in headline.items()))
+        if name in summary.get("eval_estimates", {}):
+            typer.echo(f"{name} label-free estimate of the intent accuracy (ATC, what `predict` reports on unlabelled chats): "
+                       f"{summary['eval_estimates'][name]:.4f} against the measured {headline['intent_accuracy']:.4f}")
     typer.echo(f"report: {summary['report']}")
     if summary["model_dir"]:
         typer.echo(f"model directory: {summary['model_dir']}")
@@ -204,6 +207,13 @@ def predict(
     except (ModelNotFoundError, ModelIntegrityError, TableError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"scored {counts['rows_scored']} rows -> {output}" + (f"; {counts['rows_rejected']} rejected -> {output}.rejected.csv" if counts["rows_rejected"] else ""))
+    estimate = counts.get("accuracy_estimate")
+    if estimate is not None:
+        typer.echo(estimate.message())
+        if estimate.drop >= run_config.drift.warn_drop:
+            typer.echo(f"warning: these messages read unlike the data the model was validated on (estimated accuracy {estimate.drop:.2f} "
+                       "lower): its confidence and fallback hand-over overstate how often it is right here; calibrate a model "
+                       "on such chats with `buyer-intent train --calibration-chats EXPORT` (or label some: --calibration-data)", err=True)
 
 
 @app.command()

@@ -283,6 +283,12 @@ class OutputSettings(_Strict):
         return check_csv_encoding(value)  # a TableError (ValueError) names the choices
 
 
+class DriftSettings(_Strict):
+    """The label-free check of how far scored messages sit from the validation data (`pipeline.drift`)."""
+
+    warn_drop: float = Field(ge=0, le=1)  # `predict` warns when the estimated accuracy is this far below validation's
+
+
 class Config(_Strict):
     """Every setting of a run. No field has a default here: `configs/default.yaml` is the one source of
     defaults, and another config file only states what it changes (`load_config` lays it over)."""
@@ -305,6 +311,7 @@ class Config(_Strict):
     select: SelectSettings
     columns: ColumnSettings
     output: OutputSettings
+    drift: DriftSettings
 
 
 class ConfigError(ValueError):

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
+from pipeline.drift import estimate_from_counts, threshold_of
 from pipeline.config import Config, Registry
 from pipeline.data.tables import (
     DEFAULT_CSV_ENCODING,
@@ -434,7 +435,7 @@ class _RolesConfig:
 
 def run_predict(
     input_path: Path, output_path: Path, model: str | None, config: Config, *, master: str = "local[*]", conf: dict[str, str] | None = None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """`buyer-intent predict --engine spark`: every input row and column kept, the prediction columns
     added (with a `role` column: buyer rows only, `scored`), rows Spark cannot read to `<out>.rejected.csv`."""
     from pipeline.inference import resolve_model
@@ -452,6 +453,7 @@ def run_predict(
         from pyspark.sql import functions as F
 
         bundle_name, seal = ship_bundle(spark, resolved.directory, resolved.expected_seal)
+        manifest = verify_bundle(resolved.directory, seal)
         frame, columns = read_spark_table(spark, input_path, names)
         frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
         row = _row_numbers(spark, frame)
@@ -471,6 +473,7 @@ def run_predict(
             good = good.mapInPandas(lambda b: _is_buyer(b, roles), schema)
         to_score = good.filter(F.col("_buyer")) if has_role else good
         scored = to_score.select("_key").distinct().mapInPandas(lambda b: _score_texts(b, bundle_name, seal), PREDICTION_SCHEMA)
+        scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # scored once: the output and the accuracy estimate read it
         joined = good.join(scored, "_key", "left")
         if has_role:
             for name in PREDICTION_COLUMNS:
@@ -500,6 +503,12 @@ def run_predict(
             if n_rejected:
                 assemble(rejected, staging.parts("rejected"), rejected_target, csv_encoding=csv_encoding)
             counts = good.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("_buyer").cast("long")).alias("buyers") if has_role else F.count(F.lit(1)).alias("buyers")).collect()[0]
+            estimate = None
+            if (threshold := threshold_of(manifest)) is not None:  # the local engine's estimate, summed over the rows
+                confident = joined.filter(F.col("intent_confidence").isNotNull()).agg(
+                    F.count(F.lit(1)).alias("messages"), F.sum((F.col("intent_confidence") > F.lit(threshold)).cast("long")).alias("above")
+                ).collect()[0]
+                estimate = estimate_from_counts(int(confident["above"] or 0), int(confident["messages"]), manifest)
             _publish(target, output_path)
             rejected_path = output_path.with_name(f"{output_path.name}.rejected.csv")
             if n_rejected:
@@ -507,8 +516,12 @@ def run_predict(
             else:  # a previous run's, as the local engine does: it would describe other rows
                 rejected_path.unlink(missing_ok=True)
         frame.unpersist()
+        scored.unpersist()
         rows, buyers = int(counts["rows"]), int(counts["buyers"] or 0)
-        return {"rows_in": rows + n_rejected, "rows_scored": buyers, "rows_not_buyer": rows - buyers, "rows_rejected": n_rejected}
+        summary: dict[str, Any] = {"rows_in": rows + n_rejected, "rows_scored": buyers, "rows_not_buyer": rows - buyers, "rows_rejected": n_rejected}
+        if estimate is not None:
+            summary["accuracy_estimate"] = estimate
+        return summary
     finally:
         if created:
             spark.stop()

@@ -19,6 +19,7 @@ from pipeline.config import Config, Registry
 from pipeline.data.labelled import LABELLED_COLUMNS, DataError, LabelledData, load_labelled, load_labelled_conversations, load_training_data
 from pipeline.training.evaluate import headline_metrics, intent_metrics, purchase_metrics
 from pipeline.inference import ModelNotFoundError, Predictor, load_model
+from pipeline.drift import estimate as drift_estimate
 from pipeline.data.tables import Rejected, TableError, iter_table, rejected_frame, require_columns, write_table_atomic, write_text_atomic
 from pipeline.text import normalize
 from pipeline.training.train import ConversationData, TrainResult, UnlabelledData, score_labelled, train
@@ -302,6 +303,8 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         "promotion_reason": reason,
         "headline": headline,
         "eval": {name: headline_metrics(result.metrics, name) for name in result.metrics if name.startswith("eval:")},
+        "eval_estimates": {name: result.metrics[name]["intent"]["estimated_accuracy"] for name in result.metrics
+                           if name.startswith("eval:") and "estimated_accuracy" in result.metrics[name]["intent"]},
         "report": str(report.get("html", report_dir)),
         "model_dir": config.paths.model_dir,
         "unlabelled": result.fingerprints.get("unlabelled"),
@@ -340,7 +343,7 @@ def predict_file(
     chunk_rows: int = 100_000,
     explain: bool = False,
     explain_top_k: int | None = None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Score every buyer row of a table with a `text` column; every input column and row is kept. With a
     `role` column, agent and bot rows are not scored: `scored` is false and the prediction columns empty.
     `explain`: also an `explanation` column, the JSON of `pipeline.explain` (top `explain_top_k` n-grams,
@@ -383,8 +386,12 @@ def predict_file(
     write_table_atomic(output, output_path, csv_encoding)
     if rejected:
         write_table_atomic(rejected_frame(rejected, input_path), f"{output_path}.rejected.csv", csv_encoding)
-    return {"rows_in": len(output) + len(rejected), "rows_scored": len(output) - skipped, "rows_not_buyer": skipped,
-            "rows_rejected": len(rejected)}
+    counts: dict[str, Any] = {"rows_in": len(output) + len(rejected), "rows_scored": len(output) - skipped, "rows_not_buyer": skipped,
+                              "rows_rejected": len(rejected)}
+    estimate = drift_estimate(output["intent_confidence"].to_numpy(dtype=float, na_value=np.nan), predictor.bundle.manifest)
+    if estimate is not None:  # agent and bot rows have no confidence: buyer messages only
+        counts["accuracy_estimate"] = estimate
+    return counts
 
 
 def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None, config: Config) -> dict[str, Any]:

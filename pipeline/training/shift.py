@@ -2,7 +2,7 @@
 
 The intent model's temperature is fitted on the held-out writers of the authored corpus, where it is right
 about 9 times in 10; on real chats it is right about 2 times in 3, so it is over-confident there. Without
-labels, Average Thresholded Confidence (ATC; Garg et al., "Leveraging unlabeled data to predict
+labels, Average Thresholded Confidence (ATC, `pipeline.drift`; Garg et al., "Leveraging unlabeled data to predict
 out-of-distribution performance", ICLR 2022) estimates the accuracy on the shop's messages: the confidence
 threshold above which the validation share of messages equals the validation accuracy, applied to the
 shop's messages. The temperature is then the one at which the mean confidence on the shop's messages equals
@@ -20,19 +20,6 @@ from scipy.special import softmax
 
 # Temperatures searched (log scale): far wider than any fitted one (0.2-0.3 for the default model).
 LOG_T_BOUNDS = (-7.0, 7.0)
-
-
-def atc_threshold(confidence: np.ndarray, correct: np.ndarray) -> float:
-    """The confidence above which the share of the labelled (validation) messages equals their accuracy."""
-    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
-    if not len(confidence):
-        raise ValueError("no validation message to set the ATC threshold on")
-    return float(np.quantile(confidence, 1.0 - correct.mean()))
-
-
-def atc_accuracy(confidence: np.ndarray, threshold: float) -> float:
-    """ATC's estimate of the accuracy on unlabelled messages: the share above the threshold."""
-    return float(np.mean(np.asarray(confidence, dtype=float) > threshold))
 
 
 def mean_confidence(scores: np.ndarray, temperature: float) -> float:

@@ -34,7 +34,9 @@ from pipeline.nudge import NudgePolicy
 from pipeline.nudge.features import features_from_turns
 from pipeline.training.model import build_conversation_pipeline, build_intent_pipeline, make_purchase_classifier, user_words
 from pipeline.text import normalize
-from pipeline.training.shift import atc_accuracy, atc_threshold, fallback_for_expected_accuracy, temperature_for_mean_confidence
+from pipeline.drift import MANIFEST_KEY, atc_accuracy, atc_threshold, manifest_record
+from pipeline.drift import estimate as drift_estimate
+from pipeline.training.shift import fallback_for_expected_accuracy, temperature_for_mean_confidence
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ def score_labelled(predictor: Predictor, frame: pd.DataFrame) -> tuple[dict[str,
     metrics: dict[str, Any] = {
         "intent": intent_metrics(scored["intent"], scored["pred_intent"], scored["confidence"], scored["fallback"])
     }
+    estimate = drift_estimate(scored["confidence"].to_numpy(), predictor.bundle.manifest)
+    if estimate is not None:  # beside the measured accuracy: how far the label-free estimate is off on this set
+        metrics["intent"]["estimated_accuracy"] = estimate.estimated
     if "purchase_intent" in scored.columns and predictor.has_purchase:
         metrics["purchase"] = purchase_metrics(scored["purchase_intent"], scored["purchase_score"], predictor.purchase_threshold)
     return metrics, scored
@@ -339,7 +344,9 @@ def train(
             val_scored["purchase_intent"].to_numpy(), val_scored["purchase_score"].to_numpy(), config.purchase_model.target_precision
         )
     predictor = Predictor(bundle)
-    val_metrics, _ = score_labelled(predictor, val_part)
+    val_metrics, val_final = score_labelled(predictor, val_part)
+    # For a label-free estimate of the accuracy on whatever the model later scores (`pipeline.drift`).
+    manifest[MANIFEST_KEY] = manifest_record(val_final["confidence"].to_numpy(), (val_final["intent"] == val_final["pred_intent"]).to_numpy())
     test_metrics, test_scored = score_labelled(predictor, test_part)
     timings["evaluate_s"] = time.perf_counter() - started - timings["fit_message_models_s"]
 

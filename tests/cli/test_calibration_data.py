@@ -20,7 +20,8 @@ from pipeline.estimators import _fit_temperature
 from pipeline.inference import Predictor
 from pipeline.training.evaluate import choose_fallback_threshold
 from pipeline.text import normalize
-from pipeline.training.shift import atc_accuracy, atc_threshold, fallback_for_expected_accuracy, mean_confidence
+from pipeline.drift import atc_accuracy, atc_threshold
+from pipeline.training.shift import fallback_for_expected_accuracy, mean_confidence
 from pipeline.training.train import UnlabelledData, labelled_predictions, train
 from tests.batch.builders import labelled_messages
 

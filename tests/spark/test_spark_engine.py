@@ -64,12 +64,15 @@ def test_both_engines_give_identical_predictions(tmp_path, spark, spark_bundle_d
     table = pd.read_parquet(chats).head(6000)
     source = tmp_path / "messages.csv"
     table.to_csv(source, index=False)
-    predict_file(source, tmp_path / "local.csv", str(spark_bundle_dir), flag_settings)
+    local_counts = predict_file(source, tmp_path / "local.csv", str(spark_bundle_dir), flag_settings)
     counts = run_predict(source, tmp_path / "spark.csv", str(spark_bundle_dir), flag_settings)
     assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     scored = pd.read_csv(tmp_path / "spark.csv")
-    assert counts == {"rows_in": 6000, "rows_scored": int((table["role"] == "buyer").sum()),
-                      "rows_not_buyer": int((table["role"] != "buyer").sum()), "rows_rejected": 0}
+    estimate = counts.pop("accuracy_estimate")
+    assert estimate == local_counts.pop("accuracy_estimate")  # the label-free estimate: Spark's sum is the local mean
+    assert estimate.messages == int(scored["scored"].sum())
+    assert counts == local_counts == {"rows_in": 6000, "rows_scored": int((table["role"] == "buyer").sum()),
+                                      "rows_not_buyer": int((table["role"] != "buyer").sum()), "rows_rejected": 0}
     assert scored.loc[scored["scored"], "intent"].nunique() > 3  # real predictions, not a constant
 
 
@@ -349,6 +352,7 @@ def test_predict_reads_jsonl_as_the_local_engine_does(tmp_path, spark, spark_bun
     local_counts = predict_file(source, tmp_path / "local.csv", str(spark_bundle_dir), flag_settings)
     counts = run_predict(source, tmp_path / "spark.csv", str(spark_bundle_dir), flag_settings)
     assert counts == local_counts and counts["rows_rejected"] == 3 and counts["rows_in"] == 399  # the blank line is no row
+    assert counts["accuracy_estimate"].messages == counts["rows_scored"]  # the same label-free estimate, summed by Spark
     assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     rejected = pd.read_csv(tmp_path / "spark.csv.rejected.csv", dtype=str, keep_default_na=False)
     local_rejected = pd.read_csv(tmp_path / "local.csv.rejected.csv", dtype=str, keep_default_na=False)
@@ -401,8 +405,11 @@ def test_the_command_line_runs_flag_and_predict_on_spark(tmp_path, monkeypatch, 
     result = invoke("predict", "--input", str(chats), "--output", str(tmp_path / "spark.csv"), *on_spark)
     assert result.exit_code == 0, result.output
     buyers = int((flat_rows()["role"] == "buyer").sum())
-    assert local.stdout.strip() == f"scored {buyers} rows -> {tmp_path / 'local.csv'}"
-    assert result.stdout.strip() == f"scored {buyers} rows -> {tmp_path / 'spark.csv'}"
+    local_first, *local_rest = local.stdout.strip().splitlines()
+    spark_first, *spark_rest = result.stdout.strip().splitlines()
+    assert local_first == f"scored {buyers} rows -> {tmp_path / 'local.csv'}"
+    assert spark_first == f"scored {buyers} rows -> {tmp_path / 'spark.csv'}"
+    assert spark_rest == local_rest and local_rest[0].startswith(f"estimated intent accuracy on these {buyers:,} messages")
     assert (tmp_path / "spark.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
 
     from pyspark.sql import SparkSession

@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.training.shift import (
-    atc_accuracy,
-    atc_threshold,
-    fallback_for_expected_accuracy,
-    mean_confidence,
-    temperature_for_mean_confidence,
-)
+from pipeline.drift import atc_accuracy, atc_threshold
+from pipeline.training.shift import fallback_for_expected_accuracy, mean_confidence, temperature_for_mean_confidence
 
 
 def test_atc_threshold_leaves_the_validation_accuracy_above_it():
