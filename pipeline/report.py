@@ -519,7 +519,7 @@ def _calibration(scored: pd.DataFrame, correct: np.ndarray, intent: dict[str, An
         panels.append((f"Purchase score (ECE {fmt(purchase_ece)})", outcome, score, "share with purchase intent", "purchase score"))
     plots[prefix + "reliability.png"] = _plot_calibration(panels)
     return {"ece": ece, "bins": CALIBRATION_BINS, "purchase_panel": labelled, "plot": prefix + "reliability.png",
-            "accuracy": float(correct.mean()) if len(correct) else None, "estimated_accuracy": intent.get("estimated_accuracy")}
+            "accuracy": intent.get("accuracy"), "estimated_accuracy": intent.get("estimated_accuracy")}
 
 
 def _slices(scored: pd.DataFrame) -> dict[str, Any]:

@@ -126,8 +126,9 @@ def spark_session(master: str = "local[*]", conf: dict[str, str] | None = None):
 _WORKER: dict[tuple, Any] = {}
 
 
-def ship_bundle(spark, directory: Path, expected_seal: str | None) -> tuple[str, str]:
-    """Verify the bundle here, give it a name unique to its seal and ship it to every executor."""
+def ship_bundle(spark, directory: Path, expected_seal: str | None) -> tuple[str, str, dict[str, Any]]:
+    """Verify the bundle here, give it a name unique to its seal and ship it to every executor; the name,
+    the seal and the verified manifest."""
     verify_bundle(directory, expected_seal)
     seal = bundle_seal(directory)
     name = f"buyer-intent-bundle-{seal[:16]}"
@@ -140,13 +141,13 @@ def ship_bundle(spark, directory: Path, expected_seal: str | None) -> tuple[str,
             os.replace(tmp, staging)
         except OSError:  # another run shipped the same bundle first
             shutil.rmtree(tmp, ignore_errors=True)
-    verify_bundle(staging, seal)
+    manifest = verify_bundle(staging, seal)
     try:
         spark.sparkContext.addFile(str(staging), recursive=True)
     except Exception as exc:  # already added in this session: the same name means the same seal
         if "already registered" not in str(exc):
             raise
-    return name, seal
+    return name, seal, manifest
 
 
 def _predictor(bundle_name: str, seal: str):
@@ -452,8 +453,7 @@ def run_predict(
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        bundle_name, seal = ship_bundle(spark, resolved.directory, resolved.expected_seal)
-        manifest = verify_bundle(resolved.directory, seal)
+        bundle_name, seal, manifest = ship_bundle(spark, resolved.directory, resolved.expected_seal)
         frame, columns = read_spark_table(spark, input_path, names)
         frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
         row = _row_numbers(spark, frame)
@@ -786,7 +786,7 @@ def run_flag_spark(
             cached.append(frame.persist(StorageLevel.MEMORY_AND_DISK))
             return cached[-1]
 
-        bundle_name, seal = ship_bundle(spark, resolved.directory, resolved.expected_seal)
+        bundle_name, seal, _ = ship_bundle(spark, resolved.directory, resolved.expected_seal)
         raw, columns = read_spark_table(spark, chats, chat_names, lower=True)
         missing = [c for c in CHAT_COLUMNS if c not in columns]
         if missing:
