@@ -150,8 +150,7 @@ def run(config_path: Path, dev_path: Path, seed: int) -> dict:
 
     rows: list[dict] = []
 
-    def add(name: str, kind: str, probabilities: dict | None, classes=None, purchase: dict | None = None, predicted: dict | None = None,
-            purchase_val_for_threshold: np.ndarray | None = None) -> None:
+    def add(name: str, kind: str, probabilities: dict | None, classes=None, purchase: dict | None = None, predicted: dict | None = None) -> None:
         row = {"name": name, "kind": kind}
         for part in ("val", "dev"):
             if probabilities is not None:
@@ -160,22 +159,26 @@ def run(config_path: Path, dev_path: Path, seed: int) -> dict:
             else:
                 row[part] = {}
         if purchase is not None:
-            val_scores = purchase["val"] if purchase_val_for_threshold is None else purchase_val_for_threshold
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always", ThresholdWarning)
-                threshold, _ = choose_precision_threshold(sets.purchase["val"], val_scores, purchase_settings.target_precision)
-            row["val"].update(purchase_figures(val_scores, sets.purchase["val"], threshold))
+                threshold, _ = choose_precision_threshold(sets.purchase["val"], purchase["val"], purchase_settings.target_precision)
+            row["val"].update(purchase_figures(purchase["val"], sets.purchase["val"], threshold))
             row["dev"].update(purchase_figures(purchase["dev"], sets.purchase["dev"], threshold))
             row["purchase_threshold"] = threshold
         rows.append(row)
         print(f"{name}: " + " | ".join(f"{part} " + ", ".join(f"{k} {v:.3f}" for k, v in row[part].items()) for part in ("val", "dev")), flush=True)
 
+    def purchase_scores(model) -> dict:
+        """Fitted on the training split, Platt-scaled on validation: its validation and dev scores."""
+        model.fit(X_train, y_purchase)
+        raw = [model.decision_function(sets.X[p]) if hasattr(model, "decision_function") else
+               np.diff(model.predict_log_proba(sets.X[p]), axis=1).ravel() for p in ("val", "dev")]
+        return dict(zip(("val", "dev"), platt(raw[0], sets.purchase["val"], raw[1])))
+
     # The default: linear SVM intents, logistic-regression purchase detector, both calibrated on validation.
     intent_model = svm().fit(X_train, y_intent)
     classes, default_probabilities = intent_probabilities(intent_model)
-    lr_purchase = purchase_lr().fit(X_train, y_purchase)
-    default_purchase = dict(zip(("val", "dev"), platt(lr_purchase.decision_function(sets.X["val"]), sets.purchase["val"],
-                                                      lr_purchase.decision_function(sets.X["dev"]))))
+    default_purchase = purchase_scores(purchase_lr())
     add("default (linear SVM intents, logistic-regression purchase)", "-", default_probabilities, classes, default_purchase)
 
     # Purchase detector options (the intent model stays the default).
@@ -189,18 +192,11 @@ def run(config_path: Path, dev_path: Path, seed: int) -> dict:
     stacked = {"val": cross, "dev": stacker.predict_proba(stack_features(default_purchase["dev"], default_probabilities["dev"]))[:, 1]}
     add("purchase: stacked on the intent probabilities (fitted on validation, cross-fitted between its writers)", "purchase", None, purchase=stacked)
 
-    def purchase_option(name: str, model) -> dict:
-        model.fit(X_train, y_purchase)
-        raw = [model.decision_function(sets.X[p]) if hasattr(model, "decision_function") else
-               np.diff(model.predict_log_proba(sets.X[p]), axis=1).ravel() for p in ("val", "dev")]
-        scores = dict(zip(("val", "dev"), platt(raw[0], sets.purchase["val"], raw[1])))
-        add(name, "purchase", None, purchase=scores)
-        return scores
-
-    purchase_option("purchase: linear SVM C 0.5 (Platt on validation)", LinearSVC(C=0.5, class_weight="balanced", random_state=config.seed))
-    purchase_option("purchase: NB-weighted features + logistic regression", NBLogRegBinary(C=purchase_settings.C, class_weight="balanced", seed=config.seed))
-    nb = purchase_option("purchase: complement naive Bayes alpha 0.1 (alone, for the mean below)", ComplementNB(alpha=0.1))
-    rows.pop()  # only the mean is a candidate
+    add("purchase: linear SVM C 0.5 (Platt on validation)", "purchase", None,
+        purchase=purchase_scores(LinearSVC(C=0.5, class_weight="balanced", random_state=config.seed)))
+    add("purchase: NB-weighted features + logistic regression", "purchase", None,
+        purchase=purchase_scores(NBLogRegBinary(C=purchase_settings.C, class_weight="balanced", seed=config.seed)))
+    nb = purchase_scores(ComplementNB(alpha=0.1))
     add("purchase: mean of logistic regression and complement naive Bayes", "purchase", None,
         purchase={p: (default_purchase[p] + nb[p]) / 2 for p in ("val", "dev")})
 
@@ -229,8 +225,7 @@ def run(config_path: Path, dev_path: Path, seed: int) -> dict:
         _, probabilities = intent_probabilities(intent_model, temperature_rows=features.transform(dropped_val))
         add(f"calibration: temperature fitted on validation with {rate:.0%} of words dropped", "calibration", probabilities, classes)
 
-    return {"rows": rows, "train": len(train), "val": len(val), "dev": len(dev), "held": [str(w) for w in config.split.val_holdout],
-            "handover": handover}
+    return {"rows": rows, "train": len(train), "val": len(val), "dev": len(dev), "held": [str(w) for w in config.split.val_holdout]}
 
 
 def _cell(figures: dict, key: str) -> str:

@@ -49,10 +49,6 @@ class AccuracyEstimate:
     def drop(self) -> float:
         return self.validated - self.estimated
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"method": "ATC", "messages": self.messages, "estimated_accuracy": round(self.estimated, 4),
-                "validation_accuracy": round(self.validated, 4), "drop": round(self.drop, 4)}
-
     def message(self) -> str:
         return (f"estimated intent accuracy on these {self.messages:,} messages {self.estimated:.2f} (ATC, no labels; "
                 f"optimistic when the shift is large) against {self.validated:.2f} on validation")
@@ -60,12 +56,12 @@ class AccuracyEstimate:
 
 def estimate(confidence: np.ndarray, manifest: Mapping[str, Any]) -> AccuracyEstimate | None:
     """None for a model trained before the record existed, or for no messages (NaN: a row not scored)."""
-    record = manifest.get(MANIFEST_KEY)
-    if not record:
+    threshold = threshold_of(manifest)
+    if threshold is None:
         return None
     confidence = np.asarray(confidence, dtype=float)
     confidence = confidence[np.isfinite(confidence)]
-    return estimate_from_counts(int(np.count_nonzero(confidence > float(record["threshold"]))), len(confidence), manifest)
+    return estimate_from_counts(int(np.count_nonzero(confidence > threshold)), len(confidence), manifest)
 
 
 def estimate_from_counts(above: int, messages: int, manifest: Mapping[str, Any]) -> AccuracyEstimate | None:
