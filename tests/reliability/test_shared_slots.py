@@ -30,6 +30,11 @@ def two_workers(flag_bundle_dir, tmp_path_factory):
             deadline, in_a_row = time.monotonic() + 120, 0
             while in_a_row < 20 and time.monotonic() < deadline:
                 in_a_row = in_a_row + 1 if http.post("/classify", json={"messages": ["在吗"]}, headers={"Connection": "close"}).status_code == 200 else 0
+        # On a busy machine a worker still loading may not accept at all, so the loop above can see only the other
+        # one: wait until a burst of keep-alive clients, spread over both as the tests' are, gets nothing but 200
+        # (a loading worker answers 503, `serving.service`).
+        while time.monotonic() < deadline and {status for status, _ in _load(server.url, BOUND, 0.5)} != {200}:
+            pass
         yield server
     finally:
         server.stop()

@@ -49,7 +49,12 @@ def _hammer(directory: str, worker: int, limit: int, rounds: int, server: int, s
     most = 0
     for _ in range(rounds):
         if slots.try_acquire():
-            most = max(most, slots.total())
+            # Read under the admission lock: every increment happens under it, so the counters can only fall while
+            # they are read and the sum is at most what was in flight. Read without it, the sum mixes moments (one
+            # counter before another worker's release, the next after a third worker's admission) and can
+            # exceed the bound that was never exceeded.
+            with slots._locked():
+                most = max(most, slots.total())
             slots.release()
     seen.put(most)
 
