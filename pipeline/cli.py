@@ -187,6 +187,7 @@ def predict(
 ) -> None:
     """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row (and `explanation` with --explain)."""
     from pipeline.bundle import ModelIntegrityError
+    from pipeline.drift import shift_warning
     from pipeline.inference import ModelNotFoundError
     from pipeline.data.tables import TableError
     from pipeline.jobs.workflows import predict_file
@@ -210,10 +211,8 @@ def predict(
     estimate = counts.get("accuracy_estimate")
     if estimate is not None:
         typer.echo(estimate.message())
-        if estimate.drop >= run_config.drift.warn_drop:
-            typer.echo(f"warning: these messages read unlike the data the model was validated on (estimated accuracy {estimate.drop:.2f} "
-                       "lower): its confidence and fallback hand-over overstate how often it is right here; calibrate a model "
-                       "on such chats with `buyer-intent train --calibration-chats EXPORT` (or label some: --calibration-data)", err=True)
+        if (warning := shift_warning(estimate, run_config.drift.warn_drop)) is not None:
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

@@ -73,6 +73,23 @@ def estimate_from_counts(above: int, messages: int, manifest: Mapping[str, Any])
     return AccuracyEstimate(int(messages), above / messages, float(record["validation_accuracy"]))
 
 
+def summary_record(estimate: AccuracyEstimate | None) -> dict[str, Any] | None:
+    """The estimate as a job summary (JSON) records it."""
+    if estimate is None:
+        return None
+    return {"method": "ATC", "buyer_messages": estimate.messages, "estimated_accuracy": estimate.estimated,
+            "validation_accuracy": estimate.validated, "drop": estimate.drop}
+
+
+def shift_warning(estimate: AccuracyEstimate | None, warn_drop: float) -> str | None:
+    """What to tell the user when the estimate falls `warn_drop` or more below validation (config `drift.warn_drop`)."""
+    if estimate is None or estimate.drop < warn_drop:
+        return None
+    return (f"these messages read unlike the data the model was validated on (estimated accuracy {estimate.drop:.2f} "
+            "lower): its confidence and fallback hand-over overstate how often it is right here; calibrate a model "
+            "on such chats with `buyer-intent train --calibration-chats EXPORT` (or label some: --calibration-data)")
+
+
 def threshold_of(manifest: Mapping[str, Any]) -> float | None:
     record = manifest.get(MANIFEST_KEY)
     return float(record["threshold"]) if record else None

@@ -27,6 +27,9 @@ def flag_summary(summary: dict[str, Any], top_shops: int = 5) -> Group:
     totals.add_row("flagged", f"{summary['flagged']:,} = {_share(summary['flagged_share_of_lost'])} of lost shoppers")
     totals.add_row("skipped (complaint or refund)", f"{summary['skipped_complaint_or_refund']:,}")
     totals.add_row("order status unknown", f"{summary['order_status_unknown']:,}")
+    if estimate := summary.get("accuracy_estimate"):
+        totals.add_row("intent accuracy, estimated", f"{estimate['estimated_accuracy']:.2f} on {estimate['buyer_messages']:,} buyer messages "
+                       f"(validation {estimate['validation_accuracy']:.2f}; no labels)")
     totals.add_row("nudge list", summary["output"])
     parts: list[Any] = [totals]
     shops = sorted(summary.get("per_shop", {}).items(), key=lambda item: (-item[1].get("flagged", 0), item[0]))[:top_shops]

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
-from pipeline.drift import estimate_from_counts, threshold_of
+from pipeline.drift import estimate_from_counts, shift_warning, summary_record, threshold_of
 from pipeline.config import Config, Registry
 from pipeline.data.tables import (
     DEFAULT_CSV_ENCODING,
@@ -536,7 +536,7 @@ VALID_SCHEMA = (
 CONVERSATION_SCHEMA = (
     "conversation_id string, buyer_id string, shop_id string, category string, first_ms long, last_ms long, ordered int, "
     "purchase_score double, evidence string, has_skip_intent boolean, open_concern string, last_turn_is_buyer boolean, "
-    "n_buyer_turns long, _key long, _rows long"
+    "n_buyer_turns long, n_confident_buyer_turns long, _key long, _rows long"
 )
 DECIDED_SCHEMA = (
     "conversation_id string, buyer_id string, shop_id string, category string, last_ms long, purchase_score double, "
@@ -888,7 +888,9 @@ def run_flag_spark(
         for r in chat_rejected.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect():
             reasons[reason_kind(r["reason"])] += int(r["n"])
         n_rejected = sum(reasons.values())
-        used = conversations.agg(F.sum("_rows").alias("rows"), F.sum("n_buyer_turns").alias("buyer")).collect()[0]
+        used = conversations.agg(F.sum("_rows").alias("rows"), F.sum("n_buyer_turns").alias("buyer"),
+                                 F.sum("n_confident_buyer_turns").alias("confident")).collect()[0]
+        estimate = estimate_from_counts(int(used["confident"] or 0), int(used["buyer"] or 0), manifest)
         distinct_texts = valid.filter(F.col("role") == "buyer").select("text").distinct().count()
         flags = decided.select(
             "shop_id", "category", F.lit(1).alias("conversations"), (F.col("lost") == 1).cast("long").alias("lost_shoppers"),
@@ -937,7 +939,9 @@ def run_flag_spark(
             "candidates_before_window_end": totals["window_open"],
             "warnings": share_warnings(n_flagged, lost, settings.share_alert)
             + orders_warnings(orders, orders_info)
-            + open_window_warnings(totals["window_open"], orders_info, policy),
+            + open_window_warnings(totals["window_open"], orders_info, policy)
+            + [warning for warning in [shift_warning(estimate, config.drift.warn_drop)] if warning],
+            "accuracy_estimate": summary_record(estimate),
             "messages": {"buyer": int(used["buyer"] or 0), "distinct_buyer_texts": int(distinct_texts)},
             "per_shop": group("shop_id"),
             "per_category": group("category") if has_category else {},

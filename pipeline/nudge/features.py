@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.conversation import BUYER, ConversationScorer, Turn, conversation_features
+from pipeline.drift import threshold_of
 from pipeline.nudge.policy import NudgePolicy
 from pipeline.nudge.rows import lay_flat
 from pipeline.text import mask_pii
@@ -115,7 +116,8 @@ def score_flat(
 
     Columns: purchase_score, evidence (masked, the buyer message with the highest purchase score),
     has_skip_intent, open_concern (the last buyer intent among `policy.concern_intents`, '' if none),
-    last_turn_is_buyer, n_buyer_turns."""
+    last_turn_is_buyer, n_buyer_turns, n_confident_buyer_turns (buyer messages above the model's recorded
+    ATC threshold, 0 without one: what a job sums for its label-free accuracy estimate, `pipeline.drift`)."""
     roles = np.asarray(roles, dtype=object)
     texts = np.asarray(texts, dtype=object)
     starts = np.asarray(starts, dtype=np.int64)
@@ -128,6 +130,9 @@ def score_flat(
     )
     n_buyer = np.diff(buyer_starts)
     has_buyer = n_buyer > 0
+    atc = threshold_of(scorer.predictor.bundle.manifest)
+    confident = flat["intent_confidence"] > atc if atc is not None else np.zeros(len(buyer_rows), dtype=bool)
+    n_confident = np.bincount(conv_of_buyer[confident], minlength=n_conv)
     intents = flat["intent"]
     # Evidence: highest message purchase score, the earliest on ties.
     evidence = np.full(n_conv, "", dtype=object)
@@ -157,9 +162,12 @@ def score_flat(
             "open_concern": open_concern,
             "last_turn_is_buyer": last_is_buyer,
             "n_buyer_turns": n_buyer.astype(np.int64),
+            "n_confident_buyer_turns": n_confident.astype(np.int64),
         }
     )
-    return frame, {"buyer_messages": int(len(buyer_rows)), "unique_buyer_texts": int(flat["n_unique"])}
+    stats = {"buyer_messages": int(len(buyer_rows)), "unique_buyer_texts": int(flat["n_unique"]),
+             "confident_buyer_messages": int(n_confident.sum())}
+    return frame, stats
 
 
 def _evidence_text(text: str, max_chars: int) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 import pipeline.jobs.flag.merge as merge_module
 import pipeline.jobs.flag.shards as shards_module
+from pipeline.drift import estimate, summary_record
 from pipeline.jobs.flag import FlagError, run_flag
 
 from .builders import chat_fixture, flat_rows, write_conversation_jsonl, write_csv, write_orders
@@ -216,15 +217,19 @@ def test_changed_input_does_not_reuse_checkpoints(tmp_path, inputs, flag_bundle_
     assert len(list((tmp_path / ".nudges.csv.work").iterdir())) == 1  # the stale checkpoint was dropped
 
 
-def test_worker_processes_give_the_same_output(tmp_path, flag_bundle_dir, flag_config):
+def test_worker_processes_give_the_same_output(tmp_path, flag_bundle_dir, flag_config, flag_scorer):
     conversations = [(f"x{i}", f"b{i % 5}", f"s{i % 3}", "food", turns) for i, (_, _, _, _, turns) in
                      enumerate(chat_fixture() * 3)]
     chats = write_csv(flat_rows(conversations), tmp_path / "chats.csv")
     orders = write_orders(tmp_path / "orders.csv")
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    _run(chats, one, orders, flag_bundle_dir, flag_config(shard_rows=30), workers=1)
-    _run(chats, two, orders, flag_bundle_dir, flag_config(shard_rows=30), workers=2)
+    in_one = _run(chats, one, orders, flag_bundle_dir, flag_config(shard_rows=30), workers=1)
+    in_two = _run(chats, two, orders, flag_bundle_dir, flag_config(shard_rows=30), workers=2)
     assert one.read_bytes() == two.read_bytes()
+    # the label-free accuracy estimate (pipeline.drift) summed over shards and processes: the whole file's
+    buyer_texts = flat_rows(conversations).query("role == 'buyer'")["text"].tolist()
+    whole = estimate(flag_scorer.predictor.predict(buyer_texts)["intent_confidence"].to_numpy(), flag_scorer.predictor.bundle.manifest)
+    assert in_one["accuracy_estimate"] == in_two["accuracy_estimate"] == summary_record(whole)
 
 
 def test_cli_end_to_end(tmp_path, inputs, flag_bundle_dir):

@@ -53,6 +53,8 @@ def test_both_engines_give_identical_nudge_rows_and_summary(flagged_day, generat
     assert (flagged_day["spark_dir"] / "nudges.csv").read_bytes() == (flagged_day["local_dir"] / "nudges.csv").read_bytes()
     assert {k: v for k, v in on_spark.items() if k not in RUN_SPECIFIC} == {k: v for k, v in local.items() if k not in RUN_SPECIFIC}
     assert on_spark["rows"]["balanced"] and on_spark["rows"]["in"] == local["rows"]["in"] == pd.read_parquet(chats).shape[0]
+    # the label-free accuracy estimate is in that equality: Spark's sum over the conversations is the shards' sum
+    assert local["accuracy_estimate"]["buyer_messages"] == local["messages"]["buyer"] > 0
     written = json.loads((flagged_day["spark_dir"] / "nudges.csv.summary.json").read_text(encoding="utf-8"))
     assert written["engine"]["name"] == "spark"  # the local set it replaced is gone
     assert written["files_sha256"]["nudges.csv"] == local["files_sha256"]["nudges.csv"]

@@ -26,7 +26,7 @@ from pipeline.data.tables import ColumnNames, TableError, output_format, require
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2  # bump when what the work directory holds changes
+CHECKPOINT_FORMAT = 3  # bump when what the work directory holds changes
 
 
 def _file_identity(path: Path | None) -> dict | None:
@@ -183,7 +183,7 @@ def run_flag(
         "model": {"name": resolved.name, "version": resolved.version, "sha256": model_identity["sha256"]},
     }
     summary = merge_results(work, out, chats, orders, partition, orders_info, policy, threshold_info, settings.share_alert,
-                            config.output.csv_encoding)
+                            config.output.csv_encoding, manifest=manifest, warn_drop=config.drift.warn_drop)
     if not settings.keep_work_dir:
         shutil.rmtree(work, ignore_errors=True)
         if base.is_dir() and not any(base.iterdir()):

@@ -9,7 +9,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bundle import sha256_file
 from pipeline.config import ShareAlertSettings
+from pipeline.drift import estimate_from_counts, shift_warning, summary_record
 from pipeline.jobs.flag.files import OUTPUT_COLUMNS, REJECTED_SCHEMA, reason_kind, write_json_atomic
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.policy import share_warnings
@@ -69,13 +70,16 @@ def _group_summary(counts: pd.DataFrame, flagged: pd.DataFrame, key: str) -> dic
 def merge_results(
     work: Path, out: Path, chats: Path, orders: Path | None, partition: dict, orders_info: dict | None,
     policy: NudgePolicy, threshold_info: dict[str, Any], share_alert: ShareAlertSettings | None = None,
-    csv_encoding: str = DEFAULT_CSV_ENCODING,
+    csv_encoding: str = DEFAULT_CSV_ENCODING, manifest: Mapping[str, Any] | None = None, warn_drop: float = 1.0,
 ) -> dict[str, Any]:
     """Phase 3: one nudge per buyer/shop/window, deterministic order, atomic output, rejected rows, summary.
-    CSV files (the list, the rejected rows) are written in `csv_encoding`."""
+    CSV files (the list, the rejected rows) are written in `csv_encoding`. With the model's `manifest`, the
+    summary estimates the intent accuracy on the buyer messages and warns `warn_drop` below validation."""
     results = work / "results"
     shard_names = [f"shard-{i:05d}" for i in range(partition["shards"])]
     done = [json.loads((results / f"{name}.json").read_text(encoding="utf-8")) for name in shard_names]
+    estimate = estimate_from_counts(sum(d["confident_buyer_messages"] for d in done), sum(d["buyer_messages"] for d in done),
+                                    manifest or {})
     candidates = pd.concat([pd.read_parquet(results / f"{name}.candidates.parquet") for name in shard_names], ignore_index=True)
     counts = pd.concat([pd.read_parquet(results / f"{name}.counts.parquet") for name in shard_names], ignore_index=True)
     candidates = candidates.sort_values(["shop_id", "conversation_id"], kind="mergesort").reset_index(drop=True)
@@ -153,7 +157,9 @@ def merge_results(
         "candidates_before_window_end": int(totals["window_open"]),
         "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings())
         + orders_warnings(orders, orders_info)
-        + open_window_warnings(int(totals["window_open"]), orders_info, policy),
+        + open_window_warnings(int(totals["window_open"]), orders_info, policy)
+        + [warning for warning in [shift_warning(estimate, warn_drop)] if warning],
+        "accuracy_estimate": summary_record(estimate),
         "messages": {
             "buyer": sum(d["buyer_messages"] for d in done),
             "distinct_buyer_texts": sum(d["unique_buyer_texts"] for d in done),
