@@ -1,12 +1,17 @@
 """The service's own Prometheus metrics: batch sizes and model time per call, messages by intent, and
-decisions by endpoint and reason."""
+decisions by endpoint and reason; and what the label-free accuracy estimate of live traffic needs
+(`pipeline.drift`): `rate(buyer_intent_messages_confident_total) / rate(buyer_intent_messages_total)` estimates
+the intent accuracy on `/classify` traffic, to read against `buyer_intent_validation_accuracy` (alert on the fall)."""
 
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Mapping
+
+from pipeline.drift import MANIFEST_KEY, threshold_of
 
 _METRICS: dict[str, Any] = {}
+_ACCURACY_THRESHOLD: dict[str, float | None] = {"value": None}  # the loaded model's ATC threshold (None: no record)
 
 
 def metrics() -> dict[str, Any]:
@@ -14,7 +19,7 @@ def metrics() -> dict[str, Any]:
     must be imported after the worker has set PROMETHEUS_MULTIPROC_DIR (BentoML's /metrics collects
     every worker's files from there), so not at module import."""
     if not _METRICS:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         _METRICS.update(
             batch_messages=Histogram(
@@ -30,8 +35,24 @@ def metrics() -> dict[str, Any]:
             ),
             messages=Counter("buyer_intent_messages", "classified messages by predicted intent and fallback", ["intent", "fallback"]),
             decisions=Counter("buyer_intent_decisions", "conversation decisions by endpoint and reason", ["endpoint", "reason"]),
+            confident=Counter(
+                "buyer_intent_messages_confident",
+                "classified messages above the model's recorded ATC confidence threshold: over buyer_intent_messages_total, "
+                "the estimated intent accuracy (no labels; optimistic when the shift is large)",
+            ),
+            validation_accuracy=Gauge(
+                "buyer_intent_validation_accuracy", "the loaded model's intent accuracy on its validation messages",
+                multiprocess_mode="max",
+            ),
         )
     return _METRICS
+
+
+def observe_model(manifest: Mapping[str, Any]) -> None:
+    """Once the model is loaded: its ATC threshold for `observe_batch`, its validation accuracy as a gauge."""
+    _ACCURACY_THRESHOLD["value"] = threshold_of(manifest)
+    if (record := manifest.get(MANIFEST_KEY)) is not None:
+        metrics()["validation_accuracy"].set(float(record["validation_accuracy"]))
 
 
 def observe_batch(requests: int, results: list[dict[str, Any]], seconds: float) -> None:
@@ -43,3 +64,5 @@ def observe_batch(requests: int, results: list[dict[str, Any]], seconds: float) 
     counter = registry["messages"]
     for (intent, fallback), count in collections.Counter((r["intent"], r["fallback"]) for r in results).items():
         counter.labels(intent=intent, fallback="true" if fallback else "false").inc(count)
+    if (threshold := _ACCURACY_THRESHOLD["value"]) is not None:
+        registry["confident"].inc(sum(1 for r in results if r["confidence"] > threshold))

@@ -32,7 +32,7 @@ from pipeline.inference import Predictor
 from serving.conversations import InvalidConversation, decide_conversations, nudge_rows, reason_counts, score_response
 from serving.guard import API_ROUTES, RequestGuard, install_client_error_log_filter, invalid, json_error
 from serving.inflight import SharedInFlight
-from serving.metrics import metrics, observe_batch
+from serving.metrics import metrics, observe_batch, observe_model
 from serving.openapi import openapi_document
 from serving.schemas import (
     ClassifyResponse,
@@ -138,6 +138,7 @@ class BuyerIntent:
         )
         nudge_rows(decide_conversations([warm], scorer, POLICY, True), POLICY)
         self.scorer = scorer
+        observe_model(predictor.bundle.manifest)
 
     # Probes (BentoML calls these for /livez and /readyz).
     def __is_alive__(self) -> bool:

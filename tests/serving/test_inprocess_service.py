@@ -82,6 +82,31 @@ def test_metrics_include_batching(app_client):
     assert "buyer_intent_messages_total" in text
 
 
+def _metric(text: str, name: str) -> float:
+    """A metric's value in Prometheus' text format, summed over its label sets (and worker files)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((f"{name} ", f"{name}{{")))
+
+
+def test_metrics_carry_the_label_free_accuracy_estimate_of_classify_traffic(app_client, model_dir):
+    """pipeline.drift on live traffic: the messages above the model's ATC threshold are counted next to all
+    classified messages, and the validation accuracy they are read against is a gauge."""
+    from pipeline.bundle import load_bundle
+    from pipeline.drift import MANIFEST_KEY
+    from pipeline.inference import Predictor
+
+    bundle = load_bundle(model_dir)
+    record = bundle.manifest[MANIFEST_KEY]
+    texts = PROBES + ["ꙮꙮꙮ", "在吗 有货吗", "我要退货"]
+    confident = int((Predictor(bundle).predict(texts)["intent_confidence"] > record["threshold"]).sum())
+    assert 0 < confident < len(texts)  # the count tells the two apart
+    before = app_client.get("/metrics").text
+    assert post(app_client, "/classify", {"messages": texts}).status_code == 200
+    after = app_client.get("/metrics").text
+    assert _metric(after, "buyer_intent_messages_total") - _metric(before, "buyer_intent_messages_total") == len(texts)
+    assert _metric(after, "buyer_intent_messages_confident_total") - _metric(before, "buyer_intent_messages_confident_total") == confident
+    assert _metric(after, "buyer_intent_validation_accuracy") == pytest.approx(record["validation_accuracy"])
+
+
 # ----------------------------------------------------------------------------------------- classify
 
 

@@ -3,6 +3,8 @@ called over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 
 import httpx
@@ -34,6 +36,9 @@ def test_classify(http):
     assert len(first["top_intents"]) == 3
     metrics = http.get("/metrics").text
     assert "buyer_intent_batch_messages_count" in metrics and "buyer_intent_messages_total" in metrics
+    # the label-free accuracy estimate of live traffic (pipeline.drift), from every worker's files
+    assert "buyer_intent_messages_confident_total" in metrics
+    assert re.search(r"^buyer_intent_validation_accuracy(\{[^}]*\})? 0\.\d+", metrics, re.M), metrics[-2000:]
 
 
 def test_score_conversation_and_flag(http):
