@@ -187,7 +187,7 @@ def predict(
 ) -> None:
     """Add intent, intent_confidence, fallback, purchase_intent and purchase_score to every row (and `explanation` with --explain)."""
     from pipeline.bundle import ModelIntegrityError
-    from pipeline.drift import shift_warning
+    from pipeline.drift import shift_warnings
     from pipeline.inference import ModelNotFoundError
     from pipeline.data.tables import TableError
     from pipeline.jobs.workflows import predict_file
@@ -211,7 +211,7 @@ def predict(
     estimate = counts.get("accuracy_estimate")
     if estimate is not None:
         typer.echo(estimate.message())
-        if (warning := shift_warning(estimate, run_config.drift.warn_drop)) is not None:
+        for warning in shift_warnings(estimate, run_config.drift.warn_drop):
             typer.echo(f"warning: {warning}", err=True)
 
 

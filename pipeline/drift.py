@@ -81,13 +81,14 @@ def summary_record(estimate: AccuracyEstimate | None) -> dict[str, Any] | None:
             "validation_accuracy": estimate.validated, "drop": estimate.drop}
 
 
-def shift_warning(estimate: AccuracyEstimate | None, warn_drop: float) -> str | None:
-    """What to tell the user when the estimate falls `warn_drop` or more below validation (config `drift.warn_drop`)."""
+def shift_warnings(estimate: AccuracyEstimate | None, warn_drop: float) -> list[str]:
+    """What to tell the user when the estimate falls `warn_drop` or more below validation (config `drift.warn_drop`):
+    one warning or none, as the job summaries' other `*_warnings` give them."""
     if estimate is None or estimate.drop < warn_drop:
-        return None
-    return (f"these messages read unlike the data the model was validated on (estimated accuracy {estimate.drop:.2f} "
+        return []
+    return [f"these messages read unlike the data the model was validated on (estimated accuracy {estimate.drop:.2f} "
             "lower): its confidence and fallback hand-over overstate how often it is right here; calibrate a model "
-            "on such chats with `buyer-intent train --calibration-chats EXPORT` (or label some: --calibration-data)")
+            "on such chats with `buyer-intent train --calibration-chats EXPORT` (or label some: --calibration-data)"]
 
 
 def threshold_of(manifest: Mapping[str, Any]) -> float | None:

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.bundle import bundle_seal, read_manifest, sha256_file, verify_bundle
-from pipeline.drift import estimate_from_counts, shift_warning, summary_record, threshold_of
+from pipeline.drift import estimate_from_counts, shift_warnings, summary_record, threshold_of
 from pipeline.config import Config, Registry
 from pipeline.data.tables import (
     DEFAULT_CSV_ENCODING,
@@ -940,7 +940,7 @@ def run_flag_spark(
             "warnings": share_warnings(n_flagged, lost, settings.share_alert)
             + orders_warnings(orders, orders_info)
             + open_window_warnings(totals["window_open"], orders_info, policy)
-            + [warning for warning in [shift_warning(estimate, config.drift.warn_drop)] if warning],
+            + shift_warnings(estimate, config.drift.warn_drop),
             "accuracy_estimate": summary_record(estimate),
             "messages": {"buyer": int(used["buyer"] or 0), "distinct_buyer_texts": int(distinct_texts)},
             "per_shop": group("shop_id"),

@@ -1,11 +1,12 @@
-"""`pipeline.drift`: the label-free accuracy estimate (ATC) that training records and `predict` reports."""
+"""`pipeline.drift`: the label-free accuracy estimate (ATC) that training records and `predict`, `flag` and the
+service report."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.drift import MANIFEST_KEY, AccuracyEstimate, estimate, manifest_record
+from pipeline.drift import MANIFEST_KEY, AccuracyEstimate, estimate, manifest_record, shift_warnings, summary_record
 
 
 def _validation(n: int = 2000, seed: int = 0):
@@ -65,3 +66,15 @@ def test_counts_summed_elsewhere_give_the_same_estimate_as_the_confidences():
     above = int((batch > threshold_of(manifest)).sum())
     assert estimate_from_counts(above, len(batch), manifest) == estimate(batch, manifest)
     assert estimate_from_counts(0, 0, manifest) is None and threshold_of({}) is None
+
+
+def test_the_warning_starts_at_the_set_drop_and_the_record_holds_the_figures():
+    assert len(shift_warnings(AccuracyEstimate(100, 0.75, 0.875), warn_drop=0.125)) == 1  # exactly the set drop (binary fractions)
+    assert len(shift_warnings(AccuracyEstimate(100, 0.84, 0.90), warn_drop=0.05)) == 1
+    assert shift_warnings(AccuracyEstimate(100, 0.86, 0.90), warn_drop=0.05) == []
+    assert shift_warnings(AccuracyEstimate(100, 0.10, 0.90), warn_drop=1.0) == []  # the setting silences it
+    assert shift_warnings(None, warn_drop=0.0) == []  # a model without the record
+    assert "0.30 lower" in shift_warnings(AccuracyEstimate(100, 0.60, 0.90), warn_drop=0.05)[0]
+    assert summary_record(AccuracyEstimate(40, 0.75, 0.90)) == {"method": "ATC", "buyer_messages": 40, "estimated_accuracy": 0.75,
+                                                                 "validation_accuracy": 0.90, "drop": pytest.approx(0.15)}
+    assert summary_record(None) is None

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.bundle import sha256_file
 from pipeline.config import ShareAlertSettings
-from pipeline.drift import estimate_from_counts, shift_warning, summary_record
+from pipeline.drift import estimate_from_counts, shift_warnings, summary_record
 from pipeline.jobs.flag.files import OUTPUT_COLUMNS, REJECTED_SCHEMA, reason_kind, write_json_atomic
 from pipeline.nudge import NudgePolicy
 from pipeline.nudge.policy import share_warnings
@@ -158,7 +158,7 @@ def merge_results(
         "warnings": share_warnings(len(flagged), lost, share_alert or ShareAlertSettings())
         + orders_warnings(orders, orders_info)
         + open_window_warnings(int(totals["window_open"]), orders_info, policy)
-        + [warning for warning in [shift_warning(estimate, warn_drop)] if warning],
+        + shift_warnings(estimate, warn_drop),
         "accuracy_estimate": summary_record(estimate),
         "messages": {
             "buyer": sum(d["buyer_messages"] for d in done),
