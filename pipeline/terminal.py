@@ -35,10 +35,13 @@ def flag_summary(summary: dict[str, Any], top_shops: int = 5) -> Group:
     shops = sorted(summary.get("per_shop", {}).items(), key=lambda item: (-item[1].get("flagged", 0), item[0]))[:top_shops]
     if shops:
         table = Table(title=f"top {len(shops)} shops by flags", title_justify="left")
-        for name, justify in (("shop", "left"), ("conversations", "right"), ("lost", "right"), ("flagged", "right"), ("share of lost", "right")):
+        for name, justify in (("shop", "left"), ("conversations", "right"), ("lost", "right"), ("flagged", "right"), ("share of lost", "right"),
+                              ("est. intent accuracy", "right")):
             table.add_column(name, justify=justify)
         for shop, part in shops:
-            table.add_row(str(shop), f"{part['conversations']:,}", f"{part['lost_shoppers']:,}", f"{part['flagged']:,}", _share(part.get("flagged_share_of_lost")))
+            accuracy = part.get("estimated_accuracy")
+            table.add_row(str(shop), f"{part['conversations']:,}", f"{part['lost_shoppers']:,}", f"{part['flagged']:,}", _share(part.get("flagged_share_of_lost")),
+                          "n/a" if accuracy is None else f"{accuracy:.2f} ({part['buyer_messages']:,} msgs)")
         parts.append(table)
     if rows.get("rejected_reasons"):
         reasons = Table(title=f"rejected rows -> {rows['rejected_file']}", title_justify="left")

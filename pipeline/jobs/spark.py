@@ -729,20 +729,15 @@ def _format_send_after(batches: Iterator[pd.DataFrame], settings_json: str, colu
         yield batch[columns]
 
 
-def _counts_by(rows: list, key: str) -> dict[str, dict[str, Any]]:
+def _counts_by(rows: list, key: str, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The per-shop / per-category summary of `flag.merge_results` from Spark's small aggregates."""
-    from pipeline.jobs.flag.merge import share_of_lost
+    from pipeline.jobs.flag.merge import group_entry
 
-    summary = {}
-    for row in sorted(rows, key=lambda r: r[key]):
-        lost = int(row["lost_shoppers"])
-        summary[str(row[key]) or "unknown"] = {
-            "conversations": int(row["conversations"]),
-            "lost_shoppers": lost,
-            "flagged": int(row["flagged"]),
-            "flagged_share_of_lost": share_of_lost(int(row["flagged"]), lost),
-        }
-    return summary
+    return {
+        str(row[key]) or "unknown": group_entry(int(row["conversations"]), int(row["lost_shoppers"]), int(row["flagged"]),
+                                                int(row["buyer_messages"] or 0), int(row["confident"] or 0), manifest)
+        for row in sorted(rows, key=lambda r: r[key])
+    }
 
 
 def run_flag_spark(
@@ -907,7 +902,10 @@ def run_flag_spark(
         def group(key: str):
             counts = flags.groupBy(key).agg(F.sum("conversations").alias("conversations"), F.sum("lost_shoppers").alias("lost_shoppers"))
             marks = flagged.groupBy(key).agg(F.count(F.lit(1)).alias("flagged"))
-            return _counts_by(counts.join(marks, key, "left").fillna(0, ["flagged"]).collect(), key)
+            messages = conversations.groupBy(key).agg(F.sum("n_buyer_turns").alias("buyer_messages"),
+                                                      F.sum("n_confident_buyer_turns").alias("confident"))
+            rows = counts.join(marks, key, "left").fillna(0, ["flagged"]).join(messages, key, "left").collect()
+            return _counts_by(rows, key, manifest)
 
         rows_used = int(used["rows"] or 0)
         lost = totals["lost_shoppers"]

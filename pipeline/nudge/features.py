@@ -165,9 +165,7 @@ def score_flat(
             "n_confident_buyer_turns": n_confident.astype(np.int64),
         }
     )
-    stats = {"buyer_messages": int(len(buyer_rows)), "unique_buyer_texts": int(flat["n_unique"]),
-             "confident_buyer_messages": int(n_confident.sum())}
-    return frame, stats
+    return frame, {"buyer_messages": int(len(buyer_rows)), "unique_buyer_texts": int(flat["n_unique"])}
 
 
 def _evidence_text(text: str, max_chars: int) -> str:

@@ -45,6 +45,14 @@ def test_the_summary_estimates_the_accuracy_on_the_buyer_messages_it_scored(tmp_
                       "estimated_accuracy": expected.estimated, "validation_accuracy": bundle.manifest[MANIFEST_KEY]["validation_accuracy"],
                       "drop": expected.drop}
     assert 0 < record["estimated_accuracy"] < 1
+    # per shop (and category): the same estimate on that shop's buyer messages, to find the shop to calibrate for
+    predictor = Predictor(bundle)
+    for key, part_name in (("shop_id", "per_shop"), ("category", "per_category")):
+        for name, part in frame[frame["role"] == "buyer"].groupby(key):
+            want = estimate(predictor.predict(part["text"].tolist())["intent_confidence"].to_numpy(), bundle.manifest)
+            got = summary[part_name][name]
+            assert (got["buyer_messages"], got["estimated_accuracy"]) == (len(part), want.estimated), (key, name)
+    assert sum(part["buyer_messages"] for part in summary["per_shop"].values()) == len(buyer_texts)
 
 
 def test_chats_unlike_the_training_data_get_the_warning_and_the_same_decisions(tmp_path, flag_bundle_dir, flag_config):

@@ -52,19 +52,30 @@ def share_of_lost(flagged: int, lost: int) -> float | None:
     return round(flagged / lost, 4) if lost else None
 
 
-def _group_summary(counts: pd.DataFrame, flagged: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
-    grouped = counts.groupby(key, sort=True)[["conversations", "lost_shoppers", "candidates"]].sum()
+def group_entry(conversations: int, lost: int, flagged: int, buyer_messages: int, confident: int,
+                manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """One shop's (or category's) line of the summary, on both engines. The estimated intent accuracy of its
+    buyer messages (`pipeline.drift`; None without the model's record) tells which shop's chats read unlike the
+    validation data: the one to calibrate a model for (`train --calibration-chats`). Read it with its count."""
+    estimate = estimate_from_counts(confident, buyer_messages, manifest)
+    return {
+        "conversations": conversations,
+        "lost_shoppers": lost,
+        "flagged": flagged,
+        "flagged_share_of_lost": share_of_lost(flagged, lost),
+        "buyer_messages": buyer_messages,
+        "estimated_accuracy": None if estimate is None else estimate.estimated,
+    }
+
+
+def _group_summary(counts: pd.DataFrame, flagged: pd.DataFrame, key: str, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    grouped = counts.groupby(key, sort=True)[["conversations", "lost_shoppers", "candidates", "buyer_messages", "confident_buyer_messages"]].sum()
     flagged_counts = flagged.groupby(key).size() if len(flagged) else pd.Series(dtype=np.int64)
-    summary = {}
-    for name, row in grouped.iterrows():
-        n_flagged = int(flagged_counts.get(name, 0))
-        summary[str(name) or "unknown"] = {
-            "conversations": int(row["conversations"]),
-            "lost_shoppers": int(row["lost_shoppers"]),
-            "flagged": n_flagged,
-            "flagged_share_of_lost": share_of_lost(n_flagged, int(row["lost_shoppers"])),
-        }
-    return summary
+    return {
+        str(name) or "unknown": group_entry(int(row["conversations"]), int(row["lost_shoppers"]), int(flagged_counts.get(name, 0)),
+                                            int(row["buyer_messages"]), int(row["confident_buyer_messages"]), manifest)
+        for name, row in grouped.iterrows()
+    }
 
 
 def merge_results(
@@ -78,8 +89,7 @@ def merge_results(
     results = work / "results"
     shard_names = [f"shard-{i:05d}" for i in range(partition["shards"])]
     done = [json.loads((results / f"{name}.json").read_text(encoding="utf-8")) for name in shard_names]
-    estimate = estimate_from_counts(sum(d["confident_buyer_messages"] for d in done), sum(d["buyer_messages"] for d in done),
-                                    manifest or {})
+    manifest = manifest or {}
     candidates = pd.concat([pd.read_parquet(results / f"{name}.candidates.parquet") for name in shard_names], ignore_index=True)
     counts = pd.concat([pd.read_parquet(results / f"{name}.counts.parquet") for name in shard_names], ignore_index=True)
     candidates = candidates.sort_values(["shop_id", "conversation_id"], kind="mergesort").reset_index(drop=True)
@@ -130,7 +140,9 @@ def merge_results(
     rows_rejected = partition["rows_rejected"] + sum(d["rows_rejected"] for d in done)
     reasons = Counter(partition["rejected_reasons"])
     reasons.update(Counter(reason_kind(r) for r in shard_rejects["reason"].tolist()))
-    totals = counts[["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates", "window_open"]].sum()
+    totals = counts[["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates", "window_open",
+                     "buyer_messages", "confident_buyer_messages"]].sum()
+    estimate = estimate_from_counts(int(totals["confident_buyer_messages"]), int(totals["buyer_messages"]), manifest)
     lost = int(totals["lost_shoppers"])
     summary = {
         "input": {"chats": str(chats), "orders": None if orders is None else str(orders), "format": partition["format"]},
@@ -164,8 +176,8 @@ def merge_results(
             "buyer": sum(d["buyer_messages"] for d in done),
             "distinct_buyer_texts": sum(d["unique_buyer_texts"] for d in done),
         },
-        "per_shop": _group_summary(counts, flagged, "shop_id"),
-        "per_category": _group_summary(counts, flagged, "category") if partition["has_category"] else {},
+        "per_shop": _group_summary(counts, flagged, "shop_id", manifest),
+        "per_category": _group_summary(counts, flagged, "category", manifest) if partition["has_category"] else {},
         "output": str(out),
         "files_sha256": {path.name: sha256_file(staged[path]) for path in (out, rejected_path)},
     }

@@ -162,9 +162,12 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             order_unknown=decided["reason"] == REASON_ORDER_UNKNOWN,
             candidates=decided["reason"] == REASON_FLAGGED,
             window_open=window_open,
+            buyer_messages=decided["n_buyer_turns"],
+            confident_buyer_messages=decided["n_confident_buyer_turns"],
         )
         .groupby(["shop_id", "category"], sort=True)[
-            ["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates", "window_open"]
+            ["conversations", "lost_shoppers", "lost_with_intent", "skipped_complaint_or_refund", "order_unknown", "candidates", "window_open",
+             "buyer_messages", "confident_buyer_messages"]
         ]
         .sum()
         .astype(np.int64)
