@@ -9,11 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline.tracking import runs as tracking
 from pipeline.bundle import ModelBundle, save_bundle, sha256_file
 from pipeline.config import Config, Registry
 from pipeline.data.labelled import LABELLED_COLUMNS, DataError, LabelledData, load_labelled, load_labelled_conversations, load_training_data
@@ -208,6 +206,10 @@ def _version_description(config: Config, result: TrainResult, code: str, run_id:
 
 def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
     """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
+    import mlflow  # here, not at import: `predict` and `evaluate` need neither MLflow (~3.5 s to import) nor the tracking code
+
+    from pipeline.tracking import runs as tracking
+
     unlabelled = load_unlabelled(config.paths.unlabelled, config)
     data = load_training_data(
         config.paths.data, config.paths.extra_data, config.paths.quarantine, config.split.min_examples_per_label,
