@@ -37,8 +37,10 @@ def test_the_summary_estimates_the_accuracy_on_the_buyer_messages_it_scored(tmp_
     chats, orders = write_csv(frame, tmp_path / "chats.csv"), write_orders(tmp_path / "orders.csv")
     summary = _run(chats, tmp_path / "nudges.csv", orders, flag_bundle_dir, flag_config())
     bundle = load_bundle(flag_bundle_dir)
-    buyer_texts = frame.loc[frame["role"] == "buyer", "text"].tolist()
-    expected = estimate(Predictor(bundle).predict(buyer_texts)["intent_confidence"].to_numpy(), bundle.manifest)
+    buyers = frame[frame["role"] == "buyer"].reset_index(drop=True)
+    buyer_texts = buyers["text"].tolist()
+    confidence = Predictor(bundle).predict(buyer_texts)["intent_confidence"].to_numpy()
+    expected = estimate(confidence, bundle.manifest)
     record = summary["accuracy_estimate"]
     assert len(buyer_texts) == summary["messages"]["buyer"]
     assert record == {"method": "ATC", "buyer_messages": len(buyer_texts),
@@ -46,10 +48,9 @@ def test_the_summary_estimates_the_accuracy_on_the_buyer_messages_it_scored(tmp_
                       "drop": expected.drop}
     assert 0 < record["estimated_accuracy"] < 1
     # per shop (and category): the same estimate on that shop's buyer messages, to find the shop to calibrate for
-    predictor = Predictor(bundle)
     for key, part_name in (("shop_id", "per_shop"), ("category", "per_category")):
-        for name, part in frame[frame["role"] == "buyer"].groupby(key):
-            want = estimate(predictor.predict(part["text"].tolist())["intent_confidence"].to_numpy(), bundle.manifest)
+        for name, part in buyers.groupby(key):
+            want = estimate(confidence[part.index.to_numpy()], bundle.manifest)
             got = summary[part_name][name]
             assert (got["buyer_messages"], got["estimated_accuracy"]) == (len(part), want.estimated), (key, name)
     assert sum(part["buyer_messages"] for part in summary["per_shop"].values()) == len(buyer_texts)
