@@ -1,14 +1,18 @@
 """The service's own Prometheus metrics: batch sizes and model time per call, messages by intent, and
 decisions by endpoint and reason; and what the label-free accuracy estimate of live traffic needs
-(`pipeline.drift`): `rate(buyer_intent_messages_confident_total) / rate(buyer_intent_messages_total)` estimates
-the intent accuracy on `/classify` traffic, to read against `buyer_intent_validation_accuracy` (alert on the fall)."""
+(`pipeline.drift`): per endpoint, `rate(buyer_intent_messages_confident_total) / rate(buyer_intent_messages_scored_total)`
+estimates the intent accuracy on its buyer messages, to read against `buyer_intent_validation_accuracy` (alert on the fall)."""
 
 from __future__ import annotations
 
 import collections
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pipeline.drift import MANIFEST_KEY, threshold_of
+from serving.conversations import reason_counts
+
+if TYPE_CHECKING:
+    from pipeline.nudge import Decision
 
 _METRICS: dict[str, Any] = {}
 _ACCURACY_THRESHOLD: dict[str, float | None] = {"value": None}  # the loaded model's ATC threshold (None: no record)
@@ -35,10 +39,14 @@ def metrics() -> dict[str, Any]:
             ),
             messages=Counter("buyer_intent_messages", "classified messages by predicted intent and fallback", ["intent", "fallback"]),
             decisions=Counter("buyer_intent_decisions", "conversation decisions by endpoint and reason", ["endpoint", "reason"]),
+            scored=Counter(
+                "buyer_intent_messages_scored", "buyer messages the model read, by endpoint (/classify: every message)", ["endpoint"]
+            ),
             confident=Counter(
                 "buyer_intent_messages_confident",
-                "classified messages above the model's recorded ATC confidence threshold: over buyer_intent_messages_total, "
-                "the estimated intent accuracy (no labels; optimistic when the shift is large)",
+                "buyer messages above the model's recorded ATC confidence threshold, by endpoint: over "
+                "buyer_intent_messages_scored_total, the estimated intent accuracy (no labels; optimistic when the shift is large)",
+                ["endpoint"],
             ),
             validation_accuracy=Gauge(
                 "buyer_intent_validation_accuracy", "the loaded model's intent accuracy on its validation messages",
@@ -64,5 +72,16 @@ def observe_batch(requests: int, results: list[dict[str, Any]], seconds: float) 
     counter = registry["messages"]
     for (intent, fallback), count in collections.Counter((r["intent"], r["fallback"]) for r in results).items():
         counter.labels(intent=intent, fallback="true" if fallback else "false").inc(count)
+    registry["scored"].labels(endpoint="classify").inc(len(results))
     if (threshold := _ACCURACY_THRESHOLD["value"]) is not None:
-        registry["confident"].inc(sum(1 for r in results if r["confidence"] > threshold))
+        registry["confident"].labels(endpoint="classify").inc(sum(1 for r in results if r["confidence"] > threshold))
+
+
+def observe_decisions(endpoint: str, decisions: Sequence[Decision]) -> None:
+    """Per /score_conversation or /flag request: its decisions by reason, and its buyer messages for the estimate
+    (`pipeline.nudge.decide` counts the confident ones with the same threshold `buyer-intent flag` uses)."""
+    registry = metrics()
+    for reason, count in reason_counts(decisions).items():
+        registry["decisions"].labels(endpoint=endpoint, reason=reason).inc(count)
+    registry["scored"].labels(endpoint=endpoint).inc(sum(d.buyer_messages for d in decisions))
+    registry["confident"].labels(endpoint=endpoint).inc(sum(d.confident_buyer_messages for d in decisions))

@@ -162,6 +162,11 @@ class ScoreResponse(BaseModel):
     priority: int = Field(description="1 (send first) to 3")
     send_after: str | None = Field(description="earliest send time outside quiet hours (ISO 8601)")
     last_message_at: str | None
+    buyer_messages: int = Field(description="buyer messages the model read")
+    confident_buyer_messages: int = Field(
+        description="of them, those above the model's recorded ATC confidence threshold: over many conversations, "
+        "their share estimates the intent accuracy without labels (0 when the model has no record)"
+    )
 
 
 class NudgeRow(BaseModel):

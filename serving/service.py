@@ -32,7 +32,7 @@ from pipeline.inference import Predictor
 from serving.conversations import InvalidConversation, decide_conversations, nudge_rows, reason_counts, score_response
 from serving.guard import API_ROUTES, RequestGuard, install_client_error_log_filter, invalid, json_error
 from serving.inflight import SharedInFlight
-from serving.metrics import metrics, observe_batch, observe_model
+from serving.metrics import metrics, observe_batch, observe_decisions, observe_model
 from serving.openapi import openapi_document
 from serving.schemas import (
     ClassifyResponse,
@@ -188,7 +188,7 @@ class BuyerIntent:
             decisions = await self.runtime.run(decide_conversations, [conversation], self.scorer, POLICY, True)
         except InvalidConversation as exc:
             return invalid(exc.errors)
-        metrics()["decisions"].labels(endpoint="score_conversation", reason=decisions[0].reason).inc()
+        observe_decisions("score_conversation", decisions)
         return score_response(decisions[0], self.model_info)
 
     @bentoml.api(route="/flag", input_spec=FlagRequest)
@@ -202,9 +202,7 @@ class BuyerIntent:
         except InvalidConversation as exc:
             return invalid(exc.errors)
         rows = nudge_rows(decisions, POLICY)
-        counter = metrics()["decisions"]
-        for reason, count in reason_counts(decisions).items():
-            counter.labels(endpoint="flag", reason=reason).inc(count)
+        observe_decisions("flag", decisions)
         return FlagResponse(
             model=self.model_info, rows=rows, conversations=len(decisions), flagged=len(rows), reasons=reason_counts(decisions)
         )

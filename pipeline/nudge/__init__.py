@@ -17,7 +17,8 @@ API for callers (everything else here is the shared machinery behind it):
   (`usable_turns`); turns without any sent_at are kept, but then lost/send_after need `ordered`/times.
 - `Decision`: purchase_score (conversation level), expressed_purchase_intent, lost (True/False/None), nudge, reason
   (flagged | not_lost | no_purchase_intent | complaint_or_refund | duplicate_in_window | order_unknown),
-  evidence, open_concern, suggested_nudge, nudge_text, priority (1 = first), send_after, last_message_at.
+  evidence, open_concern, suggested_nudge, nudge_text, priority (1 = first), send_after, last_message_at,
+  buyer_messages and confident_buyer_messages (above the model's ATC threshold: `pipeline.drift`).
 - The intent threshold is `policy.threshold(scorer)`: config `min_score`, else the model's validated one.
 - Lost: with `orders_index`, no order paid by that buyer at that shop between the conversation's start
   (config `attribution_start`) and the last message + window; otherwise `ConversationInput.ordered`;

@@ -54,6 +54,8 @@ class Decision:
     priority: int
     send_after: str | None  # ISO 8601 in the policy's time zone
     last_message_at: str | None
+    buyer_messages: int  # buyer messages the model read
+    confident_buyer_messages: int  # of them, above the model's ATC threshold (pipeline.drift; 0 without a record)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,6 +121,8 @@ def decide(
             priority=int(row.priority),
             send_after=send_after[i],
             last_message_at=last_at[i],
+            buyer_messages=int(row.n_buyer_turns),
+            confident_buyer_messages=int(row.n_confident_buyer_turns),
         )
         for i, row in enumerate(decided.itertuples(index=False))
     ]

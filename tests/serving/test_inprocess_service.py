@@ -104,6 +104,8 @@ def test_metrics_carry_the_label_free_accuracy_estimate_of_classify_traffic(app_
     after = app_client.get("/metrics").text
     assert _metric(after, "buyer_intent_messages_total") - _metric(before, "buyer_intent_messages_total") == len(texts)
     assert _metric(after, "buyer_intent_messages_confident_total") - _metric(before, "buyer_intent_messages_confident_total") == confident
+    classify = 'buyer_intent_messages_scored_total{endpoint="classify"}'
+    assert _metric(after, classify) - _metric(before, classify) == len(texts)
     assert _metric(after, "buyer_intent_validation_accuracy") == pytest.approx(record["validation_accuracy"])
 
 
@@ -336,7 +338,8 @@ def test_score_conversation_is_the_nudge_decision(app_client, service_module, mo
     assert body["purchase_score"] == pytest.approx(expected.purchase_score)
     assert body["expressed_purchase_intent"] == expected.expressed_purchase_intent
     assert (body["lost"], body["nudge"], body["reason"]) == (expected.lost, expected.nudge, expected.reason)
-    for key in ("evidence", "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after", "last_message_at"):
+    for key in ("evidence", "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after", "last_message_at",
+                "buyer_messages", "confident_buyer_messages"):
         assert body[key] == getattr(expected, key), key
     assert "13812345678" not in json.dumps(body, ensure_ascii=False)  # evidence is masked
 
@@ -400,10 +403,19 @@ def test_flag_rows_equal_the_batch_job_output(app_client, service_module, model_
     summary = run_flag(path, out, None, str(model_dir), None, load_config(test_config_path), progress=False, workers=1)
     batch = pd.read_json(out, lines=True, dtype=False) if out.stat().st_size else pd.DataFrame()
 
+    before = app_client.get("/metrics").text
     response = post(app_client, "/flag", {"conversations": chats})
     assert response.status_code == 200, response.text
+    after = app_client.get("/metrics").text
     body = response.json()
     assert body["conversations"] == summary["conversations"] == 5
+    # the label-free estimate of /flag traffic counts what the batch job's summary counts
+    scored = _metric(after, 'buyer_intent_messages_scored_total{endpoint="flag"}') - _metric(before, 'buyer_intent_messages_scored_total{endpoint="flag"}')
+    confident = (_metric(after, 'buyer_intent_messages_confident_total{endpoint="flag"}')
+                 - _metric(before, 'buyer_intent_messages_confident_total{endpoint="flag"}'))
+    estimate = summary["accuracy_estimate"]
+    assert scored == estimate["buyer_messages"] == summary["messages"]["buyer"] == 9
+    assert confident / scored == pytest.approx(estimate["estimated_accuracy"])
     assert body["flagged"] == summary["flagged"] == len(batch)
     assert body["flagged"] >= 1, "the test conversations should produce at least one nudge"
     rows = pd.DataFrame(body["rows"])[list(batch.columns)]

@@ -60,6 +60,11 @@ def test_score_conversation_and_flag(http):
             "conversation_id", "buyer_id", "shop_id", "category", "purchase_score", "evidence",
             "open_concern", "suggested_nudge", "nudge_text", "priority", "send_after",
         ]
+    # both endpoints' buyer messages count in the label-free estimate, over the workers' files
+    metrics = http.get("/metrics").text
+    for endpoint in ("score_conversation", "flag"):
+        counted = re.search(rf'^buyer_intent_messages_scored_total\{{endpoint="{endpoint}"\}} (\S+)', metrics, re.M)
+        assert counted and float(counted.group(1)) >= 2, metrics[-2000:]
 
 
 BAD_REQUESTS = [
