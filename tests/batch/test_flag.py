@@ -206,6 +206,28 @@ def test_crash_leaves_no_output_and_rerun_resumes_to_identical_bytes(tmp_path, m
     assert out.with_name("nudges.csv.rejected.csv").read_bytes() == clean.with_name("nudges.csv.rejected.csv").read_bytes()
 
 
+def test_only_shards_that_hold_rows_are_scored(tmp_path, monkeypatch, flag_bundle_dir, flag_config):
+    """The shard count is estimated from the file's size: one 2 MB line among the fixture's rows makes it
+    hundreds, nearly all empty. Only the shards holding rows become tasks, and the output is that of one shard."""
+    chats, orders = write_csv(flat_rows(), tmp_path / "chats.csv"), write_orders(tmp_path / "orders.csv")
+    with chats.open("ab") as handle:
+        handle.write(b"c40,b40,s1,food,buyer," + b"," * 2_000_000 + b",2024-05-01T10:00:00+08:00\n")  # rejected: 2,000,007 fields
+    one_shard = tmp_path / "one" / "nudges.csv"
+    _run(chats, one_shard, orders, flag_bundle_dir, flag_config(shard_rows=1_000_000))
+    tasks = []
+    real = shards_module.process_shard
+    monkeypatch.setattr(shards_module, "process_shard", lambda task: tasks.append(task.index) or real(task))
+    out = tmp_path / "run" / "nudges.csv"
+    summary = _run(chats, out, orders, flag_bundle_dir, flag_config(shard_rows=20, keep_work_dir=True))
+    partition = json.loads(next((out.parent / ".nudges.csv.work").iterdir()).joinpath("partition.json").read_text())
+    estimated = chats.stat().st_size // 90 // 20  # the size-based count: about 1,100 shards
+    assert estimated > 1000 and 1 < partition["shards"] == len(tasks) <= 30
+    assert sorted(tasks) == partition["shard_ids"]
+    assert summary["rows"]["rejected"] == 1 and summary["rows"]["balanced"]
+    assert out.read_bytes() == one_shard.read_bytes()
+    assert out.with_name("nudges.csv.rejected.csv").read_bytes() == one_shard.with_name("nudges.csv.rejected.csv").read_bytes()
+
+
 def test_changed_input_does_not_reuse_checkpoints(tmp_path, inputs, flag_bundle_dir, flag_config):
     chats, orders = inputs
     out = tmp_path / "nudges.csv"

@@ -26,7 +26,7 @@ from pipeline.data.tables import ColumnNames, TableError, output_format, require
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 3  # bump when what the work directory holds changes
+CHECKPOINT_FORMAT = 4  # bump when what the work directory holds changes
 
 
 def _file_identity(path: Path | None) -> dict | None:
@@ -160,7 +160,7 @@ def run_flag(
 
     tasks = [
         ShardTask(i, str(work / "partition" / f"shard-{i:05d}.parquet"), str(work / "results"))
-        for i in range(partition["shards"])
+        for i in partition["shard_ids"]
         if not (work / "results" / f"shard-{i:05d}.json").is_file()
     ]
     if len(tasks) < partition["shards"]:

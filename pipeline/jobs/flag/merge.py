@@ -87,7 +87,7 @@ def merge_results(
     CSV files (the list, the rejected rows) are written in `csv_encoding`. With the model's `manifest`, the
     summary estimates the intent accuracy on the buyer messages and warns `warn_drop` below validation."""
     results = work / "results"
-    shard_names = [f"shard-{i:05d}" for i in range(partition["shards"])]
+    shard_names = [f"shard-{i:05d}" for i in partition["shard_ids"]]
     done = [json.loads((results / f"{name}.json").read_text(encoding="utf-8")) for name in shard_names]
     manifest = manifest or {}
     candidates = pd.concat([pd.read_parquet(results / f"{name}.candidates.parquet") for name in shard_names], ignore_index=True)

@@ -254,9 +254,14 @@ def partition_chats(
         os.replace(part_dir / f".shard-{shard:05d}.parquet.tmp", part_dir / f"shard-{shard:05d}.parquet")
     if readable != chats:
         readable.unlink(missing_ok=True)
+    # The shard count is estimated from the file's size before reading it: a few huge or rejected lines
+    # leave most shards empty. Only shards that hold rows are tasks (one, empty, when none does: the merge
+    # still has a result to read).
+    filled = sorted(writers) or [0]
     info = {
         "format": "conversations" if conversations else "flat",
-        "shards": n_shards,
+        "shards": len(filled),
+        "shard_ids": filled,
         "rows_in": rows_in,
         "rows_written": rows_written,
         "rows_rejected": rows_in - rows_written,
