@@ -270,7 +270,8 @@ def test_a_second_model_with_three_classes_on_the_shared_features(bundle, corpus
     frame = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False).iloc[:800]  # enough rows for three classes
     groups = np.where(frame["intent"].isin(["greeting", "thanks"]), "a", np.where(frame["intent"] == "complaint", "b", "c"))
     features = bundle.intent.steps[1][1]
-    second = CalibratedLinearClassifier(LogisticRegression(max_iter=500), n_folds=3, random_state=0, n_jobs=1)
+    # newton-cg: the same kind of fitted model as lbfgs' in a tenth of the time on these ~200,000 features
+    second = CalibratedLinearClassifier(LogisticRegression(solver="newton-cg", max_iter=500), n_folds=3, random_state=0, n_jobs=1)
     second.fit(features.transform(_normalized(bundle, frame["text"].tolist())), groups)
     odd = copy.copy(bundle)
     odd.purchase = Pipeline([("normalize", bundle.intent.steps[0][1]), ("features", features), ("classifier", second)])
@@ -291,7 +292,7 @@ def _uncalibrated(bundle: ModelBundle, corpus_texts: list[str]) -> ModelBundle:
     texts = corpus_texts[:800]  # the structure is what is tested, not the fit: 800 rows cover the 20 intents
     labels = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False)["intent"].tolist()[:800]
     features = bundle.intent.steps[1][1]
-    classifier = LogisticRegression(max_iter=300).fit(features.transform(_normalized(bundle, texts)), labels)
+    classifier = LogisticRegression(solver="newton-cg", max_iter=300).fit(features.transform(_normalized(bundle, texts)), labels)
     intent = Pipeline([("normalize", bundle.intent.steps[0][1]), ("features", features), ("classifier", classifier)])
     return ModelBundle(intent, bundle.purchase, None, dict(bundle.manifest))
 
