@@ -541,7 +541,7 @@ CONVERSATION_SCHEMA = (
 DECIDED_SCHEMA = (
     "conversation_id string, buyer_id string, shop_id string, category string, last_ms long, purchase_score double, "
     "evidence string, open_concern string, lost int, expressed boolean, reason string, suggested_nudge string, nudge_text string, "
-    "priority long, send_after_ms long"
+    "priority long, send_after_ms long, n_buyer_turns long, n_confident_buyer_turns long, _rows long"
 )
 ORDERS_SCHEMA = "_seq long, _key long, paid_at long, _bad string, _raw string"
 
@@ -852,7 +852,8 @@ def run_flag_spark(
                        .mapInPandas(lambda b: _decide(b, settings_json, threshold), DECIDED_SCHEMA))
         window_open = (F.col("reason") == REASON_FLAGGED) & (
             (F.col("last_ms") + F.lit(policy.window_ms)) > F.lit(horizon) if horizon is not None else F.lit(False))
-        candidates = keep(decided.filter(F.col("reason") == REASON_FLAGGED).drop("lost", "expressed", "reason", "last_ms"))
+        candidates = keep(decided.filter(F.col("reason") == REASON_FLAGGED).drop(
+            "lost", "expressed", "reason", "last_ms", "n_buyer_turns", "n_confident_buyer_turns", "_rows"))
         per_pair = Window.partitionBy("buyer_id", "shop_id")
         counted = candidates.withColumn("_n", F.count(F.lit(1)).over(per_pair))
         single = counted.filter(F.col("_n") == 1).drop("_n")
@@ -876,16 +877,13 @@ def run_flag_spark(
             rejected = rejected.unionByName(order_rejected)
         rejected = rejected.orderBy("_part", "_seq").select("source", "row", "reason", "raw")
 
-        # summary numbers (small aggregates back to the driver)
+        # summary numbers (small aggregates back to the driver), all read from the cached decisions: the
+        # conversations behind them are the orders join, which is not cached
         n_rows = raw.count()
-        reasons = Counter({reason_kind(r["reason"]): int(r["n"]) for r in chat_rejected.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()})
         reasons = Counter()
         for r in chat_rejected.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect():
             reasons[reason_kind(r["reason"])] += int(r["n"])
         n_rejected = sum(reasons.values())
-        used = conversations.agg(F.sum("_rows").alias("rows"), F.sum("n_buyer_turns").alias("buyer"),
-                                 F.sum("n_confident_buyer_turns").alias("confident")).collect()[0]
-        estimate = estimate_from_counts(int(used["confident"] or 0), int(used["buyer"] or 0), manifest)
         distinct_texts = valid.filter(F.col("role") == "buyer").select("text").distinct().count()
         flags = decided.select(
             "shop_id", "category", F.lit(1).alias("conversations"), (F.col("lost") == 1).cast("long").alias("lost_shoppers"),
@@ -893,21 +891,21 @@ def run_flag_spark(
             (F.col("reason") == REASON_SKIPPED).cast("long").alias("skipped"),
             (F.col("reason") == REASON_ORDER_UNKNOWN).cast("long").alias("order_unknown"),
             (F.col("reason") == REASON_FLAGGED).cast("long").alias("candidates"), window_open.cast("long").alias("window_open"),
+            F.col("_rows").alias("rows"), F.col("n_buyer_turns").alias("buyer_messages"), F.col("n_confident_buyer_turns").alias("confident"),
         )
         totals = flags.agg(*[F.sum(c).alias(c) for c in ("conversations", "lost_shoppers", "lost_with_intent", "skipped",
-                                                         "order_unknown", "candidates", "window_open")]).collect()[0]
+                                                         "order_unknown", "candidates", "window_open", "rows", "buyer_messages",
+                                                         "confident")]).collect()[0]
         totals = {k: int(totals[k] or 0) for k in totals.asDict()}
+        estimate = estimate_from_counts(totals["confident"], totals["buyer_messages"], manifest)
         n_flagged = flagged.count()
 
         def group(key: str):
-            counts = flags.groupBy(key).agg(F.sum("conversations").alias("conversations"), F.sum("lost_shoppers").alias("lost_shoppers"))
+            counts = flags.groupBy(key).agg(*[F.sum(c).alias(c) for c in ("conversations", "lost_shoppers", "buyer_messages", "confident")])
             marks = flagged.groupBy(key).agg(F.count(F.lit(1)).alias("flagged"))
-            messages = conversations.groupBy(key).agg(F.sum("n_buyer_turns").alias("buyer_messages"),
-                                                      F.sum("n_confident_buyer_turns").alias("confident"))
-            rows = counts.join(marks, key, "left").fillna(0, ["flagged"]).join(messages, key, "left").collect()
-            return _counts_by(rows, key, manifest)
+            return _counts_by(counts.join(marks, key, "left").fillna(0, ["flagged"]).collect(), key, manifest)
 
-        rows_used = int(used["rows"] or 0)
+        rows_used = totals["rows"]
         lost = totals["lost_shoppers"]
         rejected_path = out.with_name(f"{out.name}.rejected.csv")
         summary_path = out.with_name(f"{out.name}.summary.json")
@@ -940,7 +938,7 @@ def run_flag_spark(
             + open_window_warnings(totals["window_open"], orders_info, policy)
             + shift_warnings(estimate, config.drift.warn_drop),
             "accuracy_estimate": summary_record(estimate),
-            "messages": {"buyer": int(used["buyer"] or 0), "distinct_buyer_texts": int(distinct_texts)},
+            "messages": {"buyer": totals["buyer_messages"], "distinct_buyer_texts": int(distinct_texts)},
             "per_shop": group("shop_id"),
             "per_category": group("category") if has_category else {},
             "output": str(out),
