@@ -64,6 +64,23 @@ def test_split_is_deterministic_and_stable_under_growth():
     assert again.sort_index().equals(first.sort_index())
 
 
+def test_each_groups_majority_label_is_what_value_counts_gives_ties_included():
+    """The split's strata: one grouped count gives, for every group, the label `value_counts().index[0]`
+    gives (the most frequent; on a tie, the one the group shows first)."""
+    import numpy as np
+
+    from pipeline.data.labelled import _majority_labels
+
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 400, 3000).astype(str)
+    labels = rng.choice(["a", "b", "c", "d"], 3000)  # small groups of 2-15 rows: many ties
+    want = pd.Series(labels).groupby(groups).agg(lambda s: s.value_counts().index[0])
+    got = _majority_labels(groups, labels)
+    assert got.sort_index().equals(want.rename("label").rename_axis("group"))
+    ties = pd.crosstab(groups, labels).apply(lambda row: (row == row.max()).sum() > 1, axis=1)
+    assert ties.sum() > 50  # the tie rule is exercised
+
+
 def test_identical_normalised_texts_never_straddle_splits():
     frame = _frame()
     frame.loc[frame.index[::7], "normalized"] = "好的"
