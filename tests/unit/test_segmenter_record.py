@@ -26,7 +26,7 @@ def _fitted(tokenizer: JiebaTokenizer, rows: int = 800) -> tuple[Pipeline, list[
         ("words", CompactTfidfVectorizer(tokenizer=tokenizer, token_pattern=None, lowercase=False, ngram_range=(1, 2), dtype=np.float32)),
         ("chars", CompactTfidfVectorizer(analyzer="char", lowercase=False, ngram_range=(1, 2), dtype=np.float32)),
     ])
-    classifier = CalibratedLinearClassifier(LogisticRegression(max_iter=100), n_folds=3, random_state=0, n_jobs=1)
+    classifier = CalibratedLinearClassifier(LogisticRegression(solver="newton-cg", max_iter=100), n_folds=3, random_state=0, n_jobs=1)
     model = Pipeline([("normalize", TextNormalizer()), ("features", features), ("classifier", classifier)])
     model.fit(frame["text"].tolist(), frame["intent"].to_numpy())
     texts = pd.read_csv(MESSAGES, dtype=str, keep_default_na=False)["text"].iloc[rows : rows + 1000].tolist()
