@@ -9,6 +9,7 @@ purchase_intent); a seed with no majority is dropped. Every label is kept in the
     python -m pipeline.synth.review blind  RAW.tsv WRITER OUT_DIR          # ids + a blind sheet
     python -m pipeline.synth.review merge  FIRST.tsv SECOND.tsv LABELLER OUT.tsv [--third T.tsv --adjudicator A]
     python -m pipeline.synth.review agreement data/seeds/v2
+    python -m pipeline.synth.review export data/yardstick data/yardstick/messages.csv   # kept seeds as an eval set
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -203,6 +205,28 @@ def agreement(records: list[SeedRecord]) -> dict[str, object]:
     }
 
 
+EXPORT_COLUMNS = ["text", "intent", "purchase_intent", "writer", "stage", "id"]
+
+
+def kept_rows(records: Iterable[SeedRecord]) -> list[dict[str, str]]:
+    """The seeds whose labels were settled (agreed or adjudicated), as labelled messages: an evaluation set
+    needs its labels final, so a seed waiting for a third label or dropped for having no majority is left out."""
+    return [
+        {"text": r.text, "intent": r.intent, "purchase_intent": str(r.purchase_intent), "writer": r.writer, "stage": r.stage, "id": r.id}
+        for r in records
+        if r.status in ("agreed", "adjudicated")
+    ]
+
+
+def write_export(rows: list[dict[str, str]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_file(path) as handle:
+        handle.write(buffer.getvalue().encode("utf-8"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.synth.config import load_corpus_config
 
@@ -219,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("who")
     merge.add_argument("--round", choices=("second", "third"), default="second")
     sub.add_parser("agreement").add_argument("directory", type=Path)
+    export = sub.add_parser("export", help="write the settled seeds of every table in a directory as a labelled CSV")
+    export.add_argument("directory", type=Path)
+    export.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     intents = set(load_corpus_config(Path(__file__).resolve().parents[2] / "configs" / "corpus.yaml").intents)
     if args.command == "blind":
@@ -235,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         apply_labels(records, read_labels(args.labels, intents), args.who, args.round)
         write_records(records, args.table)
         print(Counter(r.status or "pending" for r in records))
+    elif args.command == "export":
+        rows = kept_rows(r for path in sorted(args.directory.glob("*.tsv")) for r in read_records(path))
+        write_export(rows, args.out)
+        print(f"{args.out}: {len(rows)} labelled messages")
     else:
         records = [r for path in sorted(args.directory.glob("*.tsv")) for r in read_records(path)]
         result = agreement(records)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.synth.review import COLUMNS, SeedRecord, agreement, apply_labels, read_records, settle
+from pipeline.synth.review import (
+    COLUMNS, EXPORT_COLUMNS, SeedRecord, agreement, apply_labels, kept_rows, read_records, settle, write_export,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = sorted((ROOT / "data" / "seeds" / "v2").glob("*.tsv"))
@@ -102,3 +104,17 @@ def test_the_corpus_copies_no_real_chat(messages: pd.DataFrame) -> None:
     references = pd.read_csv(realism.POOL, dtype=str, keep_default_na=False)["text"].tolist()
     references += pd.read_csv(realism.DEV, dtype=str, keep_default_na=False)["text"].tolist()
     assert realism.copies(messages["text"], references) == []
+
+
+def test_export_keeps_only_settled_seeds_with_their_final_labels(tmp_path) -> None:
+    rows = [SeedRecord(f"y-{i:04d}", "y", "pre_sales", "", text, "affirm", 0) for i, text in enumerate(["好的", "行吧", "那算了", "在吗"])]
+    apply_labels(rows, {"y-0000": ("affirm", 0), "y-0001": ("deny", 0), "y-0002": ("deny", 0), "y-0003": ("greeting", 0)}, "b", "second")
+    apply_labels(rows, {"y-0001": ("affirm", 0), "y-0002": ("other", 1)}, "c", "third")
+    assert [r.status for r in rows] == ["agreed", "adjudicated", "dropped", ""]
+    out = tmp_path / "messages.csv"
+    write_export(kept_rows(rows), out)
+    exported = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert exported[["id", "text", "intent", "purchase_intent"]].values.tolist() == [
+        ["y-0000", "好的", "affirm", "0"], ["y-0001", "行吧", "affirm", "0"],
+    ]
+    assert list(exported.columns) == EXPORT_COLUMNS
