@@ -17,6 +17,7 @@ import pandas as pd
 import typer
 
 from pipeline.synth.card import render_card
+from pipeline.synth.chats import export_chat_sheets
 from pipeline.synth.config import CorpusConfig, load_corpus_config
 from pipeline.synth.messages import generate_messages
 from pipeline.synth.seeds import load_seeds, seed_problems, split_seeds
@@ -64,6 +65,11 @@ def build(config: CorpusConfig, *, card: bool = True, log=print) -> dict:
     log(f"wrote {summary.conversations:,} conversations and {summary.orders:,} orders")
 
     figures: dict = {"generation": {**report.__dict__, "shortfalls": report.shortfalls}}
+    if config.paths.chat_sheets and config.paths.chat_messages:
+        figures["chats"] = export_chat_sheets(config.path("chat_sheets"), config.path("chat_messages"), messages["text"])
+        for use, numbers in figures["chats"].items():
+            log(f"wrote {numbers['kept']:,} written chat messages to {config.path('chat_messages') / (use + '.csv')} "
+                f"({numbers['left_out_seen']} left out: their text is already in the corpus or an earlier use)")
     if card:
         from pipeline.data.labelled import assign_splits  # the lead's split; only the card needs it
 

@@ -25,6 +25,8 @@ class CorpusPaths(_Strict):
     conversations: str
     orders: str
     card: str
+    chat_sheets: str | None = None  # whole chats written without choosing intents, one folder per use (pipeline.synth.chats)
+    chat_messages: str | None = None  # where each use's settled messages are written (<use>.csv)
 
 
 class HoldoutSettings(_Strict):
