@@ -28,7 +28,7 @@ install: $(UV)
 ## Train on the bundled corpus, evaluate, log to MLflow, register and promote, write the report;
 ## then flag the lost shoppers of the bundled conversations with the champion (reports/nudges.csv).
 demo: install
-	$(BIN)/buyer-intent train --model-dir models/latest $(if $(wildcard $(REALCHAT)),--eval-data $(REALCHAT))
+	$(BIN)/buyer-intent train --model-dir models/latest --eval-data yardstick=data/chats/yardstick.csv $(if $(wildcard $(REALCHAT)),--eval-data $(REALCHAT))
 	$(BIN)/buyer-intent flag --chats data/conversations.jsonl --orders data/orders.csv --out reports/nudges.csv
 	@echo "Browse runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 

@@ -73,7 +73,13 @@ def train(
     config: ConfigOption = None,
     data: Annotated[
         Optional[list[Path]],
-        typer.Option(help="labelled messages (CSV/JSONL/Parquet/Excel); repeat to add more labelled files, e.g. the filled-in queue of `select` (weighted by extra_data_weight)"),
+        typer.Option(help="labelled messages (CSV/JSONL/Parquet/Excel); repeat to add more labelled files, e.g. the filled-in queue of `select` (weighted by extra_data_weight). "
+                     "Replaces the config's training files (paths.data, paths.extra_data) and, unless --calibration-data is given, its calibration set"),
+    ] = None,
+    add_data: Annotated[
+        Optional[list[Path]],
+        typer.Option("--add-data", help="more labelled files added to the config's training files (the bundled corpus and its written "
+                     "chats by default), weighted by extra_data_weight: e.g. the filled-in queue of `select`; repeatable"),
     ] = None,
     eval_data: Annotated[
         Optional[list[str]],
@@ -126,7 +132,7 @@ def train(
     _setup_logging()
     cfg = _config(
         config,
-        {"paths.data": str(data[0]) if data else None, "paths.extra_data": [str(p) for p in data[1:]] if data and len(data) > 1 else None,
+        {"paths.data": str(data[0]) if data else None, "paths.extra_data": [str(p) for p in data[1:]] if data else None,
          "paths.model_dir": str(model_dir) if model_dir else None,
          "paths.conversations": str(conversations) if conversations else None, "paths.orders": str(orders) if orders else None,
          "seed": seed, "columns.map": columns, "paths.unlabelled": [str(p) for p in unlabelled] if unlabelled else None,
@@ -135,6 +141,12 @@ def train(
     )
     if conversations and not orders:  # the config's orders belong to the config's conversations, not to these
         cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"orders": None})})
+    if add_data:
+        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"extra_data": [*cfg.paths.extra_data, *map(str, add_data)]})})
+    if (data or calibration_chats) and not calibration_data:
+        # the config's calibration set belongs to the config's training files (the bundled corpus), not to a
+        # shop's data, whose labels may differ; and a shop's chats calibrate instead of it
+        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"calibration_data": None})})
     try:
         summary = train_and_track(cfg, list(eval_data or []), promote)
     except (DataError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only directory

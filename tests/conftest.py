@@ -19,18 +19,21 @@ def corpus_training(tmp_path_factory):
     """The default configuration trained on the bundled corpus (no MLflow): the model users get."""
     from pipeline.bundle import save_bundle
     from pipeline.config import load_config
-    from pipeline.data.labelled import load_labelled, load_labelled_conversations
+    from pipeline.data.labelled import load_labelled, load_labelled_conversations, load_training_data
     from pipeline.training.train import ConversationData, train
 
     if not MESSAGES.exists():
         pytest.skip("data/messages.csv is not built")
     config = load_config(overrides={"paths.data": str(MESSAGES), "paths.orders": str(ORDERS) if ORDERS.exists() else None})
-    data = load_labelled(MESSAGES, None, config.split.min_examples_per_label)
+    # the default config's written chats: trained on (extra_data) and calibrating the intent model
+    extra = [str(REPO / path) for path in config.paths.extra_data]
+    data = load_training_data(MESSAGES, extra, None, config.split.min_examples_per_label, extra_weight=config.extra_data_weight)
+    calibration = load_labelled(REPO / config.paths.calibration_data) if config.paths.calibration_data else None
     conversations = None
     if CONVERSATIONS.exists():
         frame, _ = load_labelled_conversations(CONVERSATIONS)
         conversations = ConversationData(frame, str(CONVERSATIONS))
-    result = train(config, data, conversations)
+    result = train(config, data, conversations, calibration=calibration)
     directory = save_bundle(result.bundle, tmp_path_factory.mktemp("corpus-model") / "bundle", result.user_dict_text)
     return result, directory
 

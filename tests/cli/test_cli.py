@@ -58,6 +58,8 @@ def test_train_registers_a_champion_and_writes_the_report(first_run, env, worksp
     assert "test_intent_macro_f1" in run.data.metrics
     assert "eval_corpus-sample_intent_accuracy" in run.data.metrics
     assert run.data.params["split.test_fraction"] == "0.15"
+    # --data replaces the default config's training files and its calibration set (the bundled written chats)
+    assert (run.data.params["paths.extra_data"], run.data.params["paths.calibration_data"]) == ("[]", "None")
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report", "data", "model_inputs"} <= artifacts
     # a readable run name, the code and library versions, the data sets as inputs, one metric family per split
@@ -246,11 +248,18 @@ def test_train_merges_a_labelled_queue_with_its_own_figures(first_run, env, work
                                "purchase_intent": ["", "0"]})
     path = workspace / "queue.csv"
     pd.concat([queue, unlabelled]).to_csv(path, index=False, encoding="utf-8-sig")
-    result = runner.invoke(app, ["train", "--config", CONFIG, "--data", str(small_messages_csv), "--data", str(path), "--no-promote"])
+    # the config's own extra file stays and the queue is added to it (--add-data), as the bundled written chats stay
+    chats = workspace / "chats.csv"
+    unseen.groupby("intent").nth(9)[["text", "intent", "purchase_intent"]].to_csv(chats, index=False)
+    config = workspace / "with-extra.yaml"
+    config.write_text(f"paths:\n  data: {small_messages_csv}\n  extra_data: [{chats}]\n  calibration_data: null\n"
+                      "  conversations: null\n  orders: null\n", encoding="utf-8")
+    result = runner.invoke(app, ["train", "--config", str(config), "--add-data", str(path), "--no-promote"])
     assert result.exit_code == 0, result.output
     run = mlflow.MlflowClient(env).get_run(result.output.split("run id:")[1].split()[0])
     assert {"test/queue_intent_accuracy", "test/messages_intent_accuracy"} <= set(run.data.metrics)
     assert run.data.params["extra_data_weight"] == "5.0"
+    assert run.data.params["paths.extra_data"] == str([str(chats), str(path)])
     rejected = pd.read_csv(workspace / "data" / "quarantine" / "queue.rejected.csv")
     assert len(rejected) == 2 and rejected["reason"].str.contains("no intent label|not a label").all()
 
