@@ -345,14 +345,17 @@ def train(
         )
     predictor = Predictor(bundle)
     val_metrics, val_final = score_labelled(predictor, val_part)
-    # For a label-free estimate of the accuracy on whatever the model later scores (`pipeline.drift`).
-    manifest[MANIFEST_KEY] = manifest_record(val_final["confidence"].to_numpy(), (val_final["intent"] == val_final["pred_intent"]).to_numpy())
+    # For a label-free estimate of the accuracy on whatever the model later scores (`pipeline.drift`): ATC's
+    # threshold is set where the confidence was calibrated, the labelled calibration set when there is one.
+    shop_metrics, shop_final = score_labelled(predictor, shop) if shop is not None else (None, None)
+    atc_on = val_final if shop_final is None else shop_final
+    manifest[MANIFEST_KEY] = manifest_record(atc_on["confidence"].to_numpy(), (atc_on["intent"] == atc_on["pred_intent"]).to_numpy())
     test_metrics, test_scored = score_labelled(predictor, test_part)
     timings["evaluate_s"] = time.perf_counter() - started - timings["fit_message_models_s"]
 
     metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
-    if shop is not None:  # fitted on: what the calibration reached there, not a measurement of the model
-        metrics["calibration"], _ = score_labelled(predictor, shop)
+    if shop_metrics is not None:  # fitted on: what the calibration reached there, not a measurement of the model
+        metrics["calibration"] = shop_metrics
     conversation_test = None
     fingerprints: dict[str, Any] = {
         "messages": fingerprint(frame, ["text", "intent", *(["purchase_intent"] if data.has_purchase_labels else []), "group"]),

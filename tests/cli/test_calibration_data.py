@@ -20,7 +20,7 @@ from pipeline.estimators import _fit_temperature
 from pipeline.inference import Predictor
 from pipeline.training.evaluate import choose_fallback_threshold
 from pipeline.text import normalize
-from pipeline.drift import atc_accuracy, atc_threshold
+from pipeline.drift import atc_accuracy, atc_threshold, manifest_record
 from pipeline.training.shift import fallback_for_expected_accuracy, mean_confidence
 from pipeline.training.train import UnlabelledData, labelled_predictions, train
 from tests.batch.builders import labelled_messages
@@ -70,6 +70,10 @@ def test_the_temperature_and_the_fallback_threshold_come_from_the_shops_labels(t
     assert calibrated.bundle.thresholds["fallback"] == want > 0
     assert calibrated.bundle.manifest["calibrated_on"] == {"intent": "calibration_data", "fallback": "calibration_data", "purchase": "validation"}
     assert set(calibrated.metrics["calibration"]) >= {"intent", "purchase"}
+    # the label-free estimate is anchored where the confidence was calibrated: on the shop's messages, not the validation writers
+    want = manifest_record(scored["confidence"].to_numpy(), (scored["intent"] == scored["pred_intent"]).to_numpy())
+    assert calibrated.bundle.manifest["accuracy_estimate"] == pytest.approx(want)
+    assert want["validation_messages"] == len(shop.frame) != plain.bundle.manifest["accuracy_estimate"]["validation_messages"]
 
 
 def test_the_linear_models_and_the_purchase_model_are_those_of_a_run_without_it(trained):
