@@ -276,7 +276,9 @@ def train(
     frame["split"] = split_by_settings(frame, config.split, config.seed)
     shop = None
     if calibration is not None and calibration_chats is not None:
-        raise ValueError("calibrate on the shop's labelled messages or on its unlabelled chats, not both")
+        raise ValueError("calibrate on labelled messages (paths.calibration_data) or on unlabelled chats (paths.calibration_chats), "
+                         "not both: the default config calibrates on data/chats/calibration.csv, so a config that sets "
+                         "calibration_chats sets calibration_data: null (the CLI's --calibration-chats does it)")
     if calibration is not None:
         shop = calibration.frame[calibration.frame["normalized"] != ""]
         if shop.empty:

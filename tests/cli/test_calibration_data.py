@@ -167,10 +167,13 @@ def test_train_calibration_chats_on_the_command_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     labelled_messages().to_csv(tmp_path / "labelled.csv", index=False)
-    (tmp_path / "config.yaml").write_text("paths:\n  conversations: null\n  orders: null\n", encoding="utf-8")
+    # a config with a labelled calibration set, as the default has: the shop's chats on the command line replace it
+    (tmp_path / "config.yaml").write_text(f"paths:\n  data: {tmp_path / 'labelled.csv'}\n  extra_data: []\n"
+                                          f"  calibration_data: {tmp_path / 'labelled.csv'}\n  conversations: null\n  orders: null\n",
+                                          encoding="utf-8")
     chats = tmp_path / "chats.csv"
     chats.write_text("角色,内容\n" + "".join(f"买家,{t}\n客服,好的亲\n" for t in _shop_frame()["text"]), encoding="gb18030")
-    result = runner.invoke(app, ["train", "--config", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "labelled.csv"),
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "config.yaml"),
                                  "--calibration-chats", str(chats), "--model-dir", str(tmp_path / "model"), "--no-promote"])
     assert result.exit_code == 0, result.output
     assert f"calibrated on {len(_shop_frame())} unlabelled buyer messages: estimated accuracy there" in result.output
