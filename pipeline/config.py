@@ -366,14 +366,26 @@ def _problems(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
+DATA_COMPANIONS: dict[str, Any] = {"extra_data": [], "calibration_data": None}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config laid over configs/default.yaml (the packaged default when None), apply dotted-key
     overrides, and validate every section, so a typo anywhere fails here with the key named."""
     config_path = Path(path) if path else DEFAULT_CONFIG
-    tree = default_tree() if config_path.resolve() == DEFAULT_CONFIG.resolve() else layered(_default_tree(), _read_yaml(config_path))
+    own = {} if config_path.resolve() == DEFAULT_CONFIG.resolve() else _read_yaml(config_path)
+    tree = layered(_default_tree(), own) if own else default_tree()
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
+    # The default's extra training files and calibration set (the bundled written chats) belong to its data: a config
+    # or an override that names other training data and not these gets none of them, as `train --data` does.
+    named = set((own.get("paths") or {}) if isinstance(own, dict) else {})
+    named |= {dotted.split(".", 1)[1] for dotted, value in (overrides or {}).items() if value is not None and dotted.startswith("paths.")}
+    if "data" in named and tree.get("paths", {}).get("data") != _default_tree()["paths"]["data"]:
+        for key, none in DATA_COMPANIONS.items():
+            if key not in named:
+                tree["paths"][key] = none
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -24,7 +24,7 @@ def corpus_training(tmp_path_factory):
 
     if not MESSAGES.exists():
         pytest.skip("data/messages.csv is not built")
-    config = load_config(overrides={"paths.data": str(MESSAGES), "paths.orders": str(ORDERS) if ORDERS.exists() else None})
+    config = load_config(overrides={"paths.orders": str(ORDERS) if ORDERS.exists() else None})
     # the default config's written chats: trained on (extra_data) and calibrating the intent model
     extra = [str(REPO / path) for path in config.paths.extra_data]
     data = load_training_data(MESSAGES, extra, None, config.split.min_examples_per_label, extra_weight=config.extra_data_weight)

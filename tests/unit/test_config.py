@@ -99,3 +99,22 @@ def test_model_name_alias_and_tracking_uri_come_from_the_config(tmp_path, monkey
         resolve_model(None, registry)
     with pytest.raises(ModelNotFoundError, match="models:/buyer-intent-en/3"):
         resolve_model("3", registry)
+
+
+def test_other_training_data_does_not_inherit_the_bundled_written_chats(tmp_path):
+    default = load_config().paths
+    assert default.extra_data and default.calibration_data  # the bundled corpus comes with its written chats
+    for config in (load_config(overrides={"paths.data": "shop.csv"}), _config_file(tmp_path, "paths: {data: shop.csv}\n")):
+        assert (config.paths.extra_data, config.paths.calibration_data) == ([], None)
+    # what a config names itself stays, and the bundled data keeps its companions
+    kept = _config_file(tmp_path, "paths: {data: shop.csv, calibration_data: mine.csv}\n").paths
+    assert (kept.extra_data, kept.calibration_data) == ([], "mine.csv")
+    same = load_config(overrides={"paths.data": default.data, "seed": 3}).paths
+    assert (same.extra_data, same.calibration_data) == (default.extra_data, default.calibration_data)
+    assert load_config(overrides={"seed": 3}).paths.extra_data == default.extra_data
+
+
+def _config_file(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path)
