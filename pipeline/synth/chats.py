@@ -31,10 +31,13 @@ class ChatSheetError(ValueError):
 def export_chat_sheets(sheet_dir: str | Path, out_dir: str | Path, corpus_texts: Iterable[str]) -> dict[str, dict]:
     """Write `<out_dir>/<use>.csv` for every use folder under `sheet_dir`; returns per-use figures."""
     sheet_dir, out_dir = Path(sheet_dir), Path(out_dir)
-    folders = {p.name: p for p in sorted(sheet_dir.iterdir()) if p.is_dir()} if sheet_dir.is_dir() else {}
+    folders = {p.name: p for p in sorted(sheet_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "_"))} if sheet_dir.is_dir() else {}
     unknown = sorted(set(folders) - set(USES))
     if unknown:
         raise ChatSheetError(f"{sheet_dir}: unknown chat-sheet folders {unknown}; the uses are {list(USES)}")
+    for use in USES:  # an export whose folder is gone would be stale: a config pointing at it fails instead
+        if use not in folders:
+            (out_dir / f"{use}.csv").unlink(missing_ok=True)
     seen = {normalize(text) for text in corpus_texts}
     writers_of: dict[str, str] = {}
     figures: dict[str, dict] = {}
@@ -44,6 +47,8 @@ def export_chat_sheets(sheet_dir: str | Path, out_dir: str | Path, corpus_texts:
             if writers_of.setdefault(writer, use) != use:
                 raise ChatSheetError(f"writer {writer} is in both {writers_of[writer]}/ and {use}/: a use's writers must be its own")
         settled = kept_rows(records)
+        if not settled:
+            raise ChatSheetError(f"{folders[use]}: no settled message (a table with every label agreed or adjudicated) to export")
         rows = [row for row in settled if normalize(row["text"]) not in seen]
         seen |= {normalize(row["text"]) for row in settled}
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,15 +46,33 @@ def test_each_use_leaves_out_texts_the_corpus_or_an_earlier_use_holds(tmp_path) 
     assert figures["yardstick"]["left_out_seen"] == 2 and figures["yardstick"]["writers"] == ["y1"]
 
 
-def test_a_writer_in_two_uses_or_an_unknown_use_is_refused(tmp_path) -> None:
-    _table(tmp_path / "train", "w1", [("好的", "affirm", "affirm")])
-    _table(tmp_path / "yardstick", "w1", [("在吗", "greeting", "greeting")])
+def test_a_writer_in_two_uses_an_unknown_use_or_an_empty_one_is_refused(tmp_path) -> None:
+    sheets, out = tmp_path / "sheets", tmp_path / "out"
+    _table(sheets / "train", "w1", [("好的", "affirm", "affirm")])
+    _table(sheets / "yardstick", "w1", [("在吗", "greeting", "greeting")])
     with pytest.raises(ChatSheetError, match="w1"):
-        export_chat_sheets(tmp_path, tmp_path / "out", [])
-    (tmp_path / "yardstick" / "w1.tsv").unlink()
-    _table(tmp_path / "test", "z1", [("在吗", "greeting", "greeting")])
+        export_chat_sheets(sheets, out, [])
+    (sheets / "yardstick" / "w1.tsv").unlink()
+    with pytest.raises(ChatSheetError, match="no settled message"):
+        export_chat_sheets(sheets, out, [])
+    (sheets / "yardstick").rmdir()
+    (sheets / ".ipynb_checkpoints").mkdir()  # hidden folders are not uses
+    assert set(export_chat_sheets(sheets, out, [])) == {"train"}
+    _table(sheets / "test", "z1", [("在吗", "greeting", "greeting")])
     with pytest.raises(ChatSheetError, match="unknown"):
-        export_chat_sheets(tmp_path, tmp_path / "out", [])
+        export_chat_sheets(sheets, out, [])
+
+
+def test_an_export_whose_folder_is_gone_is_removed_not_left_stale(tmp_path) -> None:
+    sheets, out = tmp_path / "sheets", tmp_path / "out"
+    _table(sheets / "train", "w1", [("好的", "affirm", "affirm")])
+    _table(sheets / "yardstick", "y1", [("在吗", "greeting", "greeting")])
+    export_chat_sheets(sheets, out, [])
+    assert (out / "yardstick.csv").is_file()
+    (sheets / "yardstick" / "y1.tsv").unlink()
+    (sheets / "yardstick").rmdir()
+    assert set(export_chat_sheets(sheets, out, [])) == {"train"}
+    assert sorted(p.name for p in out.iterdir()) == ["train.csv"]
 
 
 @pytest.fixture(scope="module")

@@ -109,12 +109,12 @@ def test_the_corpus_copies_no_real_chat(messages: pd.DataFrame) -> None:
 def test_export_keeps_only_settled_seeds_with_their_final_labels(tmp_path) -> None:
     rows = [SeedRecord(f"y-{i:04d}", "y", "pre_sales", "", text, "affirm", 0) for i, text in enumerate(["好的", "行吧", "那算了", "在吗"])]
     apply_labels(rows, {"y-0000": ("affirm", 0), "y-0001": ("deny", 0), "y-0002": ("deny", 0), "y-0003": ("greeting", 0)}, "b", "second")
-    apply_labels(rows, {"y-0001": ("affirm", 0), "y-0002": ("other", 1)}, "c", "third")
+    apply_labels(rows, {"y-0001": ("deny", 0), "y-0002": ("other", 1)}, "c", "third")
     assert [r.status for r in rows] == ["agreed", "adjudicated", "dropped", ""]
     out = tmp_path / "messages.csv"
     write_export(kept_rows(rows), out)
     exported = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert exported[["id", "text", "intent", "purchase_intent"]].values.tolist() == [
-        ["y-0000", "好的", "affirm", "0"], ["y-0001", "行吧", "affirm", "0"],
+        ["y-0000", "好的", "affirm", "0"], ["y-0001", "行吧", "deny", "0"],  # the majority's label, not the writer's
     ]
     assert list(exported.columns) == EXPORT_COLUMNS
