@@ -108,7 +108,7 @@ def train(
         typer.Option(
             "--calibration-data",
             help="a shop's own labelled messages (text, intent[, purchase_intent]), never trained on: the intent model's "
-            "temperature and the fallback threshold are fitted on them instead of the validation writers, so confidence and "
+            "temperature and the fallback threshold are fitted on them instead of the config's calibration set (the bundled written chats), so confidence and "
             "hand-over follow the shop's real chats (benchmarks/CALIBRATION.md: ECE on real chats 0.14 -> 0.07 with 200)",
         ),
     ] = None,
@@ -116,7 +116,7 @@ def train(
         Optional[list[Path]],
         typer.Option(
             "--calibration-chats",
-            help="a shop's unlabelled chat export (read as --unlabelled reads it); repeatable. Without labels: the intent "
+            help="a shop's unlabelled chat export (read as --unlabelled reads it); repeatable; replaces the config's calibration set. Without labels: the intent "
             "temperature is set so that the mean confidence on these messages is ATC's estimate of the accuracy there, and "
             "the fallback threshold so that the accepted messages' mean confidence reaches the target (benchmarks/CALIBRATION.md)",
         ),
@@ -363,14 +363,16 @@ def tune(
     columns: ColumnsOption = None,
 ) -> None:
     """Search features and classifiers by cross-validation on the training split; write the best config."""
-    from pipeline.data.labelled import LABELLED_COLUMNS, DataError, load_labelled
+    from pipeline.data.labelled import LABELLED_COLUMNS, DataError, load_training_data
     from pipeline.data.tables import TableError
     from pipeline.training.tune import run_tune
 
     _setup_logging()
     cfg = _config(config, {"paths.data": str(data) if data else None, "columns.map": columns})
     try:  # TuneError (a bad search space) is a ValueError: a one-line error naming the key, not a traceback
-        labelled = load_labelled(cfg.paths.data, cfg.paths.quarantine, cfg.split.min_examples_per_label, cfg.columns.names().only(LABELLED_COLUMNS))
+        # the training files `train` reads (the corpus and the config's extra files); the cross-validation counts each row once
+        labelled = load_training_data(cfg.paths.data, cfg.paths.extra_data, cfg.paths.quarantine, cfg.split.min_examples_per_label,
+                                      cfg.columns.names().only(LABELLED_COLUMNS), cfg.extra_data_weight)
         result = run_tune(cfg, labelled, out, n_trials=trials, folds=folds, n_jobs=n_jobs)
     except (ConfigError, DataError, TableError, ValueError, OSError) as exc:
         _fail(exc)
