@@ -57,10 +57,9 @@ def _chats_section(chats: dict | None) -> str:
         return ""
     rows = []
     for use, f in chats.items():
-        a = f["agreement"] or {}
+        a = f["agreement"]
         rows.append([f"`{use}`", ", ".join(f["writers"]), f["written"], f["settled"], f["left_out_seen"], f["kept"],
-                     _pct(a.get("intent_agreement", float("nan"))), f"{a.get('intent_kappa', float('nan')):.3f}",
-                     f"{a.get('purchase_kappa', float('nan')):.3f}"])
+                     _pct(a["intent_agreement"]), f"{a['intent_kappa']:.3f}", f"{a['purchase_kappa']:.3f}"])
     return f"""## Written chats: whole conversations, labelled afterwards (round 13)
 
 The seeds above were written for an intent: each is a clean example of it, and the model is right on 0.91

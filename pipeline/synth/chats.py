@@ -49,8 +49,9 @@ def export_chat_sheets(sheet_dir: str | Path, out_dir: str | Path, corpus_texts:
         settled = kept_rows(records)
         if not settled:
             raise ChatSheetError(f"{folders[use]}: no settled message (a table with every label agreed or adjudicated) to export")
-        rows = [row for row in settled if normalize(row["text"]) not in seen]
-        seen |= {normalize(row["text"]) for row in settled}
+        texts = [normalize(row["text"]) for row in settled]
+        rows = [row for row, text in zip(settled, texts, strict=True) if text not in seen]
+        seen.update(texts)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_export(rows, out_dir / f"{use}.csv")
         figures[use] = {
@@ -59,6 +60,6 @@ def export_chat_sheets(sheet_dir: str | Path, out_dir: str | Path, corpus_texts:
             "settled": len(settled),
             "kept": len(rows),
             "left_out_seen": len(settled) - len(rows),
-            "agreement": {k: v for k, v in agreement(records).items() if k != "per_intent"} if records else None,
+            "agreement": {k: v for k, v in agreement(records).items() if k != "per_intent"},
         }
     return figures

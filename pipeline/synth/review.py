@@ -9,7 +9,6 @@ purchase_intent); a seed with no majority is dropped. Every label is kept in the
     python -m pipeline.synth.review blind  RAW.tsv WRITER OUT_DIR          # ids + a blind sheet
     python -m pipeline.synth.review merge  FIRST.tsv SECOND.tsv LABELLER OUT.tsv [--third T.tsv --adjudicator A]
     python -m pipeline.synth.review agreement data/seeds/v2
-    python -m pipeline.synth.review export data/yardstick data/yardstick/messages.csv   # kept seeds as an eval set
 """
 
 from __future__ import annotations
@@ -219,6 +218,7 @@ def kept_rows(records: Iterable[SeedRecord]) -> list[dict[str, str]]:
 
 
 def write_export(rows: list[dict[str, str]], path: Path) -> None:
+    """`kept_rows` as a labelled CSV (`data build` writes the written chats' uses with it, `pipeline.synth.chats`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -243,9 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("who")
     merge.add_argument("--round", choices=("second", "third"), default="second")
     sub.add_parser("agreement").add_argument("directory", type=Path)
-    export = sub.add_parser("export", help="write the settled seeds of every table in a directory as a labelled CSV")
-    export.add_argument("directory", type=Path)
-    export.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     intents = set(load_corpus_config(Path(__file__).resolve().parents[2] / "configs" / "corpus.yaml").intents)
     if args.command == "blind":
@@ -262,10 +259,6 @@ def main(argv: list[str] | None = None) -> int:
         apply_labels(records, read_labels(args.labels, intents), args.who, args.round)
         write_records(records, args.table)
         print(Counter(r.status or "pending" for r in records))
-    elif args.command == "export":
-        rows = kept_rows(r for path in sorted(args.directory.glob("*.tsv")) for r in read_records(path))
-        write_export(rows, args.out)
-        print(f"{args.out}: {len(rows)} labelled messages")
     else:
         records = [r for path in sorted(args.directory.glob("*.tsv")) for r in read_records(path)]
         result = agreement(records)
