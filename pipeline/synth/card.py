@@ -60,7 +60,7 @@ def _chats_section(chats: dict | None) -> str:
         a = f["agreement"]
         rows.append([f"`{use}`", ", ".join(f["writers"]), f["written"], f["settled"], f["left_out_seen"], f["kept"],
                      _pct(a["intent_agreement"]), f"{a['intent_kappa']:.3f}", f"{a['purchase_kappa']:.3f}"])
-    return f"""## Written chats: whole conversations, labelled afterwards (round 13)
+    return f"""## Written chats: whole conversations, labelled afterwards (rounds 13 and 14)
 
 The seeds above were written for an intent: each is a clean example of it, and the model is right on 0.91
 of the held-out writers' but on about two real messages in three. In `data/seeds/chats/<use>/<writer>.tsv`
@@ -74,6 +74,7 @@ writers of their own (`pipeline/synth/chats.py`): `train` is trained on (`paths.
 fits the intent model's temperature and hand-over threshold (`paths.calibration_data`), `yardstick` is
 only evaluated on (`make demo`). A use leaves out every text already in `data/messages.csv` or an earlier
 use, so nothing is calibrated or measured on a text the model was fitted on. Output: `data/chats/<use>.csv`.
+Writers and briefs: `data/seeds/chats/BRIEFS.md`.
 
 {_table(['use', 'writers', 'written', 'settled', 'left out (text seen)', 'kept', 'intent agreement', 'kappa', 'purchase kappa'], rows)}
 """
