@@ -60,7 +60,7 @@ def _chats_section(chats: dict | None) -> str:
         a = f["agreement"]
         rows.append([f"`{use}`", ", ".join(f["writers"]), f["written"], f["settled"], f["left_out_seen"], f["kept"],
                      _pct(a["intent_agreement"]), f"{a['intent_kappa']:.3f}", f"{a['purchase_kappa']:.3f}"])
-    return f"""## Written chats: whole conversations, labelled afterwards (rounds 13 and 14)
+    return f"""## Written chats: whole conversations, labelled afterwards
 
 The seeds above were written for an intent: each is a clean example of it, and the model is right on 0.91
 of the held-out writers' but on about two real messages in three. In `data/seeds/chats/<use>/<writer>.tsv`

@@ -1,4 +1,4 @@
-"""Whole chats written without choosing intents (corpus round 13), one folder of writer tables per use.
+"""Whole chats written without choosing intents (corpus rounds 13 and after), one folder of writer tables per use.
 
 A writer imagined a buyer in a situation and typed everything that buyer sends, message by message, and
 labelled the messages only afterwards; every message was labelled again blind (`pipeline.synth.review`).

@@ -1,4 +1,4 @@
-"""The written chats (round 13): whole conversations labelled afterwards, in three uses of their own."""
+"""The written chats (rounds 13 and after): whole conversations labelled afterwards, in three uses of their own."""
 
 from __future__ import annotations
 
