@@ -228,15 +228,18 @@ def main() -> None:
         seconds[option.name] = time.perf_counter() - start
         print(f"{option.name}: {'reused and scored' if reused else 'trained and scored'} in {seconds[option.name]:.0f} s", flush=True)
 
+    labels = {name: (frame["intent"].to_numpy(), frame["purchase_intent"].astype(int).to_numpy()) for name, (frame, _) in sets.items()}
+    # the default's metrics on every resample, computed once: each option is paired with these
+    base_draws = {name: np.array([metrics(*labels[name], scored["default"][name], d) for d in draws]) for name, (_, draws) in sets.items()}
     rows = []
     for option in options:
         row = {"option": option.name, "label": option.label}
         for name, (frame, draws) in sets.items():
-            y, y_purchase = frame["intent"].to_numpy(), frame["purchase_intent"].astype(int).to_numpy()
+            y, y_purchase = labels[name]
             full = np.arange(len(frame))
             mine = metrics(y, y_purchase, scored[option.name][name], full)
             base = metrics(y, y_purchase, scored["default"][name], full)
-            diffs = np.array([metrics(y, y_purchase, scored[option.name][name], d) - metrics(y, y_purchase, scored["default"][name], d) for d in draws]) \
+            diffs = np.array([metrics(y, y_purchase, scored[option.name][name], d) for d in draws]) - base_draws[name] \
                 if option.name != "default" else np.zeros((1, 3))
             se = diffs.std(axis=0, ddof=1) if len(diffs) > 1 else np.zeros(3)
             for k, metric in enumerate(("accuracy", "macro_f1", "purchase_ap")):
