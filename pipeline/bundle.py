@@ -39,6 +39,7 @@ TRUSTED_TYPES = frozenset(
     {
         "pipeline.estimators.CalibratedLinearClassifier",
         "pipeline.estimators.CompactTfidfVectorizer",
+        "pipeline.estimators.FeatureSubset",
         "pipeline.estimators.JiebaTokenizer",
         "pipeline.estimators.EnglishTokenizer",
         "pipeline.estimators.TextNormalizer",

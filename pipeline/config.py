@@ -123,6 +123,9 @@ class ConversationModelSettings(_Strict):
     test_fraction: float = Field(gt=0, lt=0.5)
     pre_sales_intents: list[str]
     concern_intents: list[str]
+    # false: the model reads the purchase scores and the chat's shape only, not its intent mix (share=<intent>,
+    # last_intent=<intent>, confidence_mean), which on generated conversations encodes the generator's scenarios
+    intent_mix_features: bool
 
 
 ROLES = ("buyer", "agent", "bot")

@@ -29,6 +29,14 @@ DEFAULT_PRE_SALES = (
 )
 DEFAULT_CONCERNS = ("complaint", "return_refund")
 
+# What a conversation model reads with `conversation_model.intent_mix_features: false`: the purchase scores and the
+# chat's shape, plus the two intent summaries the taxonomy's rules rest on (pre-sales share: no purchase intent after
+# payment; a complaint or refund request).
+SCORE_AND_SHAPE_FEATURES = (
+    "purchase_max", "purchase_mean", "purchase_top2", "n_flagged",
+    "n_turns_log", "n_buyer_log", "last_turn_is_buyer",
+    "pre_sales_share", "has_concern",
+)
 
 @dataclass(frozen=True)
 class Turn:

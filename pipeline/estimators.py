@@ -274,6 +274,29 @@ class TextNormalizer(TransformerMixin, BaseEstimator):
         return tags
 
 
+class FeatureSubset(TransformerMixin, BaseEstimator):
+    """Keeps the named keys of feature dicts (the conversation model's input), so a model fitted on a subset
+    reads only that subset wherever it is scored: the features are still computed on one path for all."""
+
+    def __init__(self, keep: tuple[str, ...] = ()):
+        self.keep = keep
+
+    def fit(self, X, y=None):
+        self.keep_ = tuple(sorted(set(self.keep)))  # a tuple: skops rebuilds it without trusting more types
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        keep = set(self.keep_)
+        return [{name: value for name, value in row.items() if name in keep} for row in X]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.dict = True
+        tags.input_tags.two_d_array = False
+        return tags
+
+
 class CompactTfidfVectorizer(TfidfVectorizer):
     """TfidfVectorizer whose vocabulary is saved as two arrays instead of a dict.
 

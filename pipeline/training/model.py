@@ -14,10 +14,12 @@ from sklearn.svm import LinearSVC
 from sklearn.feature_extraction import DictVectorizer
 
 from pipeline.config import Config, FeatureSettings
+from pipeline.conversation import SCORE_AND_SHAPE_FEATURES
 from pipeline.estimators import (
     CalibratedLinearClassifier,
     CompactTfidfVectorizer,
     EnglishTokenizer,
+    FeatureSubset,
     JiebaTokenizer,
     TextNormalizer,
     packaged_user_words,
@@ -92,8 +94,10 @@ def make_purchase_classifier(config: Config) -> CalibratedLinearClassifier:
 def build_conversation_pipeline(config: Config) -> Pipeline:
     """Second level: a small linear model over features of the message-level outputs."""
     settings = config.conversation_model
+    subset = [] if settings.intent_mix_features else [("subset", FeatureSubset(keep=SCORE_AND_SHAPE_FEATURES))]
     return Pipeline(
         [
+            *subset,
             ("vectorize", DictVectorizer(sparse=False)),
             ("scale", StandardScaler()),
             ("classifier", LogisticRegression(C=settings.C, class_weight="balanced", max_iter=2000, random_state=config.seed)),
