@@ -38,6 +38,7 @@ SCORE_AND_SHAPE_FEATURES = (
     "pre_sales_share", "has_concern",
 )
 
+
 @dataclass(frozen=True)
 class Turn:
     role: str

@@ -282,6 +282,10 @@ class FeatureSubset(TransformerMixin, BaseEstimator):
         self.keep = keep
 
     def fit(self, X, y=None):
+        seen = {name for row in X for name in row}
+        never = sorted(set(self.keep) - seen)
+        if never:  # a misspelt or renamed feature would otherwise be dropped without a word
+            raise ValueError(f"features to keep that no training row has: {never}")
         self.keep_ = tuple(sorted(set(self.keep)))  # a tuple: skops rebuilds it without trusting more types
         return self
 
