@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.bundle import load_bundle
-from pipeline.config import load_config
+from pipeline.config import load_config, nested_overrides
 from pipeline.inference import Predictor
 
 
@@ -87,15 +87,8 @@ OPTIONS = [
 
 
 def overlay(changes: dict) -> dict:
-    """A config overlay (sections of dotted keys) that states only the option's changes."""
-    out: dict = {}
-    for dotted, value in changes.items():
-        *sections, key = dotted.split(".")
-        node = out
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[key] = value
-    return out
+    """A config overlay that states only the option's changes (for `buyer-intent train --config`)."""
+    return nested_overrides(changes)
 
 
 INPUTS = ("data/messages.csv", "data/chats/train.csv", "data/chats/calibration.csv", "configs/default.yaml")

@@ -331,6 +331,15 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted-key overrides as the config sections they stand for: a YAML overlay that `load_config` reads
+    as it would apply the overrides themselves."""
+    tree: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        _set_dotted(tree, dotted, value)
+    return tree
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
