@@ -114,6 +114,10 @@ class PurchaseModelSettings(_Strict):
     target_precision: float = Field(gt=0, le=1)
     calibration_folds: int = Field(ge=2)
     calibrate_on: Literal["train_folds", "validation"]
+    # where target_precision is met: the validation split (held-out corpus writers), or the labelled calibration set
+    # (text more like real chats) when it holds at least threshold_min_positives purchase positives
+    threshold_on: Literal["validation", "calibration_data"]
+    threshold_min_positives: int = Field(ge=1)
 
 
 class ConversationModelSettings(_Strict):

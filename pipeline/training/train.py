@@ -94,6 +94,25 @@ def score_labelled(predictor: Predictor, frame: pd.DataFrame) -> tuple[dict[str,
     return metrics, scored
 
 
+def _purchase_threshold(config: Config, val_scored: pd.DataFrame, calibration_scored: pd.DataFrame | None) -> tuple[float, dict[str, Any]]:
+    """The purchase threshold at the target precision, and where it was chosen: on the labelled calibration set
+    (text more like real chats than the held-out corpus writers) when configured and it has enough positives."""
+    settings = config.purchase_model
+    on, scored = "validation", val_scored
+    if settings.threshold_on == "calibration_data" and calibration_scored is not None and "purchase_intent" in calibration_scored:
+        positives = int(calibration_scored["purchase_intent"].fillna(0).sum())
+        if positives >= settings.threshold_min_positives:
+            on, scored = "calibration_data", calibration_scored[calibration_scored["purchase_intent"].notna()]
+        else:
+            log.warning("purchase threshold chosen on validation: the calibration data has %d purchase positives, fewer than "
+                        "purchase_model.threshold_min_positives (%d)", positives, settings.threshold_min_positives)
+    labels = scored["purchase_intent"].to_numpy()
+    threshold, reached = choose_precision_threshold(labels, scored["purchase_score"].to_numpy(), settings.target_precision)
+    record = {"set": on, "messages": len(scored), "positives": int(labels.sum()),
+              **{k: None if np.isnan(v) else round(v, 4) for k, v in reached.items()}}
+    return threshold, record
+
+
 def _fit_message_models(
     config: Config, train: pd.DataFrame, has_purchase: bool, idf_texts: list[str] | None = None
 ) -> tuple[Pipeline, Pipeline | None]:
@@ -342,8 +361,8 @@ def train(
     if calibration_chats is not None:
         chats_summary = _calibrate_on_chats(config, intent_pipeline, val_scored, calibration_chats, manifest)
     if purchase_pipeline is not None:
-        manifest["thresholds"]["purchase"], _ = choose_precision_threshold(
-            val_scored["purchase_intent"].to_numpy(), val_scored["purchase_score"].to_numpy(), config.purchase_model.target_precision
+        manifest["thresholds"]["purchase"], manifest["purchase_threshold_on"] = _purchase_threshold(
+            config, val_scored, fallback_on if shop is not None else None
         )
     predictor = Predictor(bundle)
     val_metrics, val_final = score_labelled(predictor, val_part)

@@ -1,7 +1,8 @@
 """`train --calibration-data SHOP.csv` (#10 item 2, #15): a shop's own labelled messages calibrate the intent
-model's confidence and choose the fallback threshold, and are never trained on. The linear models, the
-purchase model's calibration and threshold stay what they are without the flag. Small corpora only
-(tests/batch/builders.py): seconds each."""
+model's confidence and choose the fallback threshold, and are never trained on. The linear models and the
+purchase model's calibration stay what they are without the flag; the purchase threshold moves to the shop's
+messages only when they hold enough purchase positives (`purchase_model.threshold_min_positives`). Small corpora
+only (tests/batch/builders.py): seconds each."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pipeline.config import load_config
 from pipeline.data.labelled import LabelledData, validate_labelled
 from pipeline.estimators import _fit_temperature
 from pipeline.inference import Predictor
-from pipeline.training.evaluate import choose_fallback_threshold
+from pipeline.training.evaluate import choose_fallback_threshold, choose_precision_threshold
 from pipeline.text import normalize
 from pipeline.drift import atc_accuracy, atc_threshold, manifest_record
 from pipeline.training.shift import fallback_for_expected_accuracy, mean_confidence
@@ -84,6 +85,25 @@ def test_the_linear_models_and_the_purchase_model_are_those_of_a_run_without_it(
     assert plain.bundle.purchase.named_steps["classifier"].platt_ == calibrated.bundle.purchase.named_steps["classifier"].platt_
     assert plain.bundle.thresholds["purchase"] == calibrated.bundle.thresholds["purchase"]
     assert plain.metrics["test"]["intent"]["accuracy"] == calibrated.metrics["test"]["intent"]["accuracy"]
+
+
+def test_the_purchase_threshold_is_chosen_on_calibration_data_only_with_enough_positives(trained):
+    data, shop, plain, calibrated = trained
+    positives = int(shop.frame["purchase_intent"].sum())
+    assert positives < load_config(overrides=CONFIG).purchase_model.threshold_min_positives
+    assert calibrated.bundle.manifest["purchase_threshold_on"]["set"] == "validation"
+    result = train(load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives}), data, calibration=shop)
+    scored = labelled_predictions(Predictor(result.bundle), shop.frame)
+    want, reached = choose_precision_threshold(scored["purchase_intent"].to_numpy(), scored["purchase_score"].to_numpy(), 0.9)
+    assert result.bundle.thresholds["purchase"] == want != plain.bundle.thresholds["purchase"]
+    assert result.bundle.manifest["purchase_threshold_on"] == {
+        "set": "calibration_data", "messages": len(shop.frame), "positives": positives,
+        "precision": round(reached["precision"], 4), "recall": round(reached["recall"], 4)}
+    # only where the threshold is chosen changes: the purchase model and its Platt scaling are those of the plain run
+    assert plain.bundle.purchase.named_steps["classifier"].platt_ == result.bundle.purchase.named_steps["classifier"].platt_
+    validation = train(load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives,
+                                              "purchase_model.threshold_on": "validation"}), data, calibration=shop)
+    assert validation.bundle.thresholds["purchase"] == plain.bundle.thresholds["purchase"]
 
 
 def test_a_calibration_message_is_never_trained_on():
