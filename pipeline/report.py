@@ -369,7 +369,7 @@ def _eval_sets(metrics: dict[str, Any], eval_names: list[str], promises: dict[st
 
 
 def threshold_promises(config: dict[str, Any]) -> dict[str, float]:
-    """What the thresholds chosen on validation promise, from a model's training config (its manifest):
+    """What the thresholds promise where they were chosen (calibration set or validation), from a model's training config (its manifest):
     the accuracy of the predictions not handed over, and the precision of the purchase flag."""
     promises = {}
     fallback = config.get("intent_model", {}).get("fallback", {})
