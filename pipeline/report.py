@@ -369,8 +369,9 @@ def _eval_sets(metrics: dict[str, Any], eval_names: list[str], promises: dict[st
 
 
 def threshold_promises(config: dict[str, Any]) -> dict[str, float]:
-    """What the thresholds promise where they were chosen (calibration set or validation), from a model's training config (its manifest):
-    the accuracy of the predictions not handed over, and the precision of the purchase flag."""
+    """What the thresholds promise where they were chosen (the calibration set or validation), from a model's
+    training config (its manifest): the accuracy of the predictions not handed over, and the precision of the
+    purchase flag."""
     promises = {}
     fallback = config.get("intent_model", {}).get("fallback", {})
     if fallback.get("target") == "accepted_accuracy" and fallback.get("value") is not None:
