@@ -99,11 +99,13 @@ def _purchase_threshold(config: Config, val_scored: pd.DataFrame, calibration_sc
     (text more like real chats than the held-out corpus writers) when configured and it has enough positives."""
     settings = config.purchase_model
     on, scored = "validation", val_scored
-    if settings.threshold_on == "calibration_data" and calibration_scored is not None and "purchase_intent" in calibration_scored:
-        positives = int(calibration_scored["purchase_intent"].fillna(0).sum())
+    if settings.threshold_on == "calibration_data" and calibration_scored is not None:
+        column = calibration_scored.get("purchase_intent")
+        labelled = calibration_scored[column.notna()] if column is not None else None
+        positives = int(labelled["purchase_intent"].sum()) if labelled is not None else 0
         if positives >= settings.threshold_min_positives:
-            on, scored = "calibration_data", calibration_scored[calibration_scored["purchase_intent"].notna()]
-        else:
+            on, scored = "calibration_data", labelled
+        else:  # a file without purchase labels counts as none
             log.warning("purchase threshold chosen on validation: the calibration data has %d purchase positives, fewer than "
                         "purchase_model.threshold_min_positives (%d)", positives, settings.threshold_min_positives)
     labels = scored["purchase_intent"].to_numpy()
