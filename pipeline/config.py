@@ -109,7 +109,9 @@ class IntentModelSettings(_Strict):
 
 
 class PurchaseModelSettings(_Strict):
+    classifier: Literal["logreg", "linear_svc", "sgd", "complement_nb"]
     C: float = Field(gt=0)
+    alpha: float = Field(gt=0)
     class_weight: Literal["balanced"] | None
     target_precision: float = Field(gt=0, le=1)
     calibration_folds: int = Field(ge=2)

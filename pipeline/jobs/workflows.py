@@ -63,10 +63,16 @@ def _promises_of(bundle) -> dict[str, float]:
 
 
 def _report_explainer(predictor: Predictor):
-    """The report's "why" column for its example mistakes: the top 3 n-grams of the predicted intent."""
-    from pipeline.explain import Explainer
+    """The report's "why" column for its example mistakes: the top 3 n-grams of the predicted intent; None (no
+    column) for a model that is not linear over the n-grams, e.g. complement naive Bayes."""
+    from pipeline.explain import Explainer, UnsupportedExplanation
 
-    return functools.partial(Explainer.for_predictor(predictor).explain, top_k=3)
+    try:
+        explainer = Explainer.for_predictor(predictor)
+    except UnsupportedExplanation as exc:
+        log.warning("the report explains no mistakes: %s", exc)
+        return None
+    return functools.partial(explainer.explain, top_k=3)
 
 
 def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, float] | None, str | None]:

@@ -87,7 +87,7 @@ def build_intent_pipeline(config: Config) -> Pipeline:
 def make_purchase_classifier(config: Config) -> CalibratedLinearClassifier:
     """The purchase-intent classifier; it shares the intent model's fitted feature steps."""
     settings = config.purchase_model
-    base = LogisticRegression(C=settings.C, class_weight=settings.class_weight, max_iter=2000, random_state=config.seed)
+    base = make_linear(C=settings.C, class_weight=settings.class_weight, seed=config.seed, classifier=settings.classifier, alpha=settings.alpha)
     return CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed, n_jobs=config.n_jobs)
 
 
