@@ -47,6 +47,8 @@ class MlflowSettings(_Strict):
     alias: str
     promote: Literal["auto", "always", "never"]
     primary_metric: str
+    # The set the primary metric is compared on: "test" (this run's test split) or the name of an --eval-data set.
+    promotion_set: str = "test"
 
 
 class SplitSettings(_Strict):

@@ -334,6 +334,19 @@ def _metric_label(key: str) -> tuple[str, str]:
     return METRIC_LABELS.get(key, (key.replace("_", " "), ""))
 
 
+def _champion_section(metrics: dict, headline: dict[str, float], champion: dict[str, float] | None, champion_set: str | None,
+                      n_test: int, eval_scored: dict[str, pd.DataFrame] | None) -> dict[str, Any]:
+    """This run against the champion on the set the promotion compares them on (`mlflow.promotion_set`); None for
+    `champion_set` when that set was not evaluated in this run."""
+    if champion_set is None:
+        return {"rows": None, "set": None}
+    if champion_set == "test":
+        return {**_champion(headline, champion, n_test), "set": "the test split", "n": n_test}
+    key = f"eval:{champion_set}"
+    n = len((eval_scored or {}).get(key, ()))
+    return {**_champion(headline_metrics(metrics, key), champion, n), "set": f"the evaluation set {champion_set}", "n": n}
+
+
 def _champion(headline: dict[str, float], champion: dict[str, float] | None, n_test: int) -> dict[str, Any]:
     if champion is None:
         return {"rows": None}
@@ -694,6 +707,7 @@ def write_report(
     headline: dict[str, float],
     eval_scored: dict[str, pd.DataFrame] | None = None,
     champion_headline: dict[str, float] | None = None,
+    champion_set: str | None = "test",
     conversation_test: pd.DataFrame | None = None,
     extra_sections: dict[str, str] | None = None,
     top_confusions: int = 10,
@@ -742,7 +756,7 @@ def write_report(
             "thresholds": [[name, value, THRESHOLD_MEANINGS.get(name, "")] for name, value in thresholds.items()],
             "warn_no_eval_set": not (eval_names or scored_is_real),
         },
-        "champion": None if scored_is_real else _champion(headline, champion_headline, n),
+        "champion": None if scored_is_real else _champion_section(metrics, headline, champion_headline, champion_set, n, eval_scored),
         # the test split per source (a shop's labelled queue next to the bundled corpus), then every evaluation set
         "eval_sets": _eval_sets(metrics, sorted(k for k in metrics if str(k).startswith("test/")) + eval_names, promises),
         "per_intent": view["per_intent"],

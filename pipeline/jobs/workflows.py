@@ -75,15 +75,26 @@ def _report_explainer(predictor: Predictor):
     return functools.partial(explainer.explain, top_k=3)
 
 
-def _champion_headline(config: Config, result: TrainResult) -> tuple[dict[str, float] | None, str | None]:
-    """The current champion's headline metrics on this run's test split (None when there is none)."""
+def _promotion_set(config: Config, result: TrainResult, eval_sets: list) -> tuple[str, pd.DataFrame] | None:
+    """The set this run and the champion are compared on (`mlflow.promotion_set`): (its metrics key, its labelled
+    rows); None when it names an evaluation set this run did not evaluate. The test split follows the training data,
+    so a run trained on more of the harder text than the champion is judged on a different mix than the text the
+    project chooses models on; a fixed evaluation set (the written-chat yardstick) is the same for both."""
+    name = config.mlflow.promotion_set
+    if name == "test":
+        return "test", result.messages[result.messages["split"] == "test"]
+    frames = {set_name: eval_set.frame for set_name, _, eval_set in eval_sets}
+    return (f"eval:{name}", frames[name]) if name in frames else None
+
+
+def _champion_headline(config: Config, labelled: pd.DataFrame) -> tuple[dict[str, float] | None, str | None]:
+    """The current champion's headline metrics on `labelled` (None when there is no champion)."""
     try:
         champion = load_model(None, Registry.from_config(config))
     except ModelNotFoundError:
         return None, None
-    test = result.messages[result.messages["split"] == "test"]
-    metrics, _ = score_labelled(Predictor(champion), test)
-    return headline_metrics({"test": metrics}), champion.version
+    metrics, _ = score_labelled(Predictor(champion), labelled)
+    return headline_metrics({"set": metrics}, "set"), champion.version
 
 
 UNLABELLED_COLUMNS = ("text", "role")
@@ -259,7 +270,11 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             + [(eval_set.frame, set_name, path, "evaluation") for set_name, path, eval_set in eval_sets]
             + ([(calibration.frame, Path(config.paths.calibration_data).stem, config.paths.calibration_data, "calibration")] if calibration is not None else [])
         )
-        champion_headline, champion_version = _champion_headline(config, result)
+        promotion = _promotion_set(config, result, eval_sets)
+        if promotion is None:
+            champion_headline, champion_version = None, tracking.current_champion_version(config)
+        else:
+            champion_headline, champion_version = _champion_headline(config, promotion[1])
         report_dir = Path(config.paths.reports) / run_id
         extra = {
             "Run": f"MLflow run `{run_id}` ({run.info.run_name}); champion before this run: "
@@ -277,6 +292,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             thresholds=result.bundle.thresholds,
             headline=headline,
             champion_headline=champion_headline,
+            champion_set=config.mlflow.promotion_set if promotion else None,
             conversation_test=result.conversation_test,
             extra_sections=extra,
             top_confusions=config.report.top_confusions,
@@ -297,7 +313,15 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         description = _version_description(config, result, code, run_id)
         version, sha = tracking.log_and_register_model(result.bundle, result.user_dict_text, config, test_texts, description)
         policy = config.mlflow.promote if promote is None else ("always" if promote else "never")
-        promoted, reason = tracking.should_promote(policy, headline, champion_headline, config.mlflow.primary_metric)
+        if promotion is None and champion_version and policy == "auto":
+            name = config.mlflow.promotion_set
+            promoted, reason = False, (f"the promotion set {name!r} was not evaluated in this run (pass --eval-data "
+                                       f"{name}=PATH, or set mlflow.promotion_set: test)")
+        else:
+            ours = headline_metrics(result.metrics, promotion[0]) if promotion else headline
+            promoted, reason = tracking.should_promote(policy, ours, champion_headline, config.mlflow.primary_metric)
+            if promotion and champion_headline is not None:
+                reason += " on the test split" if promotion[0] == "test" else f" on {config.mlflow.promotion_set}"
         if promoted:
             tracking.promote(config, version)
         mlflow.set_tags({"registered_version": version, "promoted": str(promoted), "promotion_reason": reason})
