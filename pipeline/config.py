@@ -48,7 +48,7 @@ class MlflowSettings(_Strict):
     promote: Literal["auto", "always", "never"]
     primary_metric: str
     # The set the primary metric is compared on: "test" (this run's test split) or the name of an --eval-data set.
-    promotion_set: str = "test"
+    promotion_set: str
 
 
 class SplitSettings(_Strict):
