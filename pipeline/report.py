@@ -337,14 +337,17 @@ def _metric_label(key: str) -> tuple[str, str]:
 def _champion_section(metrics: dict, headline: dict[str, float], champion: dict[str, float] | None, champion_set: str | None,
                       n_test: int, eval_scored: dict[str, pd.DataFrame] | None) -> dict[str, Any]:
     """This run against the champion on the set the promotion compares them on (`mlflow.promotion_set`); None for
-    `champion_set` when that set was not evaluated in this run."""
+    `champion_set` when there is a champion but that set was not evaluated in this run."""
     if champion_set is None:
         return {"rows": None, "set": None}
+    label = "the test split" if champion_set == "test" else f"the evaluation set {champion_set}"
+    if champion is None:
+        return {"rows": None, "set": label}
     if champion_set == "test":
-        return {**_champion(headline, champion, n_test), "set": "the test split", "n": n_test}
+        return {**_champion(headline, champion, n_test), "set": label, "n": n_test}
     key = f"eval:{champion_set}"
     n = len((eval_scored or {}).get(key, ()))
-    return {**_champion(headline_metrics(metrics, key), champion, n), "set": f"the evaluation set {champion_set}", "n": n}
+    return {**_champion(headline_metrics(metrics, key), champion, n), "set": label, "n": n}
 
 
 def _champion(headline: dict[str, float], champion: dict[str, float] | None, n_test: int) -> dict[str, Any]:

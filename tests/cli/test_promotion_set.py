@@ -90,3 +90,12 @@ def test_promotion_set_test_compares_on_the_test_split(env, first, small_message
     ours, _, on = REASON.search(output).groups()
     assert on == "the test split"
     assert float(ours) == pytest.approx(mlflow.MlflowClient(env).get_run(run_id).data.metrics["test_intent_macro_f1"], abs=6e-5)
+
+
+def test_a_first_run_without_the_promotion_set_is_promoted_and_its_report_says_no_champion_yet(tmp_path, monkeypatch, small_messages_csv):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    run_id, output = _train("--data", str(small_messages_csv))
+    assert "promoted to @champion: no champion yet" in output
+    report = (tmp_path / "reports" / run_id / "report.md").read_text(encoding="utf-8")
+    assert "No champion yet" in report and "Not compared" not in report
