@@ -297,7 +297,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             extra_sections=extra,
             top_confusions=config.report.top_confusions,
             examples_per_confusion=config.report.examples_per_confusion,
-            explain=_report_explainer(Predictor(result.bundle)),
+            explain=_report_explainer(predictor),
             promises=_promises_of(result.bundle),
         )
         tracking.log_run_contents(
