@@ -134,6 +134,16 @@ class ConversationModelSettings(_Strict):
     # false: the model reads the purchase scores and the chat's shape only, not its intent mix (share=<intent>,
     # last_intent=<intent>, confidence_mean), which on generated conversations encodes the generator's scenarios
     intent_mix_features: bool
+    # 0: the threshold at target_precision on the validation conversations, the model fitted on the training ones;
+    # k: on out-of-fold scores of k buyer-grouped folds over both, the model then fitted on both
+    threshold_folds: int = Field(ge=0)
+
+    @field_validator("threshold_folds")
+    @classmethod
+    def _no_single_fold(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("threshold_folds is 0 (validation conversations) or at least 2 (out-of-fold), not 1")
+        return value
 
 
 ROLES = ("buyer", "agent", "bot")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
 from pipeline.bundle import ModelBundle
@@ -217,20 +218,34 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
     train_idx = np.flatnonzero(frame["split"] == "train")
     val_idx = np.flatnonzero(frame["split"] == "val")
     test_idx = np.flatnonzero(frame["split"] == "test")
+    if settings.threshold_folds:
+        # The threshold from out-of-fold scores over training and validation conversations together: four times the
+        # conversations a validation-only choice sees, so it moves less from one retraining to the next.
+        fit_idx = np.concatenate([train_idx, val_idx])
+        chosen_on_idx = fit_idx
+        chosen_on_scores = _out_of_fold_conversation_scores(
+            config, scorer, [features[i] for i in fit_idx], y[fit_idx], frame["buyer_id"].astype(str).to_numpy()[fit_idx]
+        )
+    else:
+        fit_idx = train_idx
+        chosen_on_idx = val_idx
     model = build_conversation_pipeline(config)
-    model.fit([features[i] for i in train_idx], y[train_idx])
+    model.fit([features[i] for i in fit_idx], y[fit_idx])
     bundle.conversation = model
     scorer.model = model
-    val_scores = scorer.score_features([features[i] for i in val_idx])
-    threshold, _ = choose_precision_threshold(y[val_idx], val_scores, settings.target_precision)
+    if not settings.threshold_folds:
+        chosen_on_scores = scorer.score_features([features[i] for i in val_idx])
+    threshold, _ = choose_precision_threshold(y[chosen_on_idx], chosen_on_scores, settings.target_precision)
     test_scores = scorer.score_features([features[i] for i in test_idx])
     test = frame.iloc[test_idx].copy()
     test["purchase_score"] = test_scores
     test["flag"] = test_scores >= threshold
     metrics = {
-        "val": conversation_metrics(y[val_idx], val_scores, threshold),
+        # with threshold_folds: the out-of-fold scores of training and validation conversations the threshold was chosen on
+        "val": conversation_metrics(y[chosen_on_idx], chosen_on_scores, threshold),
         "test": conversation_metrics(y[test_idx], test_scores, threshold),
         "threshold": threshold,
+        "threshold_chosen_on": f"out_of_fold_{settings.threshold_folds}" if settings.threshold_folds else "validation",
         "sizes": {"train": int(len(train_idx)), "val": int(len(val_idx)), "test": int(len(test_idx))},
     }
     # Baseline for the report: the best single message score, thresholded on the same validation data.
@@ -239,6 +254,20 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
     base_threshold, _ = choose_precision_threshold(y[val_idx], max_val, settings.target_precision)
     metrics["test_max_message_baseline"] = conversation_metrics(y[test_idx], max_test, base_threshold)
     return metrics, test
+
+
+def _out_of_fold_conversation_scores(
+    config: Config, scorer: ConversationScorer, features: list[dict[str, float]], y: np.ndarray, buyers: np.ndarray
+) -> np.ndarray:
+    """Each conversation scored by a model fitted on folds without its buyer (a buyer's chats stay in one fold)."""
+    folds = StratifiedGroupKFold(n_splits=config.conversation_model.threshold_folds, shuffle=True, random_state=config.seed)
+    scores = np.zeros(len(y), dtype=float)
+    for fit_rows, scored_rows in folds.split(np.zeros(len(y)), y, buyers):
+        fold_model = build_conversation_pipeline(config)
+        fold_model.fit([features[i] for i in fit_rows], y[fit_rows])
+        scorer.model = fold_model
+        scores[scored_rows] = scorer.score_features([features[i] for i in scored_rows])
+    return scores
 
 
 def _evaluate_flagging(config: Config, predictor: Predictor, test: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
