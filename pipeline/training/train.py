@@ -218,23 +218,20 @@ def _fit_conversation_model(config: Config, predictor: Predictor, conversations:
     train_idx = np.flatnonzero(frame["split"] == "train")
     val_idx = np.flatnonzero(frame["split"] == "val")
     test_idx = np.flatnonzero(frame["split"] == "test")
+    out_of_fold = None
     if settings.threshold_folds:
         # The threshold from out-of-fold scores over training and validation conversations together: four times the
         # conversations a validation-only choice sees, so it moves less from one retraining to the next.
-        fit_idx = np.concatenate([train_idx, val_idx])
-        chosen_on_idx = fit_idx
-        chosen_on_scores = _out_of_fold_conversation_scores(
-            config, scorer, [features[i] for i in fit_idx], y[fit_idx], frame["buyer_id"].astype(str).to_numpy()[fit_idx]
-        )
+        fit_idx = chosen_on_idx = np.concatenate([train_idx, val_idx])
+        buyers = frame["buyer_id"].astype(str).to_numpy()[fit_idx]
+        out_of_fold = _out_of_fold_conversation_scores(config, scorer, [features[i] for i in fit_idx], y[fit_idx], buyers)
     else:
-        fit_idx = train_idx
-        chosen_on_idx = val_idx
+        fit_idx, chosen_on_idx = train_idx, val_idx
     model = build_conversation_pipeline(config)
     model.fit([features[i] for i in fit_idx], y[fit_idx])
     bundle.conversation = model
     scorer.model = model
-    if not settings.threshold_folds:
-        chosen_on_scores = scorer.score_features([features[i] for i in val_idx])
+    chosen_on_scores = out_of_fold if out_of_fold is not None else scorer.score_features([features[i] for i in val_idx])
     threshold, _ = choose_precision_threshold(y[chosen_on_idx], chosen_on_scores, settings.target_precision)
     test_scores = scorer.score_features([features[i] for i in test_idx])
     test = frame.iloc[test_idx].copy()
