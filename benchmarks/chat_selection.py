@@ -91,7 +91,7 @@ def overlay(changes: dict) -> dict:
     return nested_overrides(changes)
 
 
-INPUTS = ("data/messages.csv", "data/chats/train.csv", "data/chats/calibration.csv", "configs/default.yaml")
+INPUTS = ("data/messages.csv", "data/chats/train.csv", "data/chats/calibration.csv", "data/chats/intent_calibration.csv", "configs/default.yaml")
 
 
 def input_fingerprints(option: Option) -> dict[str, str]:

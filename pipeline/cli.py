@@ -146,7 +146,9 @@ def train(
     if (data or calibration_chats) and not calibration_data:
         # the config's calibration set belongs to the config's training files (the bundled corpus), not to a
         # shop's data, whose labels may differ; and a shop's chats calibrate instead of it
-        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"calibration_data": None})})
+        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"calibration_data": None, "intent_calibration_data": None})})
+    elif calibration_data:  # the bundled intent-only calibration set belongs to the bundled calibration set it joins
+        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"intent_calibration_data": None})})
     try:
         summary = train_and_track(cfg, list(eval_data or []), promote)
     except (DataError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only directory
@@ -160,7 +162,7 @@ def train(
                    f"quarantined in {cfg.paths.quarantine}, {used['excluded_held_out']} left out as validation/test/evaluation texts)")
     if summary.get("calibration"):
         fitted = summary["calibration"]
-        typer.echo(f"intent temperature and fallback threshold fitted on {fitted['rows']} labelled messages of {cfg.paths.calibration_data} "
+        typer.echo(f"intent temperature and fallback threshold fitted on {fitted['rows']} labelled messages of {fitted['source']} "
                    f"({fitted['rejected']} rows quarantined); there: " + ", ".join(f"{k}={v:.4f}" for k, v in fitted["headline"].items()))
     if summary.get("calibration_chats"):
         chats = summary["calibration_chats"]

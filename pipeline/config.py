@@ -31,6 +31,7 @@ class Paths(_Strict):
     extra_data: list[str]  # labelled files merged into training (a shop's labelled queue), weighted
     unlabelled: list[str]  # a shop's unlabelled chat exports: only the TF-IDF IDF is fitted on their buyer messages too
     calibration_data: str | None  # a shop's labelled messages, never trained on: intent temperature and fallback threshold
+    intent_calibration_data: str | None  # more labelled messages, never trained on, for the intent side of the calibration only
     calibration_chats: list[str]  # a shop's unlabelled chat exports: the same two choices without labels (ATC)
     conversations: str | None
     orders: str | None  # orders of the labelled conversations: the nudge list is evaluated on held-out ones
@@ -396,7 +397,7 @@ def _problems(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
-DATA_COMPANIONS: dict[str, Any] = {"extra_data": [], "calibration_data": None}
+DATA_COMPANIONS: dict[str, Any] = {"extra_data": [], "calibration_data": None, "intent_calibration_data": None}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -416,6 +417,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for key, none in DATA_COMPANIONS.items():
             if key not in named:
                 tree["paths"][key] = none
+    # The intent-only calibration set joins the default's calibration set: a config that calibrates otherwise drops it too.
+    if named & {"calibration_data", "calibration_chats"} and "intent_calibration_data" not in named:
+        tree["paths"]["intent_calibration_data"] = None
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

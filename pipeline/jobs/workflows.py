@@ -248,8 +248,13 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
     if config.paths.calibration_data:
         calibration = load_labelled(config.paths.calibration_data, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
         log.info("%s: %d calibration rows, %d quarantined", config.paths.calibration_data, len(calibration.frame), len(calibration.rejected))
+    intent_calibration = None
+    if config.paths.intent_calibration_data:
+        intent_calibration = load_labelled(config.paths.intent_calibration_data, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
+        log.info("%s: %d intent calibration rows, %d quarantined", config.paths.intent_calibration_data, len(intent_calibration.frame),
+                 len(intent_calibration.rejected))
     calibration_chats = load_unlabelled(config.paths.calibration_chats, config)
-    result = train(config, data, conversations, unlabelled, evaluation_texts, calibration, calibration_chats)
+    result = train(config, data, conversations, unlabelled, evaluation_texts, calibration, calibration_chats, intent_calibration)
     predictor = Predictor(result.bundle)
     result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
@@ -268,7 +273,9 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         tracking.log_datasets(
             [(part, Path(path).stem, path, "training") for path, part in _training_files(config, result.messages)]
             + [(eval_set.frame, set_name, path, "evaluation") for set_name, path, eval_set in eval_sets]
-            + ([(calibration.frame, Path(config.paths.calibration_data).stem, config.paths.calibration_data, "calibration")] if calibration is not None else [])
+            + [(part.frame, Path(path).stem, path, "calibration")
+               for part, path in ((calibration, config.paths.calibration_data), (intent_calibration, config.paths.intent_calibration_data))
+               if part is not None]
         )
         promotion = _promotion_set(config, result, eval_sets)
         if promotion is None:

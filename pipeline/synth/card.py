@@ -69,9 +69,10 @@ type) and wrote everything that buyer sends, in order, including the messages ab
 particular, and labelled each message only afterwards, as it reads alone. Every message was labelled
 again blind and disagreements went to a third blind annotator, as above (`pipeline/synth/review.py`).
 Such text is harder: the intent agreement of two annotators is lower than on seeds written for an
-intent, as on real chats. It is used as written (the generator adds nothing), in three uses with
+intent, as on real chats. It is used as written (the generator adds nothing), in four uses with
 writers of their own (`pipeline/synth/chats.py`): `train` is trained on (`paths.extra_data`), `calibration`
-fits the intent model's temperature and hand-over threshold (`paths.calibration_data`), `yardstick` is
+fits the intent model's temperature and hand-over threshold and the purchase threshold (`paths.calibration_data`),
+`intent_calibration` joins it for the first two only (`paths.intent_calibration_data`), `yardstick` is
 only evaluated on (`make demo`). A use leaves out every text already in `data/messages.csv` or an earlier
 use, so nothing is calibrated or measured on a text the model was fitted on. Output: `data/chats/<use>.csv`.
 Writers and briefs: `data/seeds/chats/BRIEFS.md`.

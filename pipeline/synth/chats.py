@@ -6,11 +6,12 @@ Such text is less prototypical than seeds written for an intent, closer to what 
 chats, so it is kept as written (the generator adds nothing) and used three ways:
 
 - `train/`: trained on (`paths.extra_data` of configs/default.yaml);
-- `calibration/`: the intent model's temperature and hand-over threshold (`paths.calibration_data`);
+- `calibration/`: the intent model's temperature and hand-over threshold, and the purchase threshold (`paths.calibration_data`);
+- `intent_calibration/`: more of the first two only (`paths.intent_calibration_data`);
 - `yardstick/`: evaluated on only (`make demo` reports it next to the test split).
 
 `<out>/<use>.csv` holds each use's settled seeds. A use leaves out every text (normalised) that the corpus's
-messages or an earlier use already hold, in the order train, calibration, yardstick: nothing is calibrated
+messages or an earlier use already hold, in the order train, calibration, intent_calibration, yardstick: nothing is calibrated
 or measured on a text the model was fitted on."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from pipeline.synth.review import agreement, kept_rows, read_records, write_export
 from pipeline.text import normalize
 
-USES = ("train", "calibration", "yardstick")
+USES = ("train", "calibration", "intent_calibration", "yardstick")
 
 
 class ChatSheetError(ValueError):

@@ -70,6 +70,10 @@ class TrainResult:
     user_dict_text: str = ""
 
 
+# Marks the calibration rows the purchase threshold may be chosen on (paths.calibration_data, not the intent-only set).
+PURCHASE_THRESHOLD_SET = "_purchase_threshold_set"
+
+
 def labelled_predictions(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with the predictor's outputs added as pred_* columns."""
     predictions = predictor.predict(frame["text"].tolist())
@@ -304,6 +308,7 @@ def train(
     evaluation_texts: list[str] | tuple[str, ...] = (),
     calibration: LabelledData | None = None,
     calibration_chats: UnlabelledData | None = None,
+    intent_calibration: LabelledData | None = None,
 ) -> TrainResult:
     """Fit on the train split, choose thresholds on validation, measure once on test.
 
@@ -313,6 +318,10 @@ def train(
     normalised text is left out of the fit): the intent temperature and the fallback threshold are fitted
     on them instead of the validation writers, so confidence and hand-over follow the shop's real chats
     (benchmarks/CALIBRATION.md). The purchase model stays calibrated on validation.
+    `intent_calibration`: more labelled messages, never trained on, that join `calibration` for the intent
+    temperature, the fallback threshold and the accuracy estimate only: the purchase threshold stays chosen on
+    `calibration` (data/seeds/chats/ROUND25_RULES.md, AM: more calibration text kept the hand-over promise on
+    written chats at large, and moved the purchase threshold away from its own).
     `calibration_chats`: a shop's unlabelled buyer messages: the same two choices without labels
     (`pipeline.training.shift`: the temperature at which the mean confidence there is ATC's estimate of the
     accuracy there, and the fallback threshold at which the accepted messages' mean confidence reaches the
@@ -322,17 +331,22 @@ def train(
     frame = data.frame.copy()
     frame["split"] = split_by_settings(frame, config.split, config.seed)
     shop = None
-    if calibration is not None and calibration_chats is not None:
-        raise ValueError("calibrate on labelled messages (paths.calibration_data) or on unlabelled chats (paths.calibration_chats), "
-                         "not both: the default config calibrates on data/chats/calibration.csv, so a config that sets "
-                         "calibration_chats sets calibration_data: null (the CLI's --calibration-chats does it)")
-    if calibration is not None:
-        shop = calibration.frame[calibration.frame["normalized"] != ""]
-        if shop.empty:
-            raise ValueError(f"{calibration.source}: no labelled message to calibrate on")
-        unknown = sorted(set(shop["intent"]) - set(frame["intent"]))
-        if unknown:
-            raise ValueError(f"{calibration.source}: intents the training data does not have: {unknown}")
+    labelled_sets = [part for part in (calibration, intent_calibration) if part is not None]
+    if labelled_sets and calibration_chats is not None:
+        raise ValueError("calibrate on labelled messages (paths.calibration_data, paths.intent_calibration_data) or on unlabelled "
+                         "chats (paths.calibration_chats), not both: the default config calibrates on data/chats/calibration.csv, so a "
+                         "config that sets calibration_chats sets both to null / [] (the CLI's --calibration-chats does it)")
+    if labelled_sets:
+        parts = []
+        for labelled in labelled_sets:
+            part = labelled.frame[labelled.frame["normalized"] != ""]
+            if part.empty:
+                raise ValueError(f"{labelled.source}: no labelled message to calibrate on")
+            unknown = sorted(set(part["intent"]) - set(frame["intent"]))
+            if unknown:
+                raise ValueError(f"{labelled.source}: intents the training data does not have: {unknown}")
+            parts.append(part.assign(**{PURCHASE_THRESHOLD_SET: labelled is calibration}))
+        shop = pd.concat(parts, ignore_index=True)
         overlap = (frame["split"] == "train") & frame["normalized"].isin(set(shop["normalized"]))
         if overlap.any():
             log.info("%d training rows left out: their text is one of the calibration messages", int(overlap.sum()))
@@ -384,14 +398,14 @@ def train(
         fallback_on["intent"], fallback_on["pred_intent"], fallback_on["confidence"], fallback.target, fallback.value, fallback.oos_label
     )
     if shop is not None:
-        manifest["calibrated_on"] = {"intent": "calibration_data", "fallback": "calibration_data", "purchase": config.purchase_model.calibrate_on}
+        intent_on = "+".join(name for name, part in (("calibration_data", calibration), ("intent_calibration_data", intent_calibration)) if part is not None)
+        manifest["calibrated_on"] = {"intent": intent_on, "fallback": intent_on, "purchase": config.purchase_model.calibrate_on}
     chats_summary = None
     if calibration_chats is not None:
         chats_summary = _calibrate_on_chats(config, intent_pipeline, val_scored, calibration_chats, manifest)
     if purchase_pipeline is not None:
-        manifest["thresholds"]["purchase"], manifest["purchase_threshold_on"] = _purchase_threshold(
-            config, val_scored, fallback_on if shop is not None else None
-        )
+        purchase_on = fallback_on[fallback_on[PURCHASE_THRESHOLD_SET]] if calibration is not None else None
+        manifest["thresholds"]["purchase"], manifest["purchase_threshold_on"] = _purchase_threshold(config, val_scored, purchase_on)
     predictor = Predictor(bundle)
     val_metrics, val_final = score_labelled(predictor, val_part)
     # For a label-free estimate of the accuracy on whatever the model later scores (`pipeline.drift`): ATC's
@@ -417,10 +431,13 @@ def train(
         fingerprints["calibration_chats"] = chats_summary
     if shop is not None:  # counts and a checksum only, as for the other sets
         fingerprints["calibration"] = {
-            "source": str(calibration.source), "rows": int(len(shop)), "rejected": int(len(calibration.rejected)),
+            "source": " + ".join(str(part.source) for part in labelled_sets), "rows": int(len(shop)),
+            "rejected": int(sum(len(part.rejected) for part in labelled_sets)),
             "training_rows_left_out": int((frame["split"] == "calibration_overlap").sum()),
             **fingerprint(shop, ["text", "intent"]),
         }
+        if intent_calibration is not None:
+            fingerprints["calibration"]["intent_only_rows"] = int((~shop[PURCHASE_THRESHOLD_SET]).sum())
     if "_weight" in frame.columns:  # extra labelled files: how many rows each source gave, and their weight
         fingerprints["sources"] = {
             str(source): {"rows": int(len(part)), "weight": float(part["_weight"].iloc[0]),

@@ -106,6 +106,42 @@ def test_the_purchase_threshold_is_chosen_on_calibration_data_only_with_enough_p
     assert validation.bundle.thresholds["purchase"] == plain.bundle.thresholds["purchase"]
 
 
+def test_an_intent_only_calibration_set_joins_the_intent_side_and_leaves_the_purchase_threshold(trained):
+    """ROUND25_RULES.md, AM: more calibration text for the temperature and the hand-over, none for the purchase threshold."""
+    data, shop, _, _ = trained
+    positives = int(shop.frame["purchase_intent"].sum())
+    config = load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives})
+    extra_frame = _shop_frame()
+    extra_frame["text"] = "嗯 就是 " + extra_frame["text"]
+    extra_frame["purchase_intent"] = 1 - extra_frame["purchase_intent"]  # would move a purchase threshold chosen on it
+    extra = _labelled(extra_frame, "intent_calibration.csv")
+    alone = train(config, data, calibration=shop)
+    joined = train(config, data, calibration=shop, intent_calibration=extra)
+    union = pd.concat([shop.frame, extra.frame], ignore_index=True)
+    features = joined.bundle.intent.named_steps["features"]
+    classifier = joined.bundle.intent.named_steps["classifier"]
+    scores = classifier.decision_function(features.transform(union["normalized"].tolist()))
+    assert classifier.temperature_ == pytest.approx(_fit_temperature(scores, np.searchsorted(classifier.classes_, union["intent"].to_numpy())), rel=1e-12)
+    assert classifier.temperature_ != alone.bundle.intent.named_steps["classifier"].temperature_
+    scored = labelled_predictions(Predictor(joined.bundle), union)
+    fallback = config.intent_model.fallback
+    assert joined.bundle.thresholds["fallback"] == choose_fallback_threshold(
+        scored["intent"], scored["pred_intent"], scored["confidence"], fallback.target, fallback.value)
+    # the purchase threshold: chosen on the calibration set alone, as without the intent-only set
+    assert joined.bundle.manifest["purchase_threshold_on"] == alone.bundle.manifest["purchase_threshold_on"]
+    assert joined.bundle.thresholds["purchase"] == alone.bundle.thresholds["purchase"]
+    assert joined.bundle.manifest["calibrated_on"]["intent"] == "calibration_data+intent_calibration_data"
+    assert joined.fingerprints["calibration"]["rows"] == len(union) and joined.fingerprints["calibration"]["intent_only_rows"] == len(extra.frame)
+    # the label-free estimate is anchored on both
+    assert joined.bundle.manifest["accuracy_estimate"]["validation_messages"] == len(union)
+    # alone, it calibrates the intent side and the purchase threshold falls back to validation
+    only = train(config, data, intent_calibration=extra)
+    assert only.bundle.manifest["purchase_threshold_on"]["set"] == "validation"
+    assert only.bundle.manifest["calibrated_on"]["intent"] == "intent_calibration_data"
+    with pytest.raises(ValueError, match="not both"):
+        train(config, data, intent_calibration=extra, calibration_chats=_chats())
+
+
 def test_a_calibration_message_is_never_trained_on():
     config = load_config(overrides=CONFIG)
     data = _labelled(labelled_messages(), "fixture")

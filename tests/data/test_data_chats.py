@@ -34,16 +34,19 @@ def _table(directory: Path, writer: str, rows: list[tuple[str, str, str]]) -> No
 def test_each_use_leaves_out_texts_the_corpus_or_an_earlier_use_holds(tmp_path) -> None:
     _table(tmp_path / "train", "w1", [("好的", "affirm", "affirm"), ("那算了吧", "deny", "deny"), ("这个漏了", "complaint", "other")])
     _table(tmp_path / "calibration", "k1", [("那算了吧", "deny", "deny"), ("拍了能今天发吗", "shipping_time", "shipping_time")])
+    _table(tmp_path / "intent_calibration", "k2", [("在吗 在吗", "greeting", "greeting"), ("好的", "affirm", "affirm"),
+                                                   ("还没发货", "logistics", "logistics")])
     _table(tmp_path / "yardstick", "y1", [("拍了能今天发吗", "shipping_time", "shipping_time"), ("在吗 在吗", "greeting", "greeting"),
-                                          ("有人吗", "greeting", "greeting")])
+                                          ("有人吗", "greeting", "greeting"), ("怎么还没到", "logistics", "logistics")])
     figures = export_chat_sheets(tmp_path, tmp_path / "out", corpus_texts=["好的", "有人吗"])
     read = {use: pd.read_csv(tmp_path / "out" / f"{use}.csv", dtype=str, keep_default_na=False) for use in USES}
     assert read["train"]["text"].tolist() == ["那算了吧"]  # 好的: in the corpus; the complaint waits for a third label
     assert read["calibration"]["text"].tolist() == ["拍了能今天发吗"]  # 那算了吧 is trained on
-    assert read["yardstick"]["text"].tolist() == ["在吗 在吗"]  # one calibrated on, one in the corpus
+    assert read["intent_calibration"]["text"].tolist() == ["在吗 在吗", "还没发货"]  # 好的: in the corpus
+    assert read["yardstick"]["text"].tolist() == ["怎么还没到"]  # calibrated on (twice) or in the corpus
     assert list(read["yardstick"].columns) == EXPORT_COLUMNS
     assert figures["train"]["settled"] == 2 and figures["train"]["left_out_seen"] == 1
-    assert figures["yardstick"]["left_out_seen"] == 2 and figures["yardstick"]["writers"] == ["y1"]
+    assert figures["yardstick"]["left_out_seen"] == 3 and figures["yardstick"]["writers"] == ["y1"]
 
 
 def test_a_writer_in_two_uses_an_unknown_use_or_an_empty_one_is_refused(tmp_path) -> None:
@@ -89,8 +92,9 @@ def test_every_written_chat_was_labelled_blind_and_settled(tables) -> None:
     writers = Counter(r.writer for records in tables.values() for r in records)
     assert min(writers.values()) >= 400  # a writer is a whole sheet
     per_use = {use: {r.writer for r in records} for use, records in tables.items()}
-    assert not (per_use["train"] & per_use["yardstick"]) and not (per_use["train"] & per_use["calibration"])
-    assert not (per_use["calibration"] & per_use["yardstick"])
+    for k, use in enumerate(USES):
+        for other in USES[k + 1:]:
+            assert not (per_use[use] & per_use[other]), (use, other)
 
 
 def test_tables_have_the_documented_columns() -> None:
@@ -108,15 +112,18 @@ def test_the_committed_exports_are_what_the_build_writes(tmp_path) -> None:
 def test_nothing_is_calibrated_or_measured_on_a_trained_text() -> None:
     trained = set(pd.read_csv(ROOT / "data" / "messages.csv", dtype=str, keep_default_na=False)["text"].map(normalize))
     trained |= set(pd.read_csv(OUT / "train.csv", dtype=str, keep_default_na=False)["text"].map(normalize))
-    calibration = pd.read_csv(OUT / "calibration.csv", dtype=str, keep_default_na=False)["text"].map(normalize)
+    first, more = (pd.read_csv(OUT / f"{use}.csv", dtype=str, keep_default_na=False)["text"].map(normalize)
+                   for use in ("calibration", "intent_calibration"))
+    calibration = pd.concat([first, more])
     yardstick = pd.read_csv(OUT / "yardstick.csv", dtype=str, keep_default_na=False)["text"].map(normalize)
     assert not calibration.isin(trained).any() and not yardstick.isin(trained).any()
-    assert not yardstick.isin(set(calibration)).any()
+    assert not yardstick.isin(set(calibration)).any() and not more.isin(set(first)).any()
 
 
 def test_the_default_config_trains_on_and_calibrates_with_them() -> None:
     paths = load_config().paths
     assert paths.extra_data == ["data/chats/train.csv"] and paths.calibration_data == "data/chats/calibration.csv"
+    assert paths.intent_calibration_data == "data/chats/intent_calibration.csv"
     labels = set(pd.read_csv(ROOT / "data" / "messages.csv", dtype=str, keep_default_na=False, usecols=["intent"])["intent"])
     for use in USES:
         exported = pd.read_csv(OUT / f"{use}.csv", dtype=str, keep_default_na=False)

@@ -114,6 +114,17 @@ def test_other_training_data_does_not_inherit_the_bundled_written_chats(tmp_path
     assert load_config(overrides={"seed": 3}).paths.extra_data == default.extra_data
 
 
+def test_the_intent_only_calibration_set_goes_with_the_bundled_calibration_set(tmp_path):
+    default = load_config().paths
+    assert default.intent_calibration_data == "data/chats/intent_calibration.csv"
+    assert load_config(overrides={"paths.data": "shop.csv"}).paths.intent_calibration_data is None
+    for text in ("paths: {calibration_data: mine.csv}\n", "paths: {calibration_data: null}\n", "paths: {calibration_chats: [chats.csv]}\n"):
+        assert _config_file(tmp_path, text).paths.intent_calibration_data is None, text
+    named = _config_file(tmp_path, "paths: {calibration_data: mine.csv, intent_calibration_data: more.csv}\n").paths
+    assert named.intent_calibration_data == "more.csv"
+    assert load_config(overrides={"seed": 3}).paths.intent_calibration_data == default.intent_calibration_data
+
+
 def _config_file(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text, encoding="utf-8")
