@@ -335,7 +335,7 @@ def train(
     if labelled_sets and calibration_chats is not None:
         raise ValueError("calibrate on labelled messages (paths.calibration_data, paths.intent_calibration_data) or on unlabelled "
                          "chats (paths.calibration_chats), not both: the default config calibrates on data/chats/calibration.csv, so a "
-                         "config that sets calibration_chats sets both to null / [] (the CLI's --calibration-chats does it)")
+                         "config that sets calibration_chats sets both to null (the CLI's --calibration-chats does it)")
     if labelled_sets:
         parts = []
         for labelled in labelled_sets:
