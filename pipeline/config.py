@@ -120,8 +120,9 @@ class PurchaseModelSettings(_Strict):
     calibration_folds: int = Field(ge=2)
     calibrate_on: Literal["train_folds", "validation"]
     # where target_precision is met: the validation split (held-out corpus writers), or the labelled calibration set
-    # (text more like real chats) when it holds at least threshold_min_positives purchase positives
-    threshold_on: Literal["validation", "calibration_data"]
+    # (text more like real chats) when it holds at least threshold_min_positives purchase positives; all_calibration_data:
+    # that set and paths.intent_calibration_data together
+    threshold_on: Literal["validation", "calibration_data", "all_calibration_data"]
     threshold_min_positives: int = Field(ge=1)
 
 

@@ -104,12 +104,12 @@ def _purchase_threshold(config: Config, val_scored: pd.DataFrame, calibration_sc
     (text more like real chats than the held-out corpus writers) when configured and it has enough positives."""
     settings = config.purchase_model
     on, scored = "validation", val_scored
-    if settings.threshold_on == "calibration_data" and calibration_scored is not None:
+    if settings.threshold_on in ("calibration_data", "all_calibration_data") and calibration_scored is not None:
         column = calibration_scored.get("purchase_intent")
         labelled = calibration_scored[column.notna()] if column is not None else None
         positives = int(labelled["purchase_intent"].sum()) if labelled is not None else 0
         if positives >= settings.threshold_min_positives:
-            on, scored = "calibration_data", labelled
+            on, scored = settings.threshold_on, labelled
         else:  # a file without purchase labels counts as none
             log.warning("purchase threshold chosen on validation: the calibration data has %d purchase positives, fewer than "
                         "purchase_model.threshold_min_positives (%d)", positives, settings.threshold_min_positives)
@@ -404,7 +404,10 @@ def train(
     if calibration_chats is not None:
         chats_summary = _calibrate_on_chats(config, intent_pipeline, val_scored, calibration_chats, manifest)
     if purchase_pipeline is not None:
-        purchase_on = fallback_on[fallback_on[PURCHASE_THRESHOLD_SET]] if calibration is not None else None
+        if config.purchase_model.threshold_on == "all_calibration_data":
+            purchase_on = fallback_on if shop is not None else None
+        else:
+            purchase_on = fallback_on[fallback_on[PURCHASE_THRESHOLD_SET]] if calibration is not None else None
         manifest["thresholds"]["purchase"], manifest["purchase_threshold_on"] = _purchase_threshold(config, val_scored, purchase_on)
     predictor = Predictor(bundle)
     val_metrics, val_final = score_labelled(predictor, val_part)

@@ -142,6 +142,28 @@ def test_an_intent_only_calibration_set_joins_the_intent_side_and_leaves_the_pur
         train(config, data, intent_calibration=extra, calibration_chats=_chats())
 
 
+def test_the_purchase_threshold_can_be_chosen_on_both_calibration_sets(trained):
+    """ROUND25_RULES.md, AQ (not adopted by the default): `threshold_on: all_calibration_data`."""
+    data, shop, _, _ = trained
+    extra_frame = _shop_frame()
+    extra_frame["text"] = "嗯 就是 " + extra_frame["text"]
+    extra = _labelled(extra_frame, "intent_calibration.csv")
+    positives = int(shop.frame["purchase_intent"].sum()) + int(extra.frame["purchase_intent"].sum())
+    config = load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives,
+                                    "purchase_model.threshold_on": "all_calibration_data"})
+    result = train(config, data, calibration=shop, intent_calibration=extra)
+    union = pd.concat([shop.frame, extra.frame], ignore_index=True)
+    scored = labelled_predictions(Predictor(result.bundle), union)
+    want, _ = choose_precision_threshold(scored["purchase_intent"].to_numpy(), scored["purchase_score"].to_numpy(), 0.9)
+    assert result.bundle.thresholds["purchase"] == want
+    assert result.bundle.manifest["purchase_threshold_on"]["set"] == "all_calibration_data"
+    assert result.bundle.manifest["purchase_threshold_on"]["messages"] == len(union)
+    # the default's choice: the calibration set alone, which holds fewer positives than the minimum here
+    alone = train(load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives}), data,
+                  calibration=shop, intent_calibration=extra)
+    assert alone.bundle.manifest["purchase_threshold_on"]["set"] == "validation"
+
+
 def test_a_calibration_message_is_never_trained_on():
     config = load_config(overrides=CONFIG)
     data = _labelled(labelled_messages(), "fixture")
