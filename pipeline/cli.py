@@ -146,9 +146,7 @@ def train(
     if (data or calibration_chats) and not calibration_data:
         # the config's calibration set belongs to the config's training files (the bundled corpus), not to a
         # shop's data, whose labels may differ; and a shop's chats calibrate instead of it
-        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"calibration_data": None, "intent_calibration_data": None})})
-    elif calibration_data:  # the bundled intent-only calibration set belongs to the bundled calibration set it joins
-        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"intent_calibration_data": None})})
+        cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"calibration_data": None})})
     try:
         summary = train_and_track(cfg, list(eval_data or []), promote)
     except (DataError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only directory

@@ -118,6 +118,8 @@ def test_the_intent_only_calibration_set_goes_with_the_bundled_calibration_set(t
     default = load_config().paths
     assert default.intent_calibration_data == "data/chats/intent_calibration.csv"
     assert load_config(overrides={"paths.data": "shop.csv"}).paths.intent_calibration_data is None
+    for dotted, value in (("paths.calibration_data", "mine.csv"), ("paths.calibration_chats", ["chats.csv"])):  # as train's flags pass them
+        assert load_config(overrides={dotted: value}).paths.intent_calibration_data is None, dotted
     for text in ("paths: {calibration_data: mine.csv}\n", "paths: {calibration_data: null}\n", "paths: {calibration_chats: [chats.csv]}\n"):
         assert _config_file(tmp_path, text).paths.intent_calibration_data is None, text
     named = _config_file(tmp_path, "paths: {calibration_data: mine.csv, intent_calibration_data: more.csv}\n").paths
