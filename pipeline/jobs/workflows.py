@@ -221,6 +221,15 @@ def _version_description(config: Config, result: TrainResult, code: str, run_id:
     return "\n".join(lines)
 
 
+def _calibration_set(config: Config, path: str | None) -> LabelledData | None:
+    """A labelled calibration file (paths.calibration_data, paths.intent_calibration_data), or None when unset."""
+    if not path:
+        return None
+    labelled = load_labelled(path, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
+    log.info("%s: %d calibration rows, %d quarantined", path, len(labelled.frame), len(labelled.rejected))
+    return labelled
+
+
 def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
     """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
     import mlflow  # here, not at import: `predict` and `evaluate` need neither MLflow (~3.5 s to import) nor the tracking code
@@ -244,15 +253,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         for set_name, path in map(eval_set_spec, eval_data or [])
     ]
     evaluation_texts = [text for _, _, eval_set in eval_sets for text in eval_set.frame["text"]] if unlabelled else []
-    calibration = None
-    if config.paths.calibration_data:
-        calibration = load_labelled(config.paths.calibration_data, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
-        log.info("%s: %d calibration rows, %d quarantined", config.paths.calibration_data, len(calibration.frame), len(calibration.rejected))
-    intent_calibration = None
-    if config.paths.intent_calibration_data:
-        intent_calibration = load_labelled(config.paths.intent_calibration_data, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS))
-        log.info("%s: %d intent calibration rows, %d quarantined", config.paths.intent_calibration_data, len(intent_calibration.frame),
-                 len(intent_calibration.rejected))
+    calibration, intent_calibration = (_calibration_set(config, path) for path in (config.paths.calibration_data, config.paths.intent_calibration_data))
     calibration_chats = load_unlabelled(config.paths.calibration_chats, config)
     result = train(config, data, conversations, unlabelled, evaluation_texts, calibration, calibration_chats, intent_calibration)
     predictor = Predictor(result.bundle)
