@@ -124,6 +124,8 @@ class PurchaseModelSettings(_Strict):
     # that set and paths.intent_calibration_data together
     threshold_on: Literal["validation", "calibration_data", "all_calibration_data"]
     threshold_min_positives: int = Field(ge=1)
+    # > 0: the threshold is the median of the thresholds chosen on this many resamples of its set (ROUND26_RULES.md, AS)
+    threshold_bootstrap: int = Field(ge=0)
 
 
 class ConversationModelSettings(_Strict):

@@ -22,6 +22,7 @@ from pipeline.config import Config
 from pipeline.conversation import ConversationScorer, Turn
 from pipeline.data.labelled import LabelledData, assign_splits, fingerprint, split_by_settings
 from pipeline.training.evaluate import (
+    bagged_precision_threshold,
     choose_fallback_threshold,
     choose_precision_threshold,
     headline_metrics,
@@ -114,7 +115,12 @@ def _purchase_threshold(config: Config, val_scored: pd.DataFrame, calibration_sc
             log.warning("purchase threshold chosen on validation: the calibration data has %d purchase positives, fewer than "
                         "purchase_model.threshold_min_positives (%d)", positives, settings.threshold_min_positives)
     labels = scored["purchase_intent"].to_numpy()
-    threshold, reached = choose_precision_threshold(labels, scored["purchase_score"].to_numpy(), settings.target_precision)
+    if settings.threshold_bootstrap:
+        groups = scored["writer"].to_numpy() if "writer" in scored.columns else None
+        threshold, reached = bagged_precision_threshold(labels, scored["purchase_score"].to_numpy(), settings.target_precision,
+                                                        settings.threshold_bootstrap, config.seed, groups)
+    else:
+        threshold, reached = choose_precision_threshold(labels, scored["purchase_score"].to_numpy(), settings.target_precision)
     record = {"set": on, "messages": len(scored), "positives": int(labels.sum()),
               **{k: None if np.isnan(v) else round(v, 4) for k, v in reached.items()}}
     return threshold, record

@@ -19,7 +19,7 @@ from pipeline.config import load_config
 from pipeline.data.labelled import LabelledData, validate_labelled
 from pipeline.estimators import _fit_temperature
 from pipeline.inference import Predictor
-from pipeline.training.evaluate import choose_fallback_threshold, choose_precision_threshold
+from pipeline.training.evaluate import bagged_precision_threshold, choose_fallback_threshold, choose_precision_threshold
 from pipeline.text import normalize
 from pipeline.drift import atc_accuracy, atc_threshold, manifest_record
 from pipeline.training.shift import fallback_for_expected_accuracy, mean_confidence
@@ -162,6 +162,24 @@ def test_the_purchase_threshold_can_be_chosen_on_both_calibration_sets(trained):
     alone = train(load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives}), data,
                   calibration=shop, intent_calibration=extra)
     assert alone.bundle.manifest["purchase_threshold_on"]["set"] == "validation"
+
+
+def test_the_purchase_threshold_can_be_the_median_over_resamples_of_its_set(trained):
+    """ROUND26_RULES.md, AS: `threshold_bootstrap: N` bags the choice on the same set for the same target."""
+    data, shop, _, _ = trained
+    positives = int(shop.frame["purchase_intent"].sum())
+    overrides = {**CONFIG, "purchase_model.threshold_min_positives": positives}
+    single = train(load_config(overrides=overrides), data, calibration=shop)
+    config = load_config(overrides={**overrides, "purchase_model.threshold_bootstrap": 50})
+    bagged = train(config, data, calibration=shop)
+    scored = labelled_predictions(Predictor(bagged.bundle), shop.frame)
+    want, reached = bagged_precision_threshold(scored["purchase_intent"].to_numpy(), scored["purchase_score"].to_numpy(),
+                                               0.9, 50, config.seed)
+    assert bagged.bundle.thresholds["purchase"] == want
+    record = bagged.bundle.manifest["purchase_threshold_on"]
+    assert record["set"] == "calibration_data" and record["bootstrap_sd"] == round(reached["bootstrap_sd"], 4) > 0
+    # the classifiers are untouched: only the threshold moved
+    assert single.bundle.purchase.named_steps["classifier"].platt_ == bagged.bundle.purchase.named_steps["classifier"].platt_
 
 
 def test_a_calibration_message_is_never_trained_on():

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.training.evaluate import (
     ThresholdWarning,
+    bagged_precision_threshold,
     choose_fallback_threshold,
     choose_precision_threshold,
     expected_calibration_error,
@@ -34,6 +35,39 @@ def test_precision_threshold_without_positives_stays_at_half() -> None:
     with pytest.warns(ThresholdWarning, match="no positive"):
         threshold, _ = choose_precision_threshold(np.zeros(5, dtype=int), np.linspace(0, 1, 5), 0.9)
     assert threshold == 0.5
+
+
+def _jagged_calibration_set(rng: np.random.Generator, n: int = 1600) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A few hundred positives among overlapping scores, four writers: the precision curve crosses 0.9 more than once."""
+    y = (rng.random(n) < 0.13).astype(int)
+    scores = np.clip(np.where(y == 1, rng.normal(0.62, 0.2, n), rng.normal(0.25, 0.15, n)), 0, 1)
+    return y, scores, np.repeat(["k01", "k02", "k03", "k04"], n // 4)
+
+
+def test_bagged_precision_threshold_is_steadier_than_the_single_choice_and_keeps_the_target() -> None:
+    """ROUND26_RULES.md, AS: over resamples of one set the bagged choice moves less than the lowest threshold reaching
+    the target, and on the whole set it still holds the target within sampling noise."""
+    rng = np.random.default_rng(3)
+    y, scores, writers = _jagged_calibration_set(rng)
+    single, bagged = [], []
+    for _ in range(30):
+        rows = rng.integers(0, len(y), len(y))
+        single.append(choose_precision_threshold(y[rows], scores[rows], 0.9)[0])
+        bagged.append(bagged_precision_threshold(y[rows], scores[rows], 0.9, 50, 13, writers[rows])[0])
+    assert np.std(bagged) < np.std(single)
+    threshold, at = bagged_precision_threshold(y, scores, 0.9, 100, 13, writers)
+    assert at["precision"] == pytest.approx((y[scores >= threshold] == 1).mean())
+    assert at["precision"] > 0.85 and at["bootstrap_sd"] > 0
+    assert bagged_precision_threshold(y, scores, 0.9, 100, 13, writers) == (threshold, at)  # seeded: the same choice
+
+
+def test_bagged_precision_threshold_without_draws_is_the_single_choice_and_warns_once_when_out_of_reach() -> None:
+    rng = np.random.default_rng(5)
+    y, scores, writers = _jagged_calibration_set(rng, 400)
+    assert bagged_precision_threshold(y, scores, 0.9, 0, 13, writers) == choose_precision_threshold(y, scores, 0.9)
+    with pytest.warns(ThresholdWarning, match="20 of 20 resamples never reach") as caught:
+        threshold, _ = bagged_precision_threshold(y, scores, 1.01, 20, 13, writers)
+    assert len(caught) == 1 and threshold <= scores.max()
 
 
 def test_fallback_threshold_reaches_accepted_accuracy_with_fewest_handovers() -> None:
