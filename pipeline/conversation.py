@@ -95,6 +95,10 @@ class ConversationScorer:
         manifest = predictor.bundle.manifest
         self.model = predictor.bundle.conversation
         self.threshold = float(predictor.bundle.thresholds.get("conversation", predictor.purchase_threshold))
+        cut = manifest.get("conversation_count_cut")
+        # the score a buyer message needs to count in the feature n_flagged: a fixed cut when the model was trained
+        # with one, else the message purchase threshold
+        self.count_cut = float(cut) if cut is not None else predictor.purchase_threshold
         self.pre_sales_intents = tuple(pre_sales_intents or manifest.get("pre_sales_intents", DEFAULT_PRE_SALES))
         self.concern_intents = tuple(concern_intents or manifest.get("concern_intents", DEFAULT_CONCERNS))
 

@@ -61,7 +61,7 @@ class _PredictionsView:
 
 
 def _features(roles: list[str], flat: Mapping[str, np.ndarray], start: int, end: int, scorer: ConversationScorer):
-    args = (scorer.predictor.purchase_threshold, scorer.pre_sales_intents, scorer.concern_intents)
+    args = (scorer.count_cut, scorer.pre_sales_intents, scorer.concern_intents)
     return conversation_features(roles, _PredictionsView(flat, start, end), *args)
 
 

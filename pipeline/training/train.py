@@ -392,6 +392,8 @@ def train(
         "pre_sales_intents": config.conversation_model.pre_sales_intents,
         "concern_intents": config.conversation_model.concern_intents,
     }
+    if config.conversation_model.count_cut is not None:  # read by ConversationScorer: the cut is part of the model
+        manifest["conversation_count_cut"] = config.conversation_model.count_cut
     bundle = ModelBundle(intent_pipeline, purchase_pipeline, None, manifest)
     predictor = Predictor(bundle)
 
