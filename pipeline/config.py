@@ -141,8 +141,8 @@ class ConversationModelSettings(_Strict):
     # 0: the threshold at target_precision on the validation conversations, the model fitted on the training ones;
     # k: on out-of-fold scores of k buyer-grouped folds over both, the model then fitted on both
     threshold_folds: int = Field(ge=0)
-    # null: the feature n_flagged counts buyer messages at or over the message purchase threshold; a number: over this
-    # fixed cut of the calibrated purchase score, so the list does not move when that threshold does (ROUND26_RULES AW)
+    # null: the feature n_flagged counts buyer messages at or over the message purchase threshold; a number: at or over
+    # this fixed cut of the calibrated purchase score, so the list does not move when that threshold does (ROUND26_RULES AW)
     count_cut: float | None = Field(gt=0, lt=1)
 
     @field_validator("threshold_folds")
