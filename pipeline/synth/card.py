@@ -81,6 +81,21 @@ Writers and briefs: `data/seeds/chats/BRIEFS.md`.
 """
 
 
+def _realism_by_kind(realism: dict) -> str:
+    """Each corpus stage next to real messages measured the same way: the pool is JD after-sales only, so real
+    messages of another platform and stage read far from it too, and only a like-for-like pair shows the corpus's
+    own distance."""
+    by_stage, real = realism.get("by_stage") or {}, realism.get("real_by_source") or {}
+    if not by_stage:
+        return ""
+    text = "\nBy stage: " + ", ".join(f"{stage} {auc:.3f}" for stage, auc in sorted(by_stage.items())) + "."
+    if real:
+        text += (" Real buyer messages measured the same way (`../shared/realchat-dev`, by source): "
+                 + ", ".join(f"{source} {auc:.3f}" for source, auc in sorted(real.items()))
+                 + ". The pool is JD after-sales only, so compare a stage with the real source of the same kind.")
+    return text
+
+
 def _realism_section(realism: dict | None) -> str:
     if not realism:
         return ""
@@ -90,7 +105,7 @@ def _realism_section(realism: dict | None) -> str:
 Measured by `../shared/tools/realism.py` at build time (a character n-gram classifier telling these
 messages from 3,037 real JD buyer messages, cross-validated on {realism['n']:,} of each; 0.5 means it
 cannot tell them apart): **AUC {realism['auc']:.3f}**; messages sharing a 10-character run with a real
-chat: **{realism['copies']}**. Per intent: {per_intent}.
+chat: **{realism['copies']}**. Per intent: {per_intent}.{_realism_by_kind(realism)}
 Still giving the corpus away: {' '.join(f'`{g}`' for g in realism['corpus_ngrams'] if g.strip())}; real n-grams
 the corpus is short of: {' '.join(f'`{g}`' for g in realism['real_ngrams'] if g.strip())}.
 """
