@@ -28,6 +28,8 @@ from tests.batch.builders import labelled_messages
 
 runner = CliRunner()
 CONFIG = {"paths.data": "unused.csv", "paths.conversations": None, "paths.orders": None}
+# k01-k04 alone, the default before round 27 (ROUND27_RULES.md, BE): what the tests of that choice pin
+K_ONLY = {**CONFIG, "purchase_model.threshold_on": "calibration_data"}
 
 
 def _labelled(frame: pd.DataFrame, source: str) -> LabelledData:
@@ -92,7 +94,7 @@ def test_the_purchase_threshold_is_chosen_on_calibration_data_only_with_enough_p
     positives = int(shop.frame["purchase_intent"].sum())
     assert positives < load_config(overrides=CONFIG).purchase_model.threshold_min_positives
     assert calibrated.bundle.manifest["purchase_threshold_on"]["set"] == "validation"
-    result = train(load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives}), data, calibration=shop)
+    result = train(load_config(overrides={**K_ONLY, "purchase_model.threshold_min_positives": positives}), data, calibration=shop)
     scored = labelled_predictions(Predictor(result.bundle), shop.frame)
     want, reached = choose_precision_threshold(scored["purchase_intent"].to_numpy(), scored["purchase_score"].to_numpy(), 0.9)
     assert result.bundle.thresholds["purchase"] == want != plain.bundle.thresholds["purchase"]
@@ -110,7 +112,7 @@ def test_an_intent_only_calibration_set_joins_the_intent_side_and_leaves_the_pur
     """ROUND25_RULES.md, AM: more calibration text for the temperature and the hand-over, none for the purchase threshold."""
     data, shop, _, _ = trained
     positives = int(shop.frame["purchase_intent"].sum())
-    config = load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives})
+    config = load_config(overrides={**K_ONLY, "purchase_model.threshold_min_positives": positives})
     extra_frame = _shop_frame()
     extra_frame["text"] = "嗯 就是 " + extra_frame["text"]
     extra_frame["purchase_intent"] = 1 - extra_frame["purchase_intent"]  # would move a purchase threshold chosen on it
@@ -143,14 +145,14 @@ def test_an_intent_only_calibration_set_joins_the_intent_side_and_leaves_the_pur
 
 
 def test_the_purchase_threshold_can_be_chosen_on_both_calibration_sets(trained):
-    """ROUND25_RULES.md, AQ (not adopted by the default): `threshold_on: all_calibration_data`."""
+    """ROUND25_RULES.md, AQ; the default since round 27 (ROUND27_RULES.md, BE): `threshold_on: all_calibration_data`."""
     data, shop, _, _ = trained
     extra_frame = _shop_frame()
     extra_frame["text"] = "嗯 就是 " + extra_frame["text"]
     extra = _labelled(extra_frame, "intent_calibration.csv")
     positives = int(shop.frame["purchase_intent"].sum()) + int(extra.frame["purchase_intent"].sum())
-    config = load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives,
-                                    "purchase_model.threshold_on": "all_calibration_data"})
+    config = load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives})
+    assert config.purchase_model.threshold_on == "all_calibration_data"  # the shipped default
     result = train(config, data, calibration=shop, intent_calibration=extra)
     union = pd.concat([shop.frame, extra.frame], ignore_index=True)
     scored = labelled_predictions(Predictor(result.bundle), union)
@@ -158,8 +160,8 @@ def test_the_purchase_threshold_can_be_chosen_on_both_calibration_sets(trained):
     assert result.bundle.thresholds["purchase"] == want
     assert result.bundle.manifest["purchase_threshold_on"]["set"] == "all_calibration_data"
     assert result.bundle.manifest["purchase_threshold_on"]["messages"] == len(union)
-    # the default's choice: the calibration set alone, which holds fewer positives than the minimum here
-    alone = train(load_config(overrides={**CONFIG, "purchase_model.threshold_min_positives": positives}), data,
+    # k01-k04's choice: the calibration set alone, which holds fewer positives than the minimum here
+    alone = train(load_config(overrides={**K_ONLY, "purchase_model.threshold_min_positives": positives}), data,
                   calibration=shop, intent_calibration=extra)
     assert alone.bundle.manifest["purchase_threshold_on"]["set"] == "validation"
 
@@ -168,7 +170,7 @@ def test_the_purchase_threshold_can_be_the_median_over_resamples_of_its_set(trai
     """ROUND26_RULES.md, AS: `threshold_bootstrap: N` bags the choice on the same set for the same target."""
     data, shop, _, _ = trained
     positives = int(shop.frame["purchase_intent"].sum())
-    overrides = {**CONFIG, "purchase_model.threshold_min_positives": positives}
+    overrides = {**K_ONLY, "purchase_model.threshold_min_positives": positives}
     single = train(load_config(overrides=overrides), data, calibration=shop)
     config = load_config(overrides={**overrides, "purchase_model.threshold_bootstrap": 50})
     bagged = train(config, data, calibration=shop)
