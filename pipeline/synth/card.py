@@ -72,7 +72,8 @@ Such text is harder: the intent agreement of two annotators is lower than on see
 intent, as on real chats. It is used as written (the generator adds nothing), in four uses with
 writers of their own (`pipeline/synth/chats.py`): `train` is trained on (`paths.extra_data`), `calibration`
 fits the intent model's temperature and hand-over threshold and the purchase threshold (`paths.calibration_data`),
-`intent_calibration` joins it for the first two only (`paths.intent_calibration_data`), `yardstick` is
+`intent_calibration` joins it for the first two, and for the purchase threshold too under
+`purchase_model.threshold_on: all_calibration_data` (the default since round 27) (`paths.intent_calibration_data`), `yardstick` is
 only evaluated on (`make demo`). A use leaves out every text already in `data/messages.csv` or an earlier
 use, so nothing is calibrated or measured on a text the model was fitted on. Output: `data/chats/<use>.csv`.
 Writers and briefs: `data/seeds/chats/BRIEFS.md`.

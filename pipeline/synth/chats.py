@@ -7,7 +7,8 @@ chats, so it is kept as written (the generator adds nothing) and used three ways
 
 - `train/`: trained on (`paths.extra_data` of configs/default.yaml);
 - `calibration/`: the intent model's temperature and hand-over threshold, and the purchase threshold (`paths.calibration_data`);
-- `intent_calibration/`: more of the first two only (`paths.intent_calibration_data`);
+- `intent_calibration/`: more of the first two, and of the purchase threshold under `purchase_model.threshold_on:
+  all_calibration_data` (the default since round 27) (`paths.intent_calibration_data`);
 - `yardstick/`: evaluated on only (`make demo` reports it next to the test split).
 
 `<out>/<use>.csv` holds each use's settled seeds. A use leaves out every text (normalised) that the corpus's
