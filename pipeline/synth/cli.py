@@ -121,26 +121,24 @@ def realism_figures(config: CorpusConfig, messages: pd.DataFrame, log) -> dict |
     spec.loader.exec_module(realism)
     real = pd.read_csv(realism.POOL, dtype=str, keep_default_na=False)["text"]
     auc, n, corpus_side, real_side = realism.realism_auc(messages["text"], real, top=12)
-    per_intent = {}
-    for intent, texts in messages.groupby("intent")["text"]:
-        if len(texts) >= 100:
-            per_intent[intent] = round(realism.realism_auc(texts, real, top=0)[0], 3)
+
+    def auc_by(frame: pd.DataFrame, column: str) -> dict[str, float]:
+        """The AUC of each group of at least 100 messages (none when the column is missing)."""
+        if column not in frame.columns:
+            return {}
+        return {str(key): round(realism.realism_auc(texts, real, top=0)[0], 3)
+                for key, texts in frame.groupby(column)["text"] if len(texts) >= 100}
+
+    per_intent = auc_by(messages, "intent")
     # The pool is one platform and one stage (JD after-sales): a corpus stage is comparable only with real messages
     # of the same kind, so each stage is measured alone and real messages of each source are measured the same way.
-    by_stage = {}
-    if "stage" in messages.columns:
-        for stage, texts in messages.groupby("stage")["text"]:
-            if len(texts) >= 100:
-                by_stage[str(stage)] = round(realism.realism_auc(texts.reset_index(drop=True), real, top=0)[0], 3)
+    by_stage = auc_by(messages, "stage")
     references = real.tolist()
     real_by_source = {}
     if realism.DEV.is_file():
         dev = pd.read_csv(realism.DEV, dtype=str, keep_default_na=False)
         references += dev["text"].tolist()
-        if "source" in dev.columns:
-            for source, texts in dev.groupby("source")["text"]:
-                if len(texts) >= 100:
-                    real_by_source[str(source)] = round(realism.realism_auc(texts.reset_index(drop=True), real, top=0)[0], 3)
+        real_by_source = auc_by(dev, "source")
     copies = len(realism.copies(messages["text"], references))
     log(f"realism AUC {auc:.3f}, copied messages {copies}")
     return {"auc": round(auc, 3), "n": n, "per_intent": per_intent, "by_stage": by_stage, "real_by_source": real_by_source,
