@@ -85,16 +85,23 @@ Writers and briefs: `data/seeds/chats/BRIEFS.md`.
 def _realism_by_kind(realism: dict) -> str:
     """Each corpus stage next to real messages measured the same way: the pool is JD after-sales only, so real
     messages of another platform and stage read far from it too, and only a like-for-like pair shows the corpus's
-    own distance."""
+    own distance. The AUC grows with the number of messages measured, so a real source is set beside the corpus's
+    stages drawn at that source's size."""
     by_stage, real = realism.get("by_stage") or {}, realism.get("real_by_source") or {}
     if not by_stage:
         return ""
     text = "\nBy stage: " + ", ".join(f"{stage} {auc:.3f}" for stage, auc in sorted(by_stage.items())) + "."
-    if real:
-        text += (" Real buyer messages measured the same way (`../shared/realchat-dev`, by source): "
-                 + ", ".join(f"{source} {auc:.3f}" for source, auc in sorted(real.items()))
-                 + ". The pool is JD after-sales only, so compare a stage with the real source of the same kind.")
-    return text
+    if not real:
+        return text
+    at_size = realism.get("stage_at_real_size") or {}
+    pairs = []
+    for source, figure in sorted(real.items()):
+        stages = ", ".join(f"{stage} {auc:.3f}" for stage, auc in sorted(at_size.get(source, {}).items()))
+        pairs.append(f"{source} {figure['auc']:.3f} ({figure['n']:,} messages; the corpus at that size: {stages or 'n/a'})")
+    return text + (" The AUC grows with the number of messages measured, so real buyer messages (`../shared/realchat-dev`,"
+                   " by source) are measured at their own size, the mean of draws, beside the corpus's stages drawn at"
+                   " the same size: " + "; ".join(pairs)
+                   + ". The pool is JD after-sales only, so compare a stage with the real source of the same kind.")
 
 
 def _realism_section(realism: dict | None) -> str:

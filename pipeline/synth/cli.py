@@ -108,6 +108,9 @@ def review_figures(seed_dir: Path, seeds: list) -> dict:
     return {"writers": writers, "agreement": agreement(records) if records else None}
 
 
+REALISM_DRAWS = 3  # draws of a small set and of the corpus at its size (the figure of one draw moves by +-0.05)
+
+
 def realism_figures(config: CorpusConfig, messages: pd.DataFrame, log) -> dict | None:
     """How far the messages read from real ones, with ../shared/tools/realism.py when it is beside the
     project (local and CI machines only: the real chats never enter the project)."""
@@ -129,20 +132,36 @@ def realism_figures(config: CorpusConfig, messages: pd.DataFrame, log) -> dict |
         return {str(key): round(realism.realism_auc(texts, real, top=0)[0], 3)
                 for key, texts in frame.groupby(column)["text"] if len(texts) >= 100}
 
+    def mean_auc_at(texts: pd.Series, size: int) -> float:
+        """The mean AUC of draws of `size` messages: the AUC grows with the sample the classifier learns from, so
+        only figures at the same size compare, and a small set's figure moves with the draw."""
+        draws = [realism.realism_auc(texts.sample(size, random_state=seed), real, seed=seed, top=0)[0]
+                 for seed in range(REALISM_DRAWS)]
+        return round(sum(draws) / len(draws), 3)
+
     per_intent = auc_by(messages, "intent")
     # The pool is one platform and one stage (JD after-sales): a corpus stage is comparable only with real messages
-    # of the same kind, so each stage is measured alone and real messages of each source are measured the same way.
+    # of the same kind, so each stage is measured alone and real messages of each source are measured the same way,
+    # at their own size, beside the corpus's stages drawn at that size.
     by_stage = auc_by(messages, "stage")
     references = real.tolist()
-    real_by_source = {}
+    real_by_source, stage_at_real_size = {}, {}
     if realism.DEV.is_file():
         dev = pd.read_csv(realism.DEV, dtype=str, keep_default_na=False)
         references += dev["text"].tolist()
-        real_by_source = auc_by(dev, "source")
+        if "source" in dev.columns:
+            for source, texts in dev.groupby("source")["text"]:
+                size = min(len(texts), len(real))
+                if size < 100:
+                    continue
+                real_by_source[str(source)] = {"n": size, "auc": mean_auc_at(texts, size)}
+                if "stage" in messages.columns:
+                    stage_at_real_size[str(source)] = {str(stage): mean_auc_at(group, size)
+                                                       for stage, group in messages.groupby("stage")["text"] if len(group) >= size}
     copies = len(realism.copies(messages["text"], references))
     log(f"realism AUC {auc:.3f}, copied messages {copies}")
     return {"auc": round(auc, 3), "n": n, "per_intent": per_intent, "by_stage": by_stage, "real_by_source": real_by_source,
-            "copies": copies, "corpus_ngrams": corpus_side, "real_ngrams": real_side}
+            "stage_at_real_size": stage_at_real_size, "copies": copies, "corpus_ngrams": corpus_side, "real_ngrams": real_side}
 
 
 @data_app.command("build")

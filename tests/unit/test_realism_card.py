@@ -1,4 +1,5 @@
-"""The data card's realism figures: each corpus stage, and real messages of each source measured the same way."""
+"""The data card's realism figures: each corpus stage, and real messages of each source measured the same way, beside
+the corpus's stages drawn at that source's size (the AUC grows with the sample)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pipeline.synth.config import load_corpus_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A stand-in for ../shared/tools/realism.py: the "AUC" of a set is its share of texts containing 售后, so each
-# figure says which texts it was computed on.
+# A stand-in for ../shared/tools/realism.py: the "AUC" of a set is its share of texts containing 售后 plus a
+# thousandth per message measured, so each figure says which texts, and how many, it was computed on.
 FAKE_TOOL = textwrap.dedent(
     """
     from pathlib import Path
@@ -24,7 +25,7 @@ FAKE_TOOL = textwrap.dedent(
 
     def realism_auc(corpus, real, seed=0, top=25):
         corpus = list(corpus)
-        return sum("售后" in t for t in corpus) / len(corpus), min(len(corpus), len(real)), ["x"], ["y"]
+        return sum("售后" in t for t in corpus) / len(corpus) + len(corpus) / 1000, min(len(corpus), len(real)), ["x"], ["y"]
 
     def copies(corpus, references):
         return [(t, t) for t in corpus if t in set(references)]
@@ -57,9 +58,13 @@ def _messages() -> pd.DataFrame:
 
 def test_each_stage_and_each_real_source_is_measured_alone(tmp_path: Path) -> None:
     figures = realism_figures(_project(tmp_path), _messages(), log=lambda line: None)
-    assert figures["by_stage"] == {"after_sales": 1.0, "pre_sales": 0.0}  # "rare" has under 100 messages
-    assert figures["real_by_source"] == {"jd": 1.0, "taobao": 0.0}  # "tiny" has under 100 messages
-    assert figures["auc"] == round(150 / 350, 3)
+    assert figures["by_stage"] == {"after_sales": 1.15, "pre_sales": 0.15}  # "rare" has under 100 messages
+    # each real source at its own size; "tiny" has under 100 messages
+    assert figures["real_by_source"] == {"jd": {"n": 120, "auc": 1.12}, "taobao": {"n": 100, "auc": 0.1}}
+    # the corpus's stages drawn at each source's size, not at their own
+    assert figures["stage_at_real_size"] == {"jd": {"after_sales": 1.12, "pre_sales": 0.12},
+                                             "taobao": {"after_sales": 1.1, "pre_sales": 0.1}}
+    assert figures["auc"] == round(150 / 350 + 350 / 1000, 3)
 
 
 def test_a_dev_set_without_sources_gives_no_reference(tmp_path: Path) -> None:
@@ -67,12 +72,16 @@ def test_a_dev_set_without_sources_gives_no_reference(tmp_path: Path) -> None:
     assert figures["real_by_source"] == {} and figures["by_stage"]
 
 
-def test_the_card_sets_each_stage_beside_the_real_sources() -> None:
+def test_the_card_sets_each_real_source_beside_the_corpus_at_its_size() -> None:
     realism = {"auc": 0.888, "n": 3037, "copies": 0, "per_intent": {"affirm": 0.98}, "corpus_ngrams": ["拍"], "real_ngrams": ["好"],
-               "by_stage": {"pre_sales": 0.919, "after_sales": 0.887}, "real_by_source": {"jd_after_sales": 0.578, "taobao_pre_sales": 0.938}}
+               "by_stage": {"pre_sales": 0.919, "after_sales": 0.887},
+               "real_by_source": {"jd_after_sales": {"n": 420, "auc": 0.518}, "taobao_pre_sales": {"n": 180, "auc": 0.938}},
+               "stage_at_real_size": {"jd_after_sales": {"after_sales": 0.798, "pre_sales": 0.858},
+                                      "taobao_pre_sales": {"after_sales": 0.754, "pre_sales": 0.823}}}
     section = _realism_section(realism)
     assert "By stage: after_sales 0.887, pre_sales 0.919." in section
-    assert "jd_after_sales 0.578, taobao_pre_sales 0.938" in section
-    # figures of an older build (no stages) still render, without the comparison
-    older = {k: v for k, v in realism.items() if k not in ("by_stage", "real_by_source")}
+    assert "jd_after_sales 0.518 (420 messages; the corpus at that size: after_sales 0.798, pre_sales 0.858)" in section
+    assert "taobao_pre_sales 0.938 (180 messages; the corpus at that size: after_sales 0.754, pre_sales 0.823)" in section
+    # figures without stages still render, without the comparison
+    older = {k: v for k, v in realism.items() if k not in ("by_stage", "real_by_source", "stage_at_real_size")}
     assert "By stage" not in _realism_section(older) and "AUC 0.888" in _realism_section(older)
