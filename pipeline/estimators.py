@@ -23,11 +23,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from pipeline.text import MAX_CHARS, normalize
+from pipeline.folds import FastStratifiedGroupKFold
 
 _JIEBA_CACHE: dict[tuple[str, str], object] = {}
 _JIEBA_LOCK = threading.Lock()
@@ -452,7 +453,7 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         y_index = np.searchsorted(self.classes_, y)
         binary = len(self.classes_) == 2
         if groups is not None:
-            splitter = StratifiedGroupKFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
+            splitter = FastStratifiedGroupKFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
             folds = splitter.split(X, y_index, groups)
         else:
             splitter = StratifiedKFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)

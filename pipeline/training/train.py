@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
 from pipeline.bundle import ModelBundle
 from pipeline.config import Config
 from pipeline.conversation import ConversationScorer, Turn
 from pipeline.data.labelled import LabelledData, assign_splits, fingerprint, split_by_settings
+from pipeline.folds import FastStratifiedGroupKFold
 from pipeline.training.evaluate import (
     bagged_precision_threshold,
     choose_fallback_threshold,
@@ -267,7 +267,7 @@ def _out_of_fold_conversation_scores(
     config: Config, scorer: ConversationScorer, features: list[dict[str, float]], y: np.ndarray, buyers: np.ndarray
 ) -> np.ndarray:
     """Each conversation scored by a model fitted on folds without its buyer (a buyer's chats stay in one fold)."""
-    folds = StratifiedGroupKFold(n_splits=config.conversation_model.threshold_folds, shuffle=True, random_state=config.seed)
+    folds = FastStratifiedGroupKFold(n_splits=config.conversation_model.threshold_folds, shuffle=True, random_state=config.seed)
     scores = np.zeros(len(y), dtype=float)
     for fit_rows, scored_rows in folds.split(np.zeros(len(y)), y, buyers):
         fold_model = build_conversation_pipeline(config)

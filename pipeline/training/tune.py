@@ -38,10 +38,11 @@ import yaml
 from scipy.stats import loguniform, uniform
 from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import ParameterGrid, ParameterSampler, StratifiedGroupKFold
+from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from pipeline.config import Config, ConfigError
 from pipeline.data.labelled import LabelledData, fingerprint, merged_groups, split_by_settings
+from pipeline.folds import FastStratifiedGroupKFold
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def cv_folds(frame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]
     n_groups = len(np.unique(groups))
     if n_groups < folds:
         raise TuneError(f"{folds} folds need at least {folds} groups in the training split; it has {n_groups}")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splitter = FastStratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(np.asarray(a), np.asarray(b)) for a, b in splitter.split(np.zeros(len(frame)), frame["intent"].to_numpy(), groups)]
 
 
