@@ -29,6 +29,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +136,32 @@ def verdict(summary: dict) -> dict[str, bool]:
     }
 
 
-def measure_seed(seed: int, bundle_a: str, bundle_b: str, draws: int) -> dict:
-    """AZ's quantities for one trained pair, read from this checkout's data and config."""
+@dataclass(frozen=True)
+class Inputs:
+    """What every training draw is measured on, read once from this checkout's data and config."""
+
+    yardstick: pd.DataFrame
+    held_out: pd.DataFrame
+    conversations: pd.DataFrame
+    policy: NudgePolicy
+    orders: object
+
+
+def load_inputs() -> Inputs:
     base = load_config()
     yard = pd.read_csv(REPO / "data/chats/yardstick.csv", dtype={"text": str}, keep_default_na=False)
+    messages = pd.read_csv(REPO / base.paths.data, dtype={"text": str}, keep_default_na=False)
+    held = messages[messages[base.split.holdout_column].isin(base.split.val_holdout)]
+    frame, _ = load_labelled_conversations(REPO / base.paths.conversations, None)
+    policy = NudgePolicy.from_settings(load_flag_settings(base.flag))
+    orders, _ = load_orders_index(REPO / base.paths.orders, policy, base.columns.names())
+    return Inputs(yard, held, frame.reset_index(drop=True), policy, orders)
+
+
+def measure_seed(seed: int, bundle_a: str, bundle_b: str, draws: int, inputs: Inputs) -> dict:
+    """AZ's quantities for one trained pair."""
+    yard, held, frame, policy, orders = (inputs.yardstick, inputs.held_out, inputs.conversations, inputs.policy,
+                                         inputs.orders)
     labels = sorted(set(yard.intent))
     label_index = {label: i for i, label in enumerate(labels)}
     truth = yard.intent.map(label_index).to_numpy()
@@ -156,8 +179,6 @@ def measure_seed(seed: int, bundle_a: str, bundle_b: str, draws: int) -> dict:
     resamples = within_writer_resamples(yard.writer.to_numpy(), draws, BOOTSTRAP_SEED)
     yard_delta, yard_se = paired_deltas(yard_figures, resamples, len(yard))
 
-    messages = pd.read_csv(REPO / base.paths.data, dtype={"text": str}, keep_default_na=False)
-    held = messages[messages[base.split.holdout_column].isin(base.split.val_holdout)]
     held_figures = {}
     for key, predictor in predictors.items():
         result = predictor.predict(list(held.text))
@@ -166,10 +187,6 @@ def measure_seed(seed: int, bundle_a: str, bundle_b: str, draws: int) -> dict:
             average_precision_score(held.purchase_intent.astype(int), result.purchase_score),
         ])
 
-    frame, _ = load_labelled_conversations(REPO / base.paths.conversations, None)
-    frame = frame.reset_index(drop=True)
-    policy = NudgePolicy.from_settings(load_flag_settings(base.flag))
-    orders, _ = load_orders_index(REPO / base.paths.orders, policy, base.columns.names())
     test = frame[_conversation_split(frame, load_config(overrides={"seed": seed})) == "test"].copy()
     tables = {
         key: evaluate_flagging(test, ConversationScorer(p), policy, orders)[1].reset_index(drop=True)
@@ -207,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not len(args.a) == len(args.b) == len(args.seeds) or len(args.seeds) < 2:
         parser.error("give one default and one candidate bundle per seed, for at least two seeds")
+    inputs = load_inputs()
     per_seed = []
     for seed, bundle_a, bundle_b in zip(args.seeds, args.a, args.b, strict=True):
-        row = measure_seed(seed, bundle_a, bundle_b, args.draws)
+        row = measure_seed(seed, bundle_a, bundle_b, args.draws, inputs)
         print(json.dumps(row), flush=True)
         per_seed.append(row)
     summary = summarise(per_seed)
