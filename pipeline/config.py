@@ -103,7 +103,7 @@ class IntentModelSettings(_Strict):
     C: float = Field(gt=0)
     alpha: float = Field(gt=0)
     class_weight: Literal["balanced"] | None
-    calibration_folds: int = Field(ge=2)
+    calibration_folds: int = Field(ge=2)  # read with calibrate_on: train_folds (and no calibration data) only
     # train_folds: temperature from out-of-fold scores of the training split; validation: from the
     # validation split (held-out writers), whose text is unlike the training text, as real chats are
     calibrate_on: Literal["train_folds", "validation"]
@@ -117,7 +117,7 @@ class PurchaseModelSettings(_Strict):
     alpha: float = Field(gt=0)
     class_weight: Literal["balanced"] | None
     target_precision: float = Field(gt=0, le=1)
-    calibration_folds: int = Field(ge=2)
+    calibration_folds: int = Field(ge=2)  # read with calibrate_on: train_folds only
     calibrate_on: Literal["train_folds", "validation"]
     # where target_precision is met: the validation split (held-out corpus writers), or the labelled calibration set
     # (text more like real chats) when it holds at least threshold_min_positives purchase positives; all_calibration_data:

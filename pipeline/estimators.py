@@ -20,6 +20,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, softmax
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.exceptions import NotFittedError
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
@@ -433,13 +434,18 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
     Folds are grouped when `groups` is passed, so variants of one message never calibrate each other.
     `sample_weight` weights the linear fits (e.g. a shop's own labels against the bundled corpus); the
     calibration treats every out-of-fold message alike.
+    `cross_fit=False` fits the linear model alone, for a caller that calibrates on held-out data with
+    `recalibrate` anyway: the fold models would cost twice the final fit and their calibration would be
+    replaced. Until `recalibrate` is called such a model gives scores but no probabilities.
     """
 
-    def __init__(self, estimator=None, n_folds: int = 3, random_state: int | None = 0, n_jobs: int | None = None):
+    def __init__(self, estimator=None, n_folds: int = 3, random_state: int | None = 0, n_jobs: int | None = None,
+                 cross_fit: bool = True):
         self.estimator = estimator
         self.n_folds = n_folds
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.cross_fit = cross_fit
 
     def fit(self, X, y, groups=None, sample_weight=None):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], dtype=None)
@@ -452,6 +458,12 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         y_index = np.searchsorted(self.classes_, y)
         binary = len(self.classes_) == 2
+        for name in ("platt_", "temperature_"):  # a refit forgets the calibration of the previous fit
+            if hasattr(self, name):
+                delattr(self, name)
+        if not self.cross_fit:
+            self.estimator_ = _fit_clone(self.estimator, X, y_index, np.arange(X.shape[0]), sample_weight)
+            return self
         if groups is not None:
             splitter = FastStratifiedGroupKFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
             folds = splitter.split(X, y_index, groups)
@@ -481,6 +493,10 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
             self.temperature_ = _fit_temperature(oof, y_index)
         return self
 
+    def __setstate__(self, state):
+        # a model saved before `cross_fit` existed was cross-fitted
+        super().__setstate__({"cross_fit": True, **state})
+
     def recalibrate(self, X, y):
         """Refit only the calibration (temperature or Platt) on held-out data, keeping the linear model:
         probabilities then reflect how the model does on text unlike its training text."""
@@ -506,6 +522,8 @@ class CalibratedLinearClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         scores = self.decision_function(X)
+        if not hasattr(self, "platt_" if len(self.classes_) == 2 else "temperature_"):
+            raise NotFittedError("fitted with cross_fit=False and not recalibrated yet: call recalibrate on held-out data")
         if len(self.classes_) == 2:
             slope, intercept = self.platt_
             positive = expit(slope * scores + intercept)

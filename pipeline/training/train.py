@@ -126,13 +126,24 @@ def _purchase_threshold(config: Config, val_scored: pd.DataFrame, calibration_sc
     return threshold, record
 
 
+def _calibrated_on_held_out(config: Config, shop: pd.DataFrame | None) -> tuple[bool, bool]:
+    """Whether the intent and the purchase model take their calibration from held-out messages
+    (`_recalibrate_on_validation`) rather than from out-of-fold scores of the training split."""
+    return shop is not None or config.intent_model.calibrate_on == "validation", config.purchase_model.calibrate_on == "validation"
+
+
 def _fit_message_models(
-    config: Config, train: pd.DataFrame, has_purchase: bool, idf_texts: list[str] | None = None
+    config: Config, train: pd.DataFrame, has_purchase: bool, idf_texts: list[str] | None = None,
+    calibrated_on_held_out: tuple[bool, bool] = (False, False),
 ) -> tuple[Pipeline, Pipeline | None]:
     """`idf_texts` (normalised unlabelled messages): the feature step's IDF is fitted on the training text
     plus these (CompactTfidfVectorizer's `idf_documents`); the vocabulary and the classifiers see the
-    training text only."""
+    training text only. A model calibrated on held-out messages afterwards (`calibrated_on_held_out`, for
+    the intent and the purchase model) is fitted without the calibration folds, whose calibration the held-out
+    one replaces: the same linear model in a third of the fitting time."""
+    intent_later, purchase_later = calibrated_on_held_out
     intent_pipeline = build_intent_pipeline(config)
+    intent_pipeline.named_steps["classifier"].set_params(cross_fit=not intent_later)
     normalizer = intent_pipeline.named_steps["normalize"].fit(train["text"])
     features = intent_pipeline.named_steps["features"]
     if idf_texts is None:
@@ -143,7 +154,7 @@ def _fit_message_models(
     intent_pipeline.named_steps["classifier"].fit(matrix, train["intent"].to_numpy(), groups=train["group"].to_numpy(), sample_weight=weights)
     purchase_pipeline = None
     if has_purchase:
-        classifier = make_purchase_classifier(config)
+        classifier = make_purchase_classifier(config).set_params(cross_fit=not purchase_later)
         classifier.fit(matrix, train["purchase_intent"].to_numpy(), groups=train["group"].to_numpy(), sample_weight=weights)
         # The same fitted feature steps: features are computed once for both models at prediction time.
         purchase_pipeline = Pipeline([("normalize", normalizer), ("features", features), ("classifier", classifier)])
@@ -156,11 +167,10 @@ def _recalibrate_on_validation(
     """Refit the calibration of the models configured for it on the validation writers; the intent model's
     on `shop` instead when given (`paths.calibration_data`: a shop's own labelled messages)."""
     wanted: list[tuple[Pipeline, str, pd.DataFrame]] = []
-    if shop is not None:
-        wanted.append((intent_pipeline, "intent", shop))
-    elif config.intent_model.calibrate_on == "validation":
-        wanted.append((intent_pipeline, "intent", val))
-    if purchase_pipeline is not None and config.purchase_model.calibrate_on == "validation":
+    intent_later, purchase_later = _calibrated_on_held_out(config, shop)
+    if intent_later:
+        wanted.append((intent_pipeline, "intent", val if shop is None else shop))
+    if purchase_pipeline is not None and purchase_later:
         wanted.append((purchase_pipeline, "purchase_intent", val))
     features, matrices = intent_pipeline.named_steps["features"], {}
     for pipeline, labels, frame in wanted:
@@ -377,7 +387,8 @@ def train(
         log.info("IDF fitted on %d training + %d unlabelled messages (%d left out: validation, test or evaluation texts)",
                  len(train_part), len(idf_texts), excluded)
 
-    intent_pipeline, purchase_pipeline = _fit_message_models(config, train_part, data.has_purchase_labels, idf_texts)
+    intent_pipeline, purchase_pipeline = _fit_message_models(config, train_part, data.has_purchase_labels, idf_texts,
+                                                             _calibrated_on_held_out(config, shop))
     timings["fit_message_models_s"] = time.perf_counter() - started
     words = user_words(config) if config.text.language == "zh" else ()
     manifest: dict[str, Any] = {

@@ -89,6 +89,26 @@ def test_the_linear_models_and_the_purchase_model_are_those_of_a_run_without_it(
     assert plain.metrics["test"]["intent"]["accuracy"] == calibrated.metrics["test"]["intent"]["accuracy"]
 
 
+def test_a_model_calibrated_on_held_out_messages_is_fitted_without_the_calibration_folds(trained):
+    """The fold models only serve a calibration from the training split's out-of-fold scores: a model whose
+    calibration comes from the validation writers or the calibration data is fitted once, to the same weights."""
+    data, shop, plain, calibrated = trained
+
+    def cross_fitted(result) -> tuple[bool, bool]:
+        return tuple(getattr(result.bundle, name).named_steps["classifier"].cross_fit for name in ("intent", "purchase"))
+
+    assert cross_fitted(plain) == cross_fitted(calibrated) == (False, False)  # the default: calibrate_on validation
+    on_folds = load_config(overrides={**CONFIG, "intent_model.calibrate_on": "train_folds", "purchase_model.calibrate_on": "train_folds"})
+    folded = train(on_folds, data)
+    assert cross_fitted(folded) == (True, True)
+    assert cross_fitted(train(on_folds, data, calibration=shop)) == (False, True)  # the shop's labels calibrate the intent model
+    for name in ("intent", "purchase"):
+        a, b = (getattr(r.bundle, name).named_steps["classifier"] for r in (plain, folded))
+        assert np.array_equal(a.estimator_.coef_, b.estimator_.coef_) and np.array_equal(a.estimator_.intercept_, b.estimator_.intercept_)
+    # the folds' calibration is the one kept when nothing replaces it
+    assert folded.bundle.intent.named_steps["classifier"].temperature_ != plain.bundle.intent.named_steps["classifier"].temperature_
+
+
 def test_the_purchase_threshold_is_chosen_on_calibration_data_only_with_enough_positives(trained):
     data, shop, plain, calibrated = trained
     positives = int(shop.frame["purchase_intent"].sum())

@@ -100,3 +100,51 @@ def test_liblinear_weights_are_kept_in_the_features_dtype(classes):
     assert np.array_equal(model.estimator_.coef_, reference.coef_.astype(np.float32))
     float64_model = CalibratedLinearClassifier(LinearSVC(C=0.5, random_state=0), n_jobs=1).fit(sparse.csr_array(np.abs(X)), y)
     assert float64_model.estimator_.coef_.dtype == np.float64
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_without_cross_fit_the_linear_model_is_the_cross_fitted_ones_and_recalibration_gives_the_same_model(classes):
+    """`cross_fit=False` (training that recalibrates on held-out messages) skips the fold models only: the
+    final linear model is the one fitted on every row either way, so after `recalibrate` on the same held-out
+    rows both give the same probabilities."""
+    from sklearn.svm import LinearSVC
+
+    X, y = _data(n=90, classes=classes)
+    rows = sparse.csr_array(np.abs(X).astype(np.float32))
+    held_out, held_y = _data(n=30, classes=classes, seed=1)
+    held_out = sparse.csr_array(np.abs(held_out).astype(np.float32))
+    groups, weights = np.arange(len(y)) // 3, np.linspace(0.5, 2.0, len(y))
+    for base in (LinearSVC(C=0.5, random_state=0), _logreg()):
+        crossed = CalibratedLinearClassifier(base, n_jobs=1).fit(rows, y, groups=groups, sample_weight=weights)
+        alone = CalibratedLinearClassifier(base, n_jobs=1, cross_fit=False).fit(rows, y, groups=groups, sample_weight=weights)
+        assert np.array_equal(alone.estimator_.coef_, crossed.estimator_.coef_)
+        assert np.array_equal(alone.decision_function(held_out), crossed.decision_function(held_out))
+        # the cross-fitted calibration is there before recalibration; the other has none to give
+        assert crossed.predict_proba(held_out).shape == (len(held_y), classes)
+        with pytest.raises(NotFittedError, match="recalibrate"):
+            alone.predict_proba(held_out)
+        crossed.recalibrate(held_out, held_y)
+        alone.recalibrate(held_out, held_y)
+        assert np.array_equal(alone.predict_proba(held_out), crossed.predict_proba(held_out))
+        assert np.array_equal(alone.predict(held_out), crossed.predict(held_out))
+
+
+def test_a_refit_forgets_the_previous_calibration():
+    X, y = _data(classes=3)
+    model = CalibratedLinearClassifier(_logreg(), n_jobs=1).fit(X, y)
+    assert hasattr(model, "temperature_")
+    model.set_params(cross_fit=False).fit(X, y % 2)
+    assert not hasattr(model, "temperature_") and not hasattr(model, "platt_")
+    with pytest.raises(NotFittedError):
+        model.predict_proba(X)
+
+
+def test_a_model_saved_before_cross_fit_existed_loads_as_cross_fitted():
+    X, y = _data(classes=3)
+    model = CalibratedLinearClassifier(_logreg(), n_jobs=1).fit(X, y)
+    state = model.__getstate__()
+    del state["cross_fit"]
+    restored = CalibratedLinearClassifier.__new__(CalibratedLinearClassifier)
+    restored.__setstate__(state)
+    assert restored.get_params()["cross_fit"] is True
+    assert np.array_equal(restored.predict_proba(X), model.predict_proba(X))
