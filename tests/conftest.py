@@ -10,30 +10,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MESSAGES = REPO / "data" / "messages.csv"
-CONVERSATIONS = REPO / "data" / "conversations.jsonl"
-ORDERS = REPO / "data" / "orders.csv"
 
 
 @pytest.fixture(scope="session")
 def corpus_training(tmp_path_factory):
-    """The default configuration trained on the bundled corpus (no MLflow): the model users get."""
+    """The default configuration trained on the bundled corpus (no MLflow): the model users get, from the
+    inputs a `buyer-intent train` run reads (`training_inputs`)."""
     from pipeline.bundle import save_bundle
     from pipeline.config import load_config
-    from pipeline.data.labelled import load_labelled, load_labelled_conversations, load_training_data
-    from pipeline.training.train import ConversationData, train
+    from pipeline.jobs.workflows import training_inputs
+    from pipeline.training.train import train
 
     if not MESSAGES.exists():
         pytest.skip("data/messages.csv is not built")
-    config = load_config(overrides={"paths.orders": str(ORDERS) if ORDERS.exists() else None})
-    # the default config's written chats: trained on (extra_data) and calibrating the intent model
-    extra = [str(REPO / path) for path in config.paths.extra_data]
-    data = load_training_data(MESSAGES, extra, None, config.split.min_examples_per_label, extra_weight=config.extra_data_weight)
-    calibration = load_labelled(REPO / config.paths.calibration_data) if config.paths.calibration_data else None
-    conversations = None
-    if CONVERSATIONS.exists():
-        frame, _ = load_labelled_conversations(CONVERSATIONS)
-        conversations = ConversationData(frame, str(CONVERSATIONS))
-    result = train(config, data, conversations, calibration=calibration)
+    defaults = load_config()
+    paths = {name: getattr(defaults.paths, name) for name in ("data", "calibration_data", "intent_calibration_data", "conversations", "orders")}
+    config = load_config(overrides={
+        **{f"paths.{name}": str(REPO / path) if path else None for name, path in paths.items()},
+        "paths.extra_data": [str(REPO / path) for path in defaults.paths.extra_data],
+        "paths.quarantine": str(tmp_path_factory.mktemp("corpus-quarantine")),
+    })
+    result = train(config, **training_inputs(config))
     directory = save_bundle(result.bundle, tmp_path_factory.mktemp("corpus-model") / "bundle", result.user_dict_text)
     return result, directory
 

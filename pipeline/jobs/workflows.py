@@ -230,12 +230,9 @@ def _calibration_set(config: Config, path: str | None) -> LabelledData | None:
     return labelled
 
 
-def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
-    """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
-    import mlflow  # here, not at import: `predict` and `evaluate` need neither MLflow (~3.5 s to import) nor the tracking code
-
-    from pipeline.tracking import runs as tracking
-
+def training_inputs(config: Config) -> dict[str, Any]:
+    """Every input of `train` that the config names (its keyword arguments but `evaluation_texts`): what a
+    training run reads, in one place for the CLI's run and the test suite's model of the default config."""
     unlabelled = load_unlabelled(config.paths.unlabelled, config)
     data = load_training_data(
         config.paths.data, config.paths.extra_data, config.paths.quarantine, config.split.min_examples_per_label,
@@ -247,15 +244,26 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
         frame, rejected = load_labelled_conversations(config.paths.conversations, config.paths.quarantine)
         log.info("%s: %d conversations, %d quarantined", config.paths.conversations, len(frame), len(rejected))
         conversations = ConversationData(frame, config.paths.conversations)
+    calibration, intent_calibration = (_calibration_set(config, path) for path in (config.paths.calibration_data, config.paths.intent_calibration_data))
+    return {"data": data, "conversations": conversations, "unlabelled": unlabelled, "calibration": calibration,
+            "calibration_chats": load_unlabelled(config.paths.calibration_chats, config), "intent_calibration": intent_calibration}
+
+
+def train_and_track(config: Config, eval_data: list[str] | None = None, promote: bool | None = None) -> dict[str, Any]:
+    """Train, evaluate on test and every eval set, log to MLflow, register, maybe promote, write the report."""
+    import mlflow  # here, not at import: `predict` and `evaluate` need neither MLflow (~3.5 s to import) nor the tracking code
+
+    from pipeline.tracking import runs as tracking
+
+    inputs = training_inputs(config)
+    unlabelled, calibration, intent_calibration = inputs["unlabelled"], inputs["calibration"], inputs["intent_calibration"]
     # The evaluation sets are read before training: with --unlabelled none of their texts enters the IDF fit.
     eval_sets = [
         (set_name, path, load_labelled(path, config.paths.quarantine, names=config.columns.names().only(LABELLED_COLUMNS)))
         for set_name, path in map(eval_set_spec, eval_data or [])
     ]
     evaluation_texts = [text for _, _, eval_set in eval_sets for text in eval_set.frame["text"]] if unlabelled else []
-    calibration, intent_calibration = (_calibration_set(config, path) for path in (config.paths.calibration_data, config.paths.intent_calibration_data))
-    calibration_chats = load_unlabelled(config.paths.calibration_chats, config)
-    result = train(config, data, conversations, unlabelled, evaluation_texts, calibration, calibration_chats, intent_calibration)
+    result = train(config, evaluation_texts=evaluation_texts, **inputs)
     predictor = Predictor(result.bundle)
     result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
