@@ -61,6 +61,10 @@ class SplitSettings(_Strict):
     # column (or none of the values) falls back to the grouped random validation split.
     holdout_column: str | None
     val_holdout: list[str]
+    # train: the shipped message models are the fit the test split measures. train_and_test: after that measurement
+    # they are fitted again on train + test (calibrated and thresholded on the same held-out messages), so the seed's
+    # draw of the test split no longer changes them; the test figures then describe that procedure (ROUND31_RULES BT).
+    final_fit: Literal["train", "train_and_test"]
 
 
 class TextSettings(_Strict):

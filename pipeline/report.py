@@ -611,6 +611,7 @@ def _scored_set(
         "n": n,
         "where": where,
         "errors_file": errors_file,
+        "fallback_threshold": float(thresholds.get("fallback", 0.0)),
         "per_intent": _per_intent(intent, scored) if intent.get("per_intent") else {},
         "confusion_matrix": confusion,
         "confusions": _confusions(scored, max(int(top_confusions), 0), max(int(examples_per_confusion), 0), explain),
@@ -719,6 +720,7 @@ def write_report(
     scored_is_real: bool = False,
     explain: Callable[..., list] | None = None,
     promises: dict[str, float] | None = None,
+    test_thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write report.html, report.md, plots/*.png and metrics.json into `out_dir`.
 
@@ -733,6 +735,9 @@ def write_report(
     `explain(texts, predicted_intents)`: explanations of the example mistakes (e.g.
     `functools.partial(pipeline.explain.Explainer(bundle).explain, top_k=3)`, whose n-grams are PII-masked),
     shown beside them; None: no explanations.
+
+    `test_thresholds`: the thresholds `scored` was scored with when they are not `thresholds` (a model refit on
+    train + test after the test split was measured: split.final_fit); None: `thresholds`.
 
     `promises`: {headline metric: target} the thresholds were chosen to keep (`threshold_promises`): shown
     next to what every set achieves.
@@ -751,7 +756,8 @@ def write_report(
     errors: dict[str, bytes] = {}
     # with `scored_is_real` (`buyer-intent evaluate`) the scored messages are a named set, not a test split
     stem = slug(scored_name) if scored_is_real else "test"
-    view = _scored_set(scored, test, thresholds, plots, errors, "", stem, scored_name, top_confusions, examples_per_confusion, explain)
+    scored_with = test_thresholds or thresholds
+    view = _scored_set(scored, test, scored_with, plots, errors, "", stem, scored_name, top_confusions, examples_per_confusion, explain)
     scored, n = view["scored"], view["n"]
     sections = {
         "headline": {
@@ -765,7 +771,7 @@ def write_report(
         "per_intent": view["per_intent"],
         "confusion_matrix": view["confusion_matrix"],
         "confusions": view["confusions"],
-        "confidence": _confidence(scored, view["correct"], test.get("intent", {}), float(thresholds.get("fallback", 0.0)), plots) if n else {},
+        "confidence": _confidence(scored, view["correct"], test.get("intent", {}), float(scored_with.get("fallback", 0.0)), plots) if n else {},
         "calibration": view["calibration"],
         "slices": _slices(scored) if n else {},
         "purchase": view["purchase"],
@@ -799,7 +805,7 @@ def write_report(
         "meta": meta,
         "n": n,
         "scored_name": scored_name,
-        "fallback_threshold": float(thresholds.get("fallback", 0.0)),
+        "test_refit": test_thresholds is not None,
         "sections": {key: value for key, value in sections.items() if value is not None},
         "images": {name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
     }

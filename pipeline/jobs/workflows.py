@@ -35,16 +35,17 @@ def eval_set_spec(spec: str) -> tuple[str, str]:
     return (path.parent.name or path.stem) if path.parent.name not in ("", ".") else path.stem, spec
 
 
-def per_source_metrics(name: str, scored: pd.DataFrame, predictor: Predictor) -> dict[str, Any]:
+def per_source_metrics(name: str, scored: pd.DataFrame, purchase_threshold: float | None) -> dict[str, Any]:
     """`<name>/<source>` metrics for an eval set with a `source` column (e.g. JD after-sales vs Taobao
-    pre-sales): a mean over sources hides that one of them is failing."""
+    pre-sales): a mean over sources hides that one of them is failing. `purchase_threshold`: the one `scored`
+    was scored with (None: no purchase model)."""
     if "source" not in scored.columns or scored["source"].nunique() < 2:
         return {}
     parts = {}
     for source, part in scored.groupby(scored["source"].astype(str)):
         metrics = {"intent": intent_metrics(part["intent"], part["pred_intent"], part["confidence"], part["fallback"])}
-        if "purchase_intent" in part.columns and predictor.has_purchase:
-            metrics["purchase"] = purchase_metrics(part["purchase_intent"], part["purchase_score"], predictor.purchase_threshold)
+        if "purchase_intent" in part.columns and purchase_threshold is not None:
+            metrics["purchase"] = purchase_metrics(part["purchase_intent"], part["purchase_score"], purchase_threshold)
         parts[f"{name}/{source}"] = metrics
     return parts
 
@@ -265,13 +266,15 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
     evaluation_texts = [text for _, _, eval_set in eval_sets for text in eval_set.frame["text"]] if unlabelled else []
     result = train(config, evaluation_texts=evaluation_texts, **inputs)
     predictor = Predictor(result.bundle)
-    result.metrics.update(per_source_metrics("test", result.test_predictions, predictor))  # e.g. bundled vs the shop's labels
+    shipped_purchase = predictor.purchase_threshold if predictor.has_purchase else None
+    test_purchase = result.test_thresholds.get("purchase") if predictor.has_purchase else None
+    result.metrics.update(per_source_metrics("test", result.test_predictions, test_purchase))  # e.g. bundled vs the shop's labels
     eval_scored: dict[str, pd.DataFrame] = {}
     for set_name, path, eval_set in eval_sets:
         name = f"eval:{set_name}"
         result.metrics[name], eval_scored[name] = score_labelled(predictor, eval_set.frame)
         result.fingerprints[name] = {"rows": len(eval_set.frame), "rejected": len(eval_set.rejected), "source": path}
-        result.metrics.update(per_source_metrics(name, eval_scored[name], predictor))
+        result.metrics.update(per_source_metrics(name, eval_scored[name], shipped_purchase))
 
     tracking.setup(config)
     headline = headline_metrics(result.metrics)
@@ -306,6 +309,7 @@ def train_and_track(config: Config, eval_data: list[str] | None = None, promote:
             scored=result.test_predictions,
             eval_scored=eval_scored,
             thresholds=result.bundle.thresholds,
+            test_thresholds=result.test_thresholds if "final_fit" in result.bundle.manifest else None,
             headline=headline,
             champion_headline=champion_headline,
             champion_set=None if promotion is None and champion_version else config.mlflow.promotion_set,
@@ -453,7 +457,7 @@ def evaluate_file(data_path: str | Path, out_dir: str | Path, model: str | None,
     metrics, scored = score_labelled(predictor, data.frame)
     out_dir = Path(out_dir)
     headline = headline_metrics({"test": metrics})
-    per_source = per_source_metrics(f"eval:{set_name}", scored, predictor)
+    per_source = per_source_metrics(f"eval:{set_name}", scored, predictor.purchase_threshold if predictor.has_purchase else None)
     _write_report(
         out_dir,
         title=f"evaluation of {bundle.name} version {bundle.version} on {set_name}",

@@ -69,6 +69,9 @@ class TrainResult:
     conversation_test: pd.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
     user_dict_text: str = ""
+    # the fallback and purchase thresholds `test_predictions` were scored with: the shipped ones, or with
+    # split.final_fit train_and_test those of the fit before the refit (the manifest's final_fit)
+    test_thresholds: dict[str, float] = field(default_factory=dict)
 
 
 # Marks the calibration rows the purchase threshold may be chosen on (paths.calibration_data, not the intent-only set).
@@ -316,6 +319,69 @@ def _idf_texts(config: Config, unlabelled: UnlabelledData, held_out: list[pd.Ser
     return kept, len(unlabelled.texts) - len(kept)
 
 
+@dataclass
+class _HeldOut:
+    """The messages every fit is calibrated and thresholded on, and never trained on."""
+
+    val: pd.DataFrame  # the validation writers
+    shop: pd.DataFrame | None  # calibration_data + intent_calibration_data, concatenated
+    calibration: LabelledData | None
+    intent_calibration: LabelledData | None
+    calibration_chats: UnlabelledData | None
+
+
+@dataclass
+class _CalibratedFit:
+    bundle: ModelBundle
+    predictor: Predictor
+    val_metrics: dict[str, Any]
+    shop_metrics: dict[str, Any] | None
+    chats_summary: dict[str, Any] | None
+
+
+def _fit_and_calibrate(config: Config, rows: pd.DataFrame, held_out: _HeldOut, has_purchase: bool, idf_texts: list[str] | None,
+                       described: dict[str, Any]) -> _CalibratedFit:
+    """The message models fitted on `rows`, then calibrated and thresholded on the held-out messages: one function for
+    the fit that the test split measures and for the refit on train + test, so the two cannot be chosen apart."""
+    val, shop, calibration = held_out.val, held_out.shop, held_out.calibration
+    intent_pipeline, purchase_pipeline = _fit_message_models(config, rows, has_purchase, idf_texts, _calibrated_on_held_out(config, shop))
+    manifest: dict[str, Any] = {**described, "labels": [str(c) for c in intent_pipeline.classes_],
+                                "thresholds": {"fallback": 0.0, "purchase": 0.5}}
+    bundle = ModelBundle(intent_pipeline, purchase_pipeline, None, manifest)
+
+    # Validation choices: calibration (when configured), then the thresholds on calibrated scores. The predictor comes
+    # after the calibration: a model fitted without its calibration folds has no probabilities before it.
+    _recalibrate_on_validation(config, intent_pipeline, purchase_pipeline, val, shop)
+    predictor = Predictor(bundle)
+    _, val_scored = score_labelled(predictor, val)
+    fallback = config.intent_model.fallback
+    fallback_on = val_scored if shop is None else score_labelled(predictor, shop)[1]
+    manifest["thresholds"]["fallback"] = choose_fallback_threshold(
+        fallback_on["intent"], fallback_on["pred_intent"], fallback_on["confidence"], fallback.target, fallback.value, fallback.oos_label
+    )
+    if shop is not None:
+        intent_on = "+".join(name for name, part in (("calibration_data", calibration), ("intent_calibration_data", held_out.intent_calibration))
+                             if part is not None)
+        manifest["calibrated_on"] = {"intent": intent_on, "fallback": intent_on, "purchase": config.purchase_model.calibrate_on}
+    chats_summary = None
+    if held_out.calibration_chats is not None:
+        chats_summary = _calibrate_on_chats(config, intent_pipeline, val_scored, held_out.calibration_chats, manifest)
+    if purchase_pipeline is not None:
+        if config.purchase_model.threshold_on == "all_calibration_data":
+            purchase_on = fallback_on if shop is not None else None
+        else:
+            purchase_on = fallback_on[fallback_on[PURCHASE_THRESHOLD_SET]] if calibration is not None else None
+        manifest["thresholds"]["purchase"], manifest["purchase_threshold_on"] = _purchase_threshold(config, val_scored, purchase_on)
+    predictor = Predictor(bundle)
+    val_metrics, val_final = score_labelled(predictor, val)
+    # For a label-free estimate of the accuracy on whatever the model later scores (`pipeline.drift`): ATC's
+    # threshold is set where the confidence was calibrated, the labelled calibration set when there is one.
+    shop_metrics, shop_final = score_labelled(predictor, shop) if shop is not None else (None, None)
+    atc_on = val_final if shop_final is None else shop_final
+    manifest[MANIFEST_KEY] = manifest_record(atc_on["confidence"].to_numpy(), (atc_on["intent"] == atc_on["pred_intent"]).to_numpy())
+    return _CalibratedFit(bundle, predictor, val_metrics, shop_metrics, chats_summary)
+
+
 def train(
     config: Config,
     data: LabelledData,
@@ -378,7 +444,7 @@ def train(
         if not idf_texts:
             raise ValueError(f"no unlabelled message left for the IDF fit ({excluded} were validation, test or evaluation texts)")
         unlabelled_summary = {
-            "fitted": "idf only (vocabulary and classifiers: the training split)",
+            "fitted": "idf only (vocabulary and classifiers: the training rows)",
             "messages_used": len(idf_texts),
             "rows_rejected": sum(f["rows_rejected"] for f in unlabelled.files),
             "excluded_held_out": excluded,
@@ -387,56 +453,41 @@ def train(
         log.info("IDF fitted on %d training + %d unlabelled messages (%d left out: validation, test or evaluation texts)",
                  len(train_part), len(idf_texts), excluded)
 
-    intent_pipeline, purchase_pipeline = _fit_message_models(config, train_part, data.has_purchase_labels, idf_texts,
-                                                             _calibrated_on_held_out(config, shop))
-    timings["fit_message_models_s"] = time.perf_counter() - started
     words = user_words(config) if config.text.language == "zh" else ()
-    manifest: dict[str, Any] = {
+    described: dict[str, Any] = {
         "name": config.mlflow.registered_model,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_version": package_version("buyer-intent"),
-        "labels": [str(c) for c in intent_pipeline.classes_],
         "language": config.text.language,
-        "thresholds": {"fallback": 0.0, "purchase": 0.5},
         "seed": config.seed,
         "config": config.model_dump(mode="json"),
         "pre_sales_intents": config.conversation_model.pre_sales_intents,
         "concern_intents": config.conversation_model.concern_intents,
     }
     if config.conversation_model.count_cut is not None:  # read by ConversationScorer: the cut is part of the model
-        manifest["conversation_count_cut"] = config.conversation_model.count_cut
-    bundle = ModelBundle(intent_pipeline, purchase_pipeline, None, manifest)
-    predictor = Predictor(bundle)
-
-    # Validation choices: calibration (when configured), then the thresholds on calibrated scores.
-    _recalibrate_on_validation(config, intent_pipeline, purchase_pipeline, val_part, shop)
-    _, val_scored = score_labelled(predictor, val_part)
-    fallback = config.intent_model.fallback
-    fallback_on = val_scored if shop is None else score_labelled(predictor, shop)[1]
-    manifest["thresholds"]["fallback"] = choose_fallback_threshold(
-        fallback_on["intent"], fallback_on["pred_intent"], fallback_on["confidence"], fallback.target, fallback.value, fallback.oos_label
-    )
-    if shop is not None:
-        intent_on = "+".join(name for name, part in (("calibration_data", calibration), ("intent_calibration_data", intent_calibration)) if part is not None)
-        manifest["calibrated_on"] = {"intent": intent_on, "fallback": intent_on, "purchase": config.purchase_model.calibrate_on}
-    chats_summary = None
-    if calibration_chats is not None:
-        chats_summary = _calibrate_on_chats(config, intent_pipeline, val_scored, calibration_chats, manifest)
-    if purchase_pipeline is not None:
-        if config.purchase_model.threshold_on == "all_calibration_data":
-            purchase_on = fallback_on if shop is not None else None
-        else:
-            purchase_on = fallback_on[fallback_on[PURCHASE_THRESHOLD_SET]] if calibration is not None else None
-        manifest["thresholds"]["purchase"], manifest["purchase_threshold_on"] = _purchase_threshold(config, val_scored, purchase_on)
-    predictor = Predictor(bundle)
-    val_metrics, val_final = score_labelled(predictor, val_part)
-    # For a label-free estimate of the accuracy on whatever the model later scores (`pipeline.drift`): ATC's
-    # threshold is set where the confidence was calibrated, the labelled calibration set when there is one.
-    shop_metrics, shop_final = score_labelled(predictor, shop) if shop is not None else (None, None)
-    atc_on = val_final if shop_final is None else shop_final
-    manifest[MANIFEST_KEY] = manifest_record(atc_on["confidence"].to_numpy(), (atc_on["intent"] == atc_on["pred_intent"]).to_numpy())
-    test_metrics, test_scored = score_labelled(predictor, test_part)
+        described["conversation_count_cut"] = config.conversation_model.count_cut
+    held_out = _HeldOut(val_part, shop, calibration, intent_calibration, calibration_chats)
+    fitted = _fit_and_calibrate(config, train_part, held_out, data.has_purchase_labels, idf_texts, described)
+    timings["fit_message_models_s"] = time.perf_counter() - started
+    test_metrics, test_scored = score_labelled(fitted.predictor, test_part)
+    test_thresholds = dict(fitted.bundle.thresholds)
     timings["evaluate_s"] = time.perf_counter() - started - timings["fit_message_models_s"]
+    if config.split.final_fit == "train_and_test":
+        # The test split is measured; the shipped models are fitted again with it (ROUND31_RULES BT), so which rows
+        # the seed drew for it no longer changes them. Rows whose text is a calibration message stay out, as in train.
+        refit_started = time.perf_counter()
+        refit_rows = test_part if shop is None else test_part[~test_part["normalized"].isin(set(shop["normalized"]))]
+        fitted = _fit_and_calibrate(config, pd.concat([train_part, refit_rows]), held_out, data.has_purchase_labels, idf_texts, described)
+        fitted.bundle.manifest["final_fit"] = {
+            "rows": "train+test", "messages": int(len(train_part) + len(refit_rows)),
+            "test_rows_left_out": int(len(test_part) - len(refit_rows)),
+            "test_metrics_from": "the fit on the train split, before the refit (the shipped models have seen the test split)",
+            "evaluation_fit_thresholds": test_thresholds,
+        }
+        timings["refit_s"] = time.perf_counter() - refit_started
+    bundle, predictor, manifest = fitted.bundle, fitted.predictor, fitted.bundle.manifest
+    purchase_pipeline = bundle.purchase
+    val_metrics, shop_metrics, chats_summary = fitted.val_metrics, fitted.shop_metrics, fitted.chats_summary
 
     metrics: dict[str, Any] = {"val": val_metrics, "test": test_metrics}
     if shop_metrics is not None:  # fitted on: what the calibration reached there, not a measurement of the model
@@ -502,6 +553,7 @@ def train(
         conversation_test=conversation_test,
         timings=timings,
         user_dict_text="\n".join(words) + ("\n" if words else ""),
+        test_thresholds=test_thresholds,
     )
 
 

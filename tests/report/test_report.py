@@ -496,3 +496,18 @@ def test_no_promise_table_without_targets(tmp_path):
     assert threshold_promises({"intent_model": {"fallback": {"target": "oos_recall", "value": 0.9}}}) == {}
     result = write_report(tmp_path, title="t", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics))
     assert "| promise | target |" not in result["markdown"].read_text(encoding="utf-8")
+
+
+def test_a_refit_model_says_whose_figures_the_test_split_shows(full, tmp_path):
+    """split.final_fit train_and_test: the test split was scored by the fit before the refit, with its own thresholds;
+    the evaluation sets by the shipped model. Each view names the fallback threshold it was scored with."""
+    scored = make_scored()
+    metrics = make_metrics(scored)
+    real = scored.iloc[:12].reset_index(drop=True)
+    metrics["eval:real_chats"] = make_metrics(real)["test"]
+    write_report(tmp_path, title="refit", metrics=metrics, scored=scored, thresholds=THRESHOLDS, headline=headline_metrics(metrics),
+                 eval_scored={"eval:real_chats": real}, test_thresholds={"fallback": 0.55, "purchase": 0.7})
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    note = "fitted again on train + test after the test split was measured"
+    assert note in " ".join(md.split()) and note not in " ".join(full["md"].split())
+    assert re.findall(r"Fallback threshold:\s*(0\.\d{3})", md) == ["0.550", "0.600"]  # the test split, then real_chats

@@ -114,8 +114,6 @@ def test_eval_sets_are_named_after_their_folder_or_explicitly():
 
 
 def test_eval_sets_with_a_source_column_are_also_scored_per_source():
-    from types import SimpleNamespace
-
     from pipeline.jobs.workflows import per_source_metrics
 
     scored = pd.DataFrame(
@@ -125,7 +123,7 @@ def test_eval_sets_with_a_source_column_are_also_scored_per_source():
             "source": ["jd", "jd", "taobao", "taobao"],
         }
     )
-    parts = per_source_metrics("eval:dev", scored, SimpleNamespace(has_purchase=True, purchase_threshold=0.5))
+    parts = per_source_metrics("eval:dev", scored, 0.5)
     assert set(parts) == {"eval:dev/jd", "eval:dev/taobao"}
     assert parts["eval:dev/jd"]["intent"]["accuracy"] == 1.0
     assert parts["eval:dev/taobao"]["intent"]["accuracy"] == 0.5
