@@ -64,9 +64,10 @@ def flag_bundle_dir(tmp_path_factory) -> Path:
     from tests.batch.builders import labelled_conversations, labelled_messages
 
     # the flagging tests' expectations were set on this tiny model's decisions: its classifier stays fixed when
-    # the default one changes (chosen on the bundled corpus, not on these few hundred messages)
+    # the default one changes (chosen on the bundled corpus, not on these few hundred messages), and so does its fit:
+    # on the train split (the refit on train + test, split.final_fit, is tested in tests/cli/test_final_fit.py)
     config = load_config(overrides={"paths.data": "unused.csv", "intent_model.classifier": "logreg", "intent_model.C": 4.0,
-                                    "features.char_analyzer": "char"})
+                                    "features.char_analyzer": "char", "split.final_fit": "train"})
     valid, _ = validate_labelled(labelled_messages(), "fixture", config.split.min_examples_per_label)
     data = LabelledData(valid, pd.DataFrame(columns=["source", "row", "reason", "raw"]), "fixture")
     conversations = pd.DataFrame(labelled_conversations())
