@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy.special import softmax
 from sklearn.pipeline import Pipeline
 
@@ -381,6 +382,22 @@ def _fit_and_calibrate(config: Config, rows: pd.DataFrame, held_out: _HeldOut, h
     return _CalibratedFit(bundle, predictor, val_metrics, shop_metrics, chats_summary)
 
 
+def _fit_each(config: Config, row_sets: list[pd.DataFrame], held_out: _HeldOut, has_purchase: bool, idf_texts: list[str] | None,
+              described: dict[str, Any]) -> list[_CalibratedFit]:
+    """`_fit_and_calibrate` on each row set, in parallel worker processes when `n_jobs` allows (the linear SVM fits on one
+    core); each predictor is rebuilt here, so its compiled form belongs to this process's bundle."""
+    # A cross-fitted model runs its fold fits side by side itself (n_jobs): nested in a worker they would run as threads,
+    # which share liblinear's random state, and the linear SVM's weights would depend on the threads' timing.
+    cross_fitted = not all(_calibrated_on_held_out(config, held_out.shop))
+    jobs = 1 if cross_fitted else min(config.n_jobs, len(row_sets))
+    if jobs == 1:
+        return [_fit_and_calibrate(config, rows, held_out, has_purchase, idf_texts, described) for rows in row_sets]
+    fits = Parallel(n_jobs=jobs)(delayed(_fit_and_calibrate)(config, rows, held_out, has_purchase, idf_texts, described) for rows in row_sets)
+    for fit in fits:
+        fit.predictor = Predictor(fit.bundle)
+    return fits
+
+
 def train(
     config: Config,
     data: LabelledData,
@@ -466,26 +483,27 @@ def train(
     if config.conversation_model.count_cut is not None:  # read by ConversationScorer: the cut is part of the model
         described["conversation_count_cut"] = config.conversation_model.count_cut
     held_out = _HeldOut(val_part, shop, calibration, intent_calibration, calibration_chats)
-    fitted = _fit_and_calibrate(config, train_part, held_out, data.has_purchase_labels, idf_texts, described)
+    refit = config.split.final_fit == "train_and_test"
+    # split.final_fit train_and_test (ROUND31_RULES BT): the test split is measured on the first fit, and the shipped models
+    # are fitted again with it, so which rows the seed drew for it no longer changes them. Rows whose text is a calibration
+    # message stay out, as in train. The two fits are independent: with n_jobs > 1 they run side by side.
+    refit_rows = test_part if shop is None else test_part[~test_part["normalized"].isin(set(shop["normalized"]))]
+    row_sets = [train_part, pd.concat([train_part, refit_rows])] if refit else [train_part]
+    fits = _fit_each(config, row_sets, held_out, data.has_purchase_labels, idf_texts, described)
+    fitted = fits[0]
     timings["fit_message_models_s"] = time.perf_counter() - started
     test_metrics, test_scored = score_labelled(fitted.predictor, test_part)
     test_thresholds = dict(fitted.bundle.thresholds)
     timings["evaluate_s"] = time.perf_counter() - started - timings["fit_message_models_s"]
-    if config.split.final_fit == "train_and_test":
-        # The test split is measured; the shipped models are fitted again with it (ROUND31_RULES BT), so which rows
-        # the seed drew for it no longer changes them. Rows whose text is a calibration message stay out, as in train.
-        refit_started = time.perf_counter()
-        refit_rows = test_part if shop is None else test_part[~test_part["normalized"].isin(set(shop["normalized"]))]
-        fitted = _fit_and_calibrate(config, pd.concat([train_part, refit_rows]), held_out, data.has_purchase_labels, idf_texts, described)
+    if refit:
+        fitted = fits[1]
         fitted.bundle.manifest["final_fit"] = {
-            "rows": "train+test", "messages": int(len(train_part) + len(refit_rows)),
+            "rows": "train+test", "messages": int(len(row_sets[1])),
             "test_rows_left_out": int(len(test_part) - len(refit_rows)),
             "test_metrics_from": "the fit on the train split, before the refit (the shipped models have seen the test split)",
             "evaluation_fit_thresholds": test_thresholds,
         }
-        timings["refit_s"] = time.perf_counter() - refit_started
-        log.info("shipped models refit on train + test (%d messages, split.final_fit) in %.1fs; the test figures are the first fit's",
-                 len(train_part) + len(refit_rows), timings["refit_s"])
+        log.info("shipped models refit on train + test (%d messages, split.final_fit); the test figures are the first fit's", len(row_sets[1]))
     bundle, predictor, manifest = fitted.bundle, fitted.predictor, fitted.bundle.manifest
     purchase_pipeline = bundle.purchase
     val_metrics, shop_metrics, chats_summary = fitted.val_metrics, fitted.shop_metrics, fitted.chats_summary

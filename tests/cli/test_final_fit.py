@@ -81,3 +81,15 @@ def test_the_shipped_thresholds_and_validation_figures_are_the_refits_own(runs):
     measured["intent"].pop("estimated_accuracy")  # the label-free estimate is anchored after validation is scored
     assert measured == refit.metrics["val"]
     assert refit.metrics["val"] != plain.metrics["val"]
+
+
+def test_the_two_fits_side_by_side_are_the_two_fits_one_after_the_other(runs):
+    """With n_jobs > 1 (the default) the first fit and the refit run in two worker processes: the same models."""
+    data, shop, _, _, refit = runs
+    assert _config("train_and_test").n_jobs > 1
+    serial = train(load_config(overrides={**CONFIG, "split.final_fit": "train_and_test", "n_jobs": 1}), data, calibration=shop)
+    assert serial.metrics["test"] == refit.metrics["test"] and serial.bundle.thresholds == refit.bundle.thresholds
+    for name in ("intent", "purchase"):
+        a, b = (getattr(r.bundle, name).named_steps["classifier"] for r in (serial, refit))
+        assert np.array_equal(a.estimator_.coef_, b.estimator_.coef_)
+    assert Predictor(serial.bundle).predict(shop.frame["text"].tolist()).equals(Predictor(refit.bundle).predict(shop.frame["text"].tolist()))
