@@ -62,6 +62,6 @@ def export_chat_sheets(sheet_dir: str | Path, out_dir: str | Path, corpus_texts:
             "settled": len(settled),
             "kept": len(rows),
             "left_out_seen": len(settled) - len(rows),
-            "agreement": {k: v for k, v in agreement(records).items() if k != "per_intent"},
+            "agreement": agreement(records, per_intent=False),
         }
     return figures

@@ -172,20 +172,21 @@ def _kappa(a: list, b: list) -> float:
     return float(cohen_kappa_score(a, b))
 
 
-def agreement(records: list[SeedRecord]) -> dict[str, object]:
-    """Agreement of the writer's and the blind second label: share and Cohen's kappa, overall and per
-    intent (one intent against the rest, on every double-labelled seed)."""
+def agreement(records: list[SeedRecord], per_intent: bool = True) -> dict[str, object]:
+    """Agreement of the writer's and the blind second label: share and Cohen's kappa, overall and, unless
+    `per_intent` is false, per intent (one intent against the rest, on every double-labelled seed; a
+    kappa per intent over every sheet is most of the cost, and `data build`'s export figures leave it out)."""
     labelled = [r for r in records if r.second_intent]
     first_i = [r.first_intent for r in labelled]
     second_i = [r.second_intent for r in labelled]
     first_p = [str(r.first_purchase_intent) for r in labelled]
     second_p = [r.second_purchase_intent for r in labelled]
-    per_intent = {}
-    for intent in sorted(set(first_i) | set(second_i)):
+    by_intent = {}
+    for intent in sorted(set(first_i) | set(second_i)) if per_intent else ():
         a = [i == intent for i in first_i]
         b = [i == intent for i in second_i]
         written = [r for r in labelled if r.first_intent == intent]
-        per_intent[intent] = {
+        by_intent[intent] = {
             "written": len(written),
             "agreement": sum(r.second_intent == intent for r in written) / len(written) if written else float("nan"),
             "kappa": _kappa(a, b),
@@ -200,7 +201,7 @@ def agreement(records: list[SeedRecord]) -> dict[str, object]:
         "purchase_agreement": sum(a == b for a, b in zip(first_p, second_p, strict=True)) / n if n else float("nan"),
         "purchase_kappa": _kappa(first_p, second_p) if n else float("nan"),
         "status": dict(Counter(r.status or "pending" for r in records)),
-        "per_intent": per_intent,
+        **({"per_intent": by_intent} if per_intent else {}),
     }
 
 

@@ -86,6 +86,8 @@ def test_agreement_reports_kappa_per_intent() -> None:
     assert result["intent_agreement"] == pytest.approx(0.9)
     assert result["per_intent"]["deny"]["agreement"] == pytest.approx(0.8)
     assert 0 < result["intent_kappa"] < 1 and result["purchase_kappa"] == 1.0
+    overall = agreement(rows, per_intent=False)  # what `data build` records for each use: the same figures, no table
+    assert "per_intent" not in overall and overall == {k: v for k, v in result.items() if k != "per_intent"}
 
 
 def test_tables_have_the_documented_columns() -> None:
