@@ -181,28 +181,36 @@ def agreement(records: list[SeedRecord], per_intent: bool = True) -> dict[str, o
     second_i = [r.second_intent for r in labelled]
     first_p = [str(r.first_purchase_intent) for r in labelled]
     second_p = [r.second_purchase_intent for r in labelled]
-    by_intent = {}
-    for intent in sorted(set(first_i) | set(second_i)) if per_intent else ():
-        a = [i == intent for i in first_i]
-        b = [i == intent for i in second_i]
-        written = [r for r in labelled if r.first_intent == intent]
-        by_intent[intent] = {
-            "written": len(written),
-            "agreement": sum(r.second_intent == intent for r in written) / len(written) if written else float("nan"),
-            "kappa": _kappa(a, b),
-            "purchase_kappa": _kappa([str(r.first_purchase_intent) for r in written], [r.second_purchase_intent for r in written]) if written else float("nan"),
-            "kept": sum(r.intent == intent and r.status in ("agreed", "adjudicated") for r in records),
-        }
     n = len(labelled)
-    return {
+    figures: dict[str, object] = {
         "double_labelled": n,
         "intent_agreement": sum(a == b for a, b in zip(first_i, second_i, strict=True)) / n if n else float("nan"),
         "intent_kappa": _kappa(first_i, second_i) if n else float("nan"),
         "purchase_agreement": sum(a == b for a, b in zip(first_p, second_p, strict=True)) / n if n else float("nan"),
         "purchase_kappa": _kappa(first_p, second_p) if n else float("nan"),
         "status": dict(Counter(r.status or "pending" for r in records)),
-        **({"per_intent": by_intent} if per_intent else {}),
     }
+    if per_intent:
+        figures["per_intent"] = _agreement_per_intent(records, labelled)
+    return figures
+
+
+def _agreement_per_intent(records: list[SeedRecord], labelled: list[SeedRecord]) -> dict[str, dict[str, float]]:
+    first_i = [r.first_intent for r in labelled]
+    second_i = [r.second_intent for r in labelled]
+    table = {}
+    for intent in sorted(set(first_i) | set(second_i)):
+        a = [i == intent for i in first_i]
+        b = [i == intent for i in second_i]
+        written = [r for r in labelled if r.first_intent == intent]
+        table[intent] = {
+            "written": len(written),
+            "agreement": sum(r.second_intent == intent for r in written) / len(written) if written else float("nan"),
+            "kappa": _kappa(a, b),
+            "purchase_kappa": _kappa([str(r.first_purchase_intent) for r in written], [r.second_purchase_intent for r in written]) if written else float("nan"),
+            "kept": sum(r.intent == intent and r.status in ("agreed", "adjudicated") for r in records),
+        }
+    return table
 
 
 EXPORT_COLUMNS = ["text", "intent", "purchase_intent", "writer", "stage", "id"]
