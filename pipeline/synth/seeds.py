@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from pipeline.synth.relabel import Relabel, load_relabels
 from pipeline.synth.rng import stable_fraction
 from pipeline.synth.vocab import CATEGORIES, SLOTS
 
@@ -73,7 +75,21 @@ def _parse_seed(raw: object, intent: str, source: str) -> Seed:
     return Seed(seed_id, intent, text, int(raw["purchase_intent"]), raw["stage"], categories)
 
 
-def load_seed_file(path: Path) -> list[Seed]:
+def _relabelled(raw: dict, relabels: Mapping[str, Relabel], source: str) -> dict:
+    """`raw` with its settled relabel applied (`pipeline.synth.relabel`); wanting to buy happens before
+    paying, so a purchase label of 1 moves an after-sales seed to pre-sales, as in the v2 tables."""
+    relabel = relabels.get(str(raw.get("id", "")).strip())
+    if relabel is None:
+        return raw
+    if relabel.text != str(raw.get("text")):
+        raise SeedError(f"{source}: seed {raw.get('id')} was relabelled for another text: {relabel.text[:40]!r}")
+    raw = {**raw, relabel.field: relabel.label}
+    if raw.get("purchase_intent") == 1 and raw.get("stage") == "after_sales":
+        raw["stage"] = "pre_sales"
+    return raw
+
+
+def load_seed_file(path: Path, relabels: Mapping[str, Relabel] | None = None) -> list[Seed]:
     """Seeds of one intent file; the file name must equal its `intent` key."""
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
@@ -84,10 +100,13 @@ def load_seed_file(path: Path) -> list[Seed]:
     intent = str(document["intent"])
     if intent != path.stem:
         raise SeedError(f"{path}: intent {intent!r} does not match the file name")
-    return [_parse_seed(raw, intent, str(path)) for raw in document["seeds"] or []]
+    raws = document["seeds"] or []
+    if relabels:
+        raws = [_relabelled(raw, relabels, str(path)) if isinstance(raw, dict) else raw for raw in raws]
+    return [_parse_seed(raw, intent, str(path)) for raw in raws]
 
 
-def load_seed_table(path: Path) -> list[Seed]:
+def load_seed_table(path: Path, relabels: Mapping[str, Relabel] | None = None) -> list[Seed]:
     """The kept seeds of one v2 writer table (`data/seeds/v2/<writer>.tsv`, see `pipeline.synth.review`):
     double-labelled, agreed or settled by a third label; dropped and pending seeds are left out."""
     from pipeline.synth.review import ReviewError, read_records
@@ -100,10 +119,11 @@ def load_seed_table(path: Path) -> list[Seed]:
     for record in records:
         if record.status not in ("agreed", "adjudicated"):
             continue
-        purchase = int(record.purchase_intent)
+        raw = {"id": record.id, "text": record.text, "purchase_intent": int(record.purchase_intent), "stage": record.stage}
+        raw = _relabelled(raw, relabels or {}, f"{path}:{record.id}")
         # wanting to buy happens before paying: a settled label of 1 moves the seed to pre-sales
-        stage = "pre_sales" if purchase and record.stage == "after_sales" else record.stage
-        raw = {"id": record.id, "text": record.text, "purchase_intent": purchase, "stage": stage}
+        if raw["purchase_intent"] and raw["stage"] == "after_sales":
+            raw["stage"] = "pre_sales"
         if record.categories:
             raw["categories"] = record.categories.split()
         seed = _parse_seed(raw, record.intent, f"{path}:{record.id}")
@@ -111,16 +131,21 @@ def load_seed_table(path: Path) -> list[Seed]:
     return seeds
 
 
-def load_seeds(directory: str | Path, intents: list[str] | None = None) -> list[Seed]:
+def load_seeds(directory: str | Path, intents: list[str] | None = None, relabel_dir: str | Path | None = "relabel") -> list[Seed]:
     """All seeds under `directory`: the YAML files of the first round (in name order), then the
-    double-labelled writer tables under `v2/`; optionally only the listed intents."""
+    double-labelled writer tables under `v2/`; optionally only the listed intents. The settled blind
+    relabels under `directory/relabel_dir` are applied (None: the labels as authored and settled)."""
+    relabels = load_relabels(Path(directory) / relabel_dir) if relabel_dir is not None else {}
     seeds: list[Seed] = []
     for path in sorted(Path(directory).glob("*.yaml")):
         if intents is not None and path.stem not in intents:
             continue
-        seeds.extend(load_seed_file(path))
+        seeds.extend(load_seed_file(path, relabels))
     for path in sorted(Path(directory).glob("v2/*.tsv")):
-        seeds.extend(s for s in load_seed_table(path) if intents is None or s.intent in intents)
+        seeds.extend(s for s in load_seed_table(path, relabels) if intents is None or s.intent in intents)
+    unused = sorted(set(relabels) - {s.id for s in seeds}) if intents is None else []
+    if unused:
+        raise SeedError(f"relabels for seeds that are not in the corpus (or not kept): {unused[:5]}")
     seeds = first_of_each_text(seeds)
     duplicates = [seed_id for seed_id, n in Counter(s.id for s in seeds).items() if n > 1]
     if duplicates:
