@@ -52,6 +52,30 @@ def _review_section(review: dict | None) -> str:
 """
 
 
+def _relabel_section(review: dict | None) -> str:
+    relabels = (review or {}).get("relabels") or {}
+    if not relabels:
+        return ""
+    parts = []
+    for name, r in relabels.items():
+        rows = [[f"`{p}`", v["seeds"], _pct(v["share_1_before"]), _pct(v["share_1_after"])] for p, v in r["per_phenomenon"].items()]
+        parts.append(f"""* **{name}** (`data/seeds/relabel/{name}.yaml`, `.tsv`): {r['seeds']:,} seeds relabelled for `{r['field']}` by
+  {len(r['annotators'])} annotators ({', '.join(r['annotators'])}), two per seed; the two agree on {_pct(r['agreement'])} (kappa
+  **{r['kappa']:.3f}**). Changed: {r['to_1']:,} from 0 to 1, {r['to_0']:,} from 1 to 0. Share labelled 1 by phenomenon:
+
+{_table(['phenomenon', 'seeds', 'before', 'after'], rows)}
+""")
+    return """## Relabelled seeds: a line settled once across the corpus
+
+Where the corpus and the written chats were measured to draw a label's line in different places, the seeds
+showing that phenomenon (matched by the patterns in the selection file, every writer) were labelled again,
+blind, from the text alone, by two annotators who had labelled none of them; a seed's label is the majority
+of its settled label and the two new ones (`pipeline/synth/relabel.py`). The seed files keep their labels;
+the loader applies the relabels.
+
+""" + "\n".join(parts)
+
+
 def _chats_section(chats: dict | None) -> str:
     if not chats:
         return ""
@@ -148,7 +172,7 @@ def render_card(figures: dict, config: CorpusConfig) -> str:
         + ([f"* Seed authoring notes: {'; '.join(problems[:10])}{' ...' if len(problems) > 10 else ''}."] if problems else [])
     )
     buyer_intents = ", ".join(f"{k} {v}" for k, v in c["buyer_intent_counts"].items())
-    review_section = _review_section(figures.get("review"))
+    review_section = _review_section(figures.get("review")) + _relabel_section(figures.get("review"))
     chats_section = _chats_section(figures.get("chats"))
     realism_section = _realism_section(figures.get("realism"))
 

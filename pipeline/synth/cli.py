@@ -99,13 +99,15 @@ def review_figures(seed_dir: Path, seeds: list) -> dict:
     """Seeds per writer and the agreement of the blind second labels (corpus v2 tables)."""
     from collections import Counter
 
+    from pipeline.synth.relabel import relabel_figures
     from pipeline.synth.review import agreement, read_records
 
     records = [r for path in sorted(Path(seed_dir).glob("v2/*.tsv")) for r in read_records(path)]
     written = Counter(r.writer for r in records)
     kept = Counter(s.writer for s in seeds)
     writers = {w: {"written": written.get(w, kept[w]), "kept": kept[w]} for w in sorted(set(written) | set(kept))}
-    return {"writers": writers, "agreement": agreement(records) if records else None}
+    return {"writers": writers, "agreement": agreement(records) if records else None,
+            "relabels": relabel_figures(Path(seed_dir) / "relabel")}
 
 
 REALISM_DRAWS = 3  # draws of a small set and of the corpus at its size (the figure of one draw moves by +-0.05)

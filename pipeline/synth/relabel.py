@@ -138,7 +138,7 @@ def settle(original: int, a: int, b: int) -> int:
 
 def merge(key: list[dict[str, str]], labels: dict[str, list[tuple[str, dict[str, int]]]]) -> tuple[list[dict[str, str]], dict[str, object]]:
     """Relabel rows for the selected seeds (controls are measured, never relabelled) and the agreement."""
-    from sklearn.metrics import cohen_kappa_score  # the merge step only: loading seeds stays light
+    from pipeline.synth.review import kappa  # the merge step only: loading seeds stays free of sklearn
 
     rows, stats = [], {}
     pairs: dict[str, list[tuple[int, int, int]]] = {"selected": [], "control": []}
@@ -157,10 +157,10 @@ def merge(key: list[dict[str, str]], labels: dict[str, list[tuple[str, dict[str,
         original, a, b = (list(column) for column in zip(*triples, strict=True))
         stats[part] = {
             "n": len(triples),
-            "kappa_new_pair": round(float(cohen_kappa_score(a, b)), 3),
+            "kappa_new_pair": round(kappa(a, b), 3),
             "agreement_new_pair": round(sum(x == y for x, y in zip(a, b, strict=True)) / len(a), 3),
-            "kappa_original_vs_a": round(float(cohen_kappa_score(original, a)), 3),
-            "kappa_original_vs_b": round(float(cohen_kappa_score(original, b)), 3),
+            "kappa_original_vs_a": round(kappa(original, a), 3),
+            "kappa_original_vs_b": round(kappa(original, b), 3),
             "changed": sum(settle(o, x, y) != o for o, x, y in triples),
             "share_1_before": round(sum(original) / len(original), 3),
             "share_1_after": round(sum(settle(o, x, y) for o, x, y in triples) / len(triples), 3),
@@ -200,6 +200,41 @@ def load_relabels(directory: str | Path) -> dict[str, Relabel]:
                     raise RelabelError(f"{path}:{number}: {row['id']} relabelled twice")
                 relabels[row["id"]] = Relabel(row["text"], selection.field, label)
     return relabels
+
+
+def relabel_figures(directory: str | Path) -> dict[str, dict[str, object]]:
+    """Per relabelling (data card): seeds relabelled, labels changed each way, agreement of the two new annotators."""
+    from pipeline.synth.review import kappa
+
+    figures = {}
+    for path in sorted(Path(directory).glob("*.tsv")):
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
+        a, b = [row["label_a"] for row in rows], [row["label_b"] for row in rows]
+        phenomena = sorted({name for row in rows for name in row["phenomena"].split()})
+        figures[path.stem] = {
+            "field": load_selection(path.with_suffix(".yaml")).field,
+            "seeds": len(rows),
+            "to_1": sum(row["original"] == "0" and row["label"] == "1" for row in rows),
+            "to_0": sum(row["original"] == "1" and row["label"] == "0" for row in rows),
+            "agreement": sum(x == y for x, y in zip(a, b, strict=True)) / len(rows) if rows else float("nan"),
+            "kappa": kappa(a, b) if rows else float("nan"),
+            "annotators": sorted({row["labeller_a"] for row in rows} | {row["labeller_b"] for row in rows}),
+            "per_phenomenon": {
+                name: {
+                    "seeds": sum(name in row["phenomena"].split() for row in rows),
+                    "share_1_before": _share(rows, name, "original"),
+                    "share_1_after": _share(rows, name, "label"),
+                }
+                for name in phenomena
+            },
+        }
+    return figures
+
+
+def _share(rows: list[dict[str, str]], phenomenon: str, column: str) -> float:
+    values = [row[column] == "1" for row in rows if phenomenon in row["phenomena"].split()]
+    return sum(values) / len(values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,8 @@ def read_records(path: Path) -> list[SeedRecord]:
         ]
 
 
-def _kappa(a: list, b: list) -> float:
+def kappa(a: list, b: list) -> float:
+    """Cohen's kappa; 1.0 when both annotators used one and the same label (sklearn: undefined)."""
     if len(set(a) | set(b)) < 2:
         return 1.0
     return float(cohen_kappa_score(a, b))
@@ -185,9 +186,9 @@ def agreement(records: list[SeedRecord], per_intent: bool = True) -> dict[str, o
     figures: dict[str, object] = {
         "double_labelled": n,
         "intent_agreement": sum(a == b for a, b in zip(first_i, second_i, strict=True)) / n if n else float("nan"),
-        "intent_kappa": _kappa(first_i, second_i) if n else float("nan"),
+        "intent_kappa": kappa(first_i, second_i) if n else float("nan"),
         "purchase_agreement": sum(a == b for a, b in zip(first_p, second_p, strict=True)) / n if n else float("nan"),
-        "purchase_kappa": _kappa(first_p, second_p) if n else float("nan"),
+        "purchase_kappa": kappa(first_p, second_p) if n else float("nan"),
         "status": dict(Counter(r.status or "pending" for r in records)),
     }
     if per_intent:
@@ -206,8 +207,8 @@ def _agreement_per_intent(records: list[SeedRecord], labelled: list[SeedRecord])
         table[intent] = {
             "written": len(written),
             "agreement": sum(r.second_intent == intent for r in written) / len(written) if written else float("nan"),
-            "kappa": _kappa(a, b),
-            "purchase_kappa": _kappa([str(r.first_purchase_intent) for r in written], [r.second_purchase_intent for r in written]) if written else float("nan"),
+            "kappa": kappa(a, b),
+            "purchase_kappa": kappa([str(r.first_purchase_intent) for r in written], [r.second_purchase_intent for r in written]) if written else float("nan"),
             "kept": sum(r.intent == intent and r.status in ("agreed", "adjudicated") for r in records),
         }
     return table
