@@ -12,6 +12,10 @@ def _pct(value: float, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}%"
 
 
+def _rate_target(rate: float | None) -> str:
+    return "every seed of an intent drawn alike, no target" if rate is None else f"target {_pct(rate)}"
+
+
 def _table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -246,7 +250,7 @@ role, text, sent_at` (timestamp, +08:00), `intent, purchase_intent` (null for ag
 ## Messages
 
 {m['messages']:,} messages; purchase_intent = 1 on **{_pct(m['purchase_intent_rate_pre_sales'])}** of pre-sales messages
-(target {_pct(config.messages.pre_sales_purchase_intent_rate)}) and {_pct(m['purchase_intent_rate_after_sales'])} of after-sales ones.
+({_rate_target(config.messages.pre_sales_purchase_intent_rate)}) and {_pct(m['purchase_intent_rate_after_sales'])} of after-sales ones.
 Stages: {', '.join(f'{k} {v:,}' for k, v in m['stage_counts'].items())}.
 
 {_table(['intent', 'messages', 'share', 'seeds', 'message seeds', 'conversation seeds', 'pre-sales', 'purchase_intent=1', 'distinct 3-grams', 'median chars'], intent_rows)}

@@ -67,7 +67,9 @@ class MessageSettings(_Strict):
     min_per_intent: int = Field(gt=0)
     intent_weights: dict[str, float]
     category_weights: dict[str, float]
-    pre_sales_purchase_intent_rate: float = Field(gt=0, lt=1)  # target share of purchase_intent 1 among pre-sales
+    # target share of purchase_intent 1 among pre-sales messages, reached by drawing purchase-intent seeds more or less
+    # often than the others of their intent; null: every seed of an intent alike (the rate follows the seeds)
+    pre_sales_purchase_intent_rate: float | None = Field(gt=0, lt=1)
     any_stage_pre_sales: float = Field(gt=0, lt=1)  # stage drawn for seeds written as `any`
     near_duplicate_jaccard: float = Field(gt=0, le=1)  # cross-seed variants at least this similar are rejected
     attempts_per_message: int = Field(gt=0)  # candidates tried before a seed counts as exhausted

@@ -76,8 +76,10 @@ def _pre_share(seed: Seed, any_pre: float) -> float:
     return any_pre if seed.stage == "any" else 0.0
 
 
-def purchase_multiplier(by_intent: dict[str, list[Seed]], targets: dict[str, int], rate: float, any_pre: float) -> float:
-    """Weight of a purchase_intent-1 seed relative to a 0 seed giving the target pre-sales rate."""
+def purchase_multiplier(by_intent: dict[str, list[Seed]], targets: dict[str, int], rate: float | None, any_pre: float) -> float:
+    """Weight of a purchase_intent-1 seed relative to a 0 seed giving the target pre-sales rate (None: 1, no target)."""
+    if rate is None:
+        return 1.0
 
     def expected(m: float) -> float:
         positives = pre = 0.0

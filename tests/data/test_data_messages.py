@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.data.labelled import assign_splits
 from pipeline.synth.messages import COLUMNS
-from pipeline.synth.seeds import is_conversation_seed
+from pipeline.synth.seeds import is_conversation_seed, split_seeds
 from pipeline.synth.stats import near_duplicate_share
 from pipeline.text import normalize
 
@@ -40,11 +40,22 @@ def test_realistic_imbalance(messages: pd.DataFrame) -> None:
     assert counts[frequent].min() > counts.median() > max(counts["invoice"], counts["human_agent"])
 
 
-def test_purchase_intent_values_and_rate(messages: pd.DataFrame) -> None:
+def test_purchase_intent_values_and_rate(messages: pd.DataFrame, corpus_config, seeds) -> None:
     assert set(messages["purchase_intent"].unique()) <= {0, 1}
     pre = messages["stage"] == "pre_sales"
-    assert 0.10 <= messages.loc[pre, "purchase_intent"].mean() <= 0.15
     assert messages.loc[~pre, "purchase_intent"].sum() == 0, "purchase intent happens before paying"
+    target = corpus_config.messages.pre_sales_purchase_intent_rate
+    if target is not None:
+        assert abs(messages.loc[pre, "purchase_intent"].mean() - target) <= 0.025
+        return
+    # no target: a purchase-intent seed gets as many variants as any other seed of its intent
+    message_seeds, _ = split_seeds(seeds, corpus_config.holdout.conversation_seed_fraction)
+    variants = messages["group"].value_counts()
+    for intent in ("price_promo", "payment", "stock", "product_spec", "shipping_time"):
+        drawn = {flag: [variants.get(s.id, 0) for s in message_seeds if s.intent == intent and s.purchase_intent == flag]
+                 for flag in (0, 1)}
+        ratio = (sum(drawn[1]) / len(drawn[1])) / (sum(drawn[0]) / len(drawn[0]))
+        assert 0.6 <= ratio <= 1.6, f"{intent}: a purchase-intent seed gets {ratio:.2f} times the variants of another"
 
 
 def test_categories_and_stages_are_covered(messages: pd.DataFrame) -> None:
