@@ -130,6 +130,9 @@ class PurchaseModelSettings(_Strict):
     threshold_min_positives: int = Field(ge=1)
     # > 0: the threshold is the median of the thresholds chosen on this many resamples of its set (ROUND26_RULES.md, AS)
     threshold_bootstrap: int = Field(ge=0)
+    # the linear fit's stopping tolerance; null: the library's default (logreg's lbfgs then stops after 17-28 of the
+    # 160-220 iterations it needs on the bundled data, and its ranking moves with where it stopped: ROUND37_RULES.md, CZ)
+    tol: float | None = Field(gt=0)
 
 
 class ConversationModelSettings(_Strict):

@@ -53,13 +53,16 @@ def make_features(settings: FeatureSettings, tokenizer) -> FeatureUnion:
     return FeatureUnion([("words", words), ("chars", chars)])
 
 
-def make_linear(*, C: float, class_weight, seed: int, classifier: str = "logreg", alpha: float = 1e-4, max_iter: int = 2000):
+def make_linear(*, C: float, class_weight, seed: int, classifier: str = "logreg", alpha: float = 1e-4, max_iter: int = 2000,
+                tol: float | None = None):
+    """`tol` None keeps the library's default stopping tolerance of that classifier."""
+    stop = {} if tol is None else {"tol": tol}
     if classifier == "logreg":
-        return LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed)
+        return LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed, **stop)
     if classifier == "linear_svc":
-        return LinearSVC(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed)
+        return LinearSVC(C=C, class_weight=class_weight, max_iter=max_iter, random_state=seed, **stop)
     if classifier == "sgd":
-        return SGDClassifier(loss="modified_huber", alpha=alpha, class_weight=class_weight, max_iter=max_iter, random_state=seed)
+        return SGDClassifier(loss="modified_huber", alpha=alpha, class_weight=class_weight, max_iter=max_iter, random_state=seed, **stop)
     if classifier == "complement_nb":
         return ComplementNB(alpha=max(alpha, 1e-3))
     raise ValueError(f"unknown classifier {classifier!r}")
@@ -87,7 +90,8 @@ def build_intent_pipeline(config: Config) -> Pipeline:
 def make_purchase_classifier(config: Config) -> CalibratedLinearClassifier:
     """The purchase-intent classifier; it shares the intent model's fitted feature steps."""
     settings = config.purchase_model
-    base = make_linear(C=settings.C, class_weight=settings.class_weight, seed=config.seed, classifier=settings.classifier, alpha=settings.alpha)
+    base = make_linear(C=settings.C, class_weight=settings.class_weight, seed=config.seed, classifier=settings.classifier,
+                       alpha=settings.alpha, tol=settings.tol)
     return CalibratedLinearClassifier(base, n_folds=settings.calibration_folds, random_state=config.seed, n_jobs=config.n_jobs)
 
 
