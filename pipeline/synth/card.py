@@ -63,7 +63,7 @@ def _relabel_section(review: dict | None) -> str:
     parts = []
     for name, r in relabels.items():
         rows = [[f"`{p}`", v["seeds"], _pct(v["share_1_before"]), _pct(v["share_1_after"])] for p, v in r["per_phenomenon"].items()]
-        parts.append(f"""* **{name}** (`data/seeds/relabel/{name}.yaml`, `.tsv`): {r['seeds']:,} seeds relabelled for `{r['field']}` by
+        parts.append(f"""* **{name}** (`data/seeds/relabel/{name}.yaml`, `.tsv`): {r['seeds']:,} seeds labelled again for `{r['field']}` by
   {len(r['annotators'])} annotators ({', '.join(r['annotators'])}), two per seed; the two agree on {_pct(r['agreement'])} (kappa
   **{r['kappa']:.3f}**). Changed: {r['to_1']:,} from 0 to 1, {r['to_0']:,} from 1 to 0. Share labelled 1 by phenomenon:
 
