@@ -112,6 +112,13 @@ def _write_tsv(rows: list[dict[str, str]], columns: list[str], path: Path, heade
         handle.write(buffer.getvalue().encode("utf-8"))
 
 
+def _read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A table written by `_write_tsv`: its columns and rows."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        return list(reader.fieldnames or []), list(reader)
+
+
 def read_sheet_labels(path: Path, expected: set[str]) -> dict[str, int]:
     """An annotator's sheet: `blind_id<TAB>0|1` for every line of their blind sheet, nothing else."""
     labels: dict[str, int] = {}
@@ -185,20 +192,19 @@ def load_relabels(directory: str | Path) -> dict[str, Relabel]:
     relabels: dict[str, Relabel] = {}
     for path in sorted(Path(directory).glob("*.tsv")):
         selection = load_selection(path.with_suffix(".yaml"))
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-            if reader.fieldnames != RELABEL_COLUMNS:
-                raise RelabelError(f"{path}: columns {reader.fieldnames}, expected {RELABEL_COLUMNS}")
-            for number, row in enumerate(reader, 2):
-                values = [row[c] for c in ("original", "label_a", "label_b", "label")]
-                if any(v not in ("0", "1") for v in values):
-                    raise RelabelError(f"{path}:{number}: labels must be 0 or 1")
-                original, a, b, label = map(int, values)
-                if settle(original, a, b) != label:
-                    raise RelabelError(f"{path}:{number}: {row['id']} label {label} is not the majority of {original}, {a}, {b}")
-                if row["id"] in relabels:
-                    raise RelabelError(f"{path}:{number}: {row['id']} relabelled twice")
-                relabels[row["id"]] = Relabel(row["text"], selection.field, label)
+        columns, rows = _read_tsv(path)
+        if columns != RELABEL_COLUMNS:
+            raise RelabelError(f"{path}: columns {columns}, expected {RELABEL_COLUMNS}")
+        for number, row in enumerate(rows, 2):
+            values = [row[c] for c in ("original", "label_a", "label_b", "label")]
+            if any(v not in ("0", "1") for v in values):
+                raise RelabelError(f"{path}:{number}: labels must be 0 or 1")
+            original, a, b, label = map(int, values)
+            if settle(original, a, b) != label:
+                raise RelabelError(f"{path}:{number}: {row['id']} label {label} is not the majority of {original}, {a}, {b}")
+            if row["id"] in relabels:
+                raise RelabelError(f"{path}:{number}: {row['id']} relabelled twice")
+            relabels[row["id"]] = Relabel(row["text"], selection.field, label)
     return relabels
 
 
@@ -208,8 +214,7 @@ def relabel_figures(directory: str | Path) -> dict[str, dict[str, object]]:
 
     figures = {}
     for path in sorted(Path(directory).glob("*.tsv")):
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
+        _, rows = _read_tsv(path)
         a, b = [row["label_a"] for row in rows], [row["label_b"] for row in rows]
         phenomena = sorted({name for row in rows for name in row["phenomena"].split()})
         figures[path.stem] = {
@@ -261,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_tsv(blind, ["id", "text"], args.work_dir / f"{selection.name}-{sheet}.blind.tsv", header=False)
         print(Counter(row["phenomena"] for row in key).most_common(), f"{len(key)} lines in {selection.sheets} sheets")
         return 0
-    with open(key_path, encoding="utf-8", newline="") as handle:
-        key = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
+    _, key = _read_tsv(key_path)
     labels: dict[str, list[tuple[str, dict[str, int]]]] = {}
     for spec in args.labels:
         sheet, who, file = spec.split(":", 2)

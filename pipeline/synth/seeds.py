@@ -75,18 +75,21 @@ def _parse_seed(raw: object, intent: str, source: str) -> Seed:
     return Seed(seed_id, intent, text, int(raw["purchase_intent"]), raw["stage"], categories)
 
 
+def _buying_before_paying(raw: dict) -> dict:
+    """Wanting to buy happens before paying: a settled purchase label of 1 moves an after-sales seed to pre-sales."""
+    if raw.get("purchase_intent") == 1 and raw.get("stage") == "after_sales":
+        return {**raw, "stage": "pre_sales"}
+    return raw
+
+
 def _relabelled(raw: dict, relabels: Mapping[str, Relabel], source: str) -> dict:
-    """`raw` with its settled relabel applied (`pipeline.synth.relabel`); wanting to buy happens before
-    paying, so a purchase label of 1 moves an after-sales seed to pre-sales, as in the v2 tables."""
+    """`raw` with its settled relabel applied (`pipeline.synth.relabel`), its stage following the new label."""
     relabel = relabels.get(str(raw.get("id", "")).strip())
     if relabel is None:
         return raw
     if relabel.text != str(raw.get("text")):
         raise SeedError(f"{source}: seed {raw.get('id')} was relabelled for another text: {relabel.text[:40]!r}")
-    raw = {**raw, relabel.field: relabel.label}
-    if raw.get("purchase_intent") == 1 and raw.get("stage") == "after_sales":
-        raw["stage"] = "pre_sales"
-    return raw
+    return _buying_before_paying({**raw, relabel.field: relabel.label})
 
 
 def load_seed_file(path: Path, relabels: Mapping[str, Relabel] | None = None) -> list[Seed]:
@@ -120,10 +123,7 @@ def load_seed_table(path: Path, relabels: Mapping[str, Relabel] | None = None) -
         if record.status not in ("agreed", "adjudicated"):
             continue
         raw = {"id": record.id, "text": record.text, "purchase_intent": int(record.purchase_intent), "stage": record.stage}
-        raw = _relabelled(raw, relabels or {}, f"{path}:{record.id}")
-        # wanting to buy happens before paying: a settled label of 1 moves the seed to pre-sales
-        if raw["purchase_intent"] and raw["stage"] == "after_sales":
-            raw["stage"] = "pre_sales"
+        raw = _buying_before_paying(_relabelled(raw, relabels or {}, f"{path}:{record.id}"))
         if record.categories:
             raw["categories"] = record.categories.split()
         seed = _parse_seed(raw, record.intent, f"{path}:{record.id}")
