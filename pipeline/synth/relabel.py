@@ -121,17 +121,19 @@ def _read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def read_sheet_labels(path: Path, expected: set[str]) -> dict[str, int]:
     """An annotator's sheet: `blind_id<TAB>0|1` for every line of their blind sheet, nothing else."""
+    from pipeline.synth.review import ReviewError, read_tab_fields
+
+    try:
+        rows = read_tab_fields(path, 2)
+    except ReviewError as exc:
+        raise RelabelError(f"expected `id<TAB>0|1`: {exc}") from exc
     labels: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\r\n").split("\t")
-            if len(parts) != 2 or parts[1].strip() not in ("0", "1"):
-                raise RelabelError(f"{path}:{number}: expected `id<TAB>0|1`, got {line.strip()[:60]!r}")
-            if parts[0].strip() in labels:
-                raise RelabelError(f"{path}:{number}: {parts[0].strip()} labelled twice")
-            labels[parts[0].strip()] = int(parts[1])
+    for blind_id, label in rows:
+        if label.strip() not in ("0", "1"):
+            raise RelabelError(f"{path}: {blind_id}: expected `id<TAB>0|1`, got label {label.strip()[:20]!r}")
+        if blind_id in labels:
+            raise RelabelError(f"{path}: {blind_id} labelled twice")
+        labels[blind_id] = int(label)
     if set(labels) != expected:
         missing, extra = sorted(expected - set(labels)), sorted(set(labels) - expected)
         raise RelabelError(f"{path}: ids differ from the sheet (missing {missing[:3]}, unknown {extra[:3]})")

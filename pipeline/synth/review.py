@@ -59,7 +59,8 @@ class SeedRecord:
 COLUMNS = [f.name for f in fields(SeedRecord)]
 
 
-def _read_tsv(path: Path, columns: int) -> list[list[str]]:
+def read_tab_fields(path: Path, columns: int) -> list[list[str]]:
+    """The non-blank lines of a headerless TAB sheet, each with exactly `columns` fields (ReviewError otherwise)."""
     rows = []
     with open(path, encoding="utf-8", newline="") as handle:
         for number, line in enumerate(handle, 1):
@@ -76,7 +77,7 @@ def _read_tsv(path: Path, columns: int) -> list[list[str]]:
 def read_raw(path: Path, writer: str, categories: str = "") -> list[SeedRecord]:
     """A writer's sheet (intent, purchase_intent, stage, text) with stable ids `<writer>-<nnnn>`."""
     records = []
-    for n, (intent, purchase, stage, text) in enumerate(_read_tsv(path, 4), 1):
+    for n, (intent, purchase, stage, text) in enumerate(read_tab_fields(path, 4), 1):
         if purchase not in ("0", "1"):
             raise ReviewError(f"{path}: line {n}: purchase_intent {purchase!r}")
         records.append(SeedRecord(f"{writer}-{n:04d}", writer, stage, categories, text.strip(), intent, int(purchase)))
@@ -95,7 +96,7 @@ def blind_sheet(records: Iterable[SeedRecord]) -> list[tuple[str, str]]:
 def read_labels(path: Path, intents: set[str]) -> dict[str, tuple[str, int]]:
     """A labeller's sheet: id, intent, purchase_intent."""
     labels = {}
-    for seed_id, intent, purchase in _read_tsv(path, 3):
+    for seed_id, intent, purchase in read_tab_fields(path, 3):
         if intent not in intents:
             raise ReviewError(f"{path}: {seed_id}: unknown intent {intent!r}")
         if purchase.strip() not in ("0", "1"):
