@@ -28,6 +28,9 @@ ORDERED_CONTEXT_INTENTS = frozenset({"shipping_time", "logistics", "order_change
 NO_CONTEXT_INTENTS = frozenset({"human_agent"})
 # a seed that is itself a pasted platform card keeps the platform's spelling
 _CARD_RE = re.compile(r"订单号[:：]|下单时间|订单金额|实付款|订单信息|商品名称")
+# The anonymiser's placeholders as the generator writes them ([订单x], [地址x] ...): bounded, no nesting, linear.
+_PLACEHOLDER_RE = re.compile(r"\[[^\[\]]{1,12}x\]")
+_PLACEHOLDER_SPLIT_RE = re.compile(r"(\[[^\[\]]{1,12}x\])")
 
 VOCATIVES = ("亲", "亲亲", "老板", "客服", "掌柜的", "小姐姐", "宝", "美女", "kf", "亲爱的", "店家", "小哥哥", "老板娘")
 GREETINGS = ("在吗", "你好", "在不在", "hello", "您好", "哈喽", "hi", "有人吗", "在吗在吗", "亲在吗", "你好呀", "在？", "喂", "客服在吗", "老板在吗", "在么", "hi亲")
@@ -156,15 +159,26 @@ def add_particle(text: str, intent: str, rng: random.Random) -> str:
     return body + rng.choice(pool) + end
 
 
+def _typed_positions(written: str, text: str) -> list[int]:
+    """Where `written` starts in what the buyer typed: never inside an anonymiser's placeholder."""
+    inside = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
+    return [
+        m.start()
+        for m in re.finditer(re.escape(written), text)
+        if not any(start < m.end() and m.start() < end for start, end in inside)
+    ]
+
+
 def add_typos(text: str, rng: random.Random) -> str:
-    """One or two homophone / typo / pinyin swaps at places the text actually contains."""
-    candidates = [pair for pair in TYPOS if pair[0] in text]
+    """One or two homophone / typo / pinyin swaps at places the buyer typed: the exporter writes its
+    placeholders ([地址x], [订单x] ...) itself, so a typo never lands inside one."""
+    candidates = [pair for pair in TYPOS if _typed_positions(pair[0], text)]
     if not candidates:
         return text
     for written, typed in rng.sample(candidates, k=min(len(candidates), 1 if rng.random() < 0.8 else 2)):
-        if written not in text:
+        positions = _typed_positions(written, text)
+        if not positions:
             continue
-        positions = [m.start() for m in re.finditer(re.escape(written), text)]
         at = rng.choice(positions)
         text = text[:at] + typed + text[at + len(written):]
     return text
@@ -211,7 +225,9 @@ def spaces_for_punctuation(text: str, rng: random.Random) -> str:
 
 
 def to_fullwidth(text: str) -> str:
-    return "".join(_ASCII_TO_FULL.get(c, c) for c in text)
+    """What a full-width input method makes of the buyer's typing; the exporter's placeholders stay as written."""
+    parts = _PLACEHOLDER_SPLIT_RE.split(text)  # typed text at even indices, placeholders at odd ones
+    return "".join(part if i % 2 else "".join(_ASCII_TO_FULL.get(c, c) for c in part) for i, part in enumerate(parts))
 
 
 def repeat_short(text: str, rng: random.Random) -> str:

@@ -14,7 +14,15 @@ from typer.testing import CliRunner
 from pipeline.synth.cli import build, data_app
 from pipeline.synth.config import load_corpus_config
 from pipeline.synth.messages import Composer
-from pipeline.synth.noise import GREETINGS, POLITE_TAILS, NoiseModel, commas_for_spaces, restyle_punctuation
+from pipeline.synth.noise import (
+    GREETINGS,
+    POLITE_TAILS,
+    NoiseModel,
+    add_typos,
+    commas_for_spaces,
+    restyle_punctuation,
+    to_fullwidth,
+)
 from pipeline.synth.seeds import is_conversation_seed
 from pipeline.synth.vocab import SlotFiller, SlotStyle
 from pipeline.text import TOKENS, normalize
@@ -77,6 +85,23 @@ def test_platform_export_writes_what_the_export_writes_and_normalises_alike(corp
         assert not any(mark in text for mark in ("\n", ",", "？")), text
         as_typed = composer.compose(seed, "electronics", "after_sales", random.Random(seed.id), typed)
         assert normalize(text) == normalize(as_typed)
+
+
+def test_typing_noise_never_lands_inside_an_anonymiser_placeholder(corpus_config) -> None:
+    """The exporter writes [地址x] [订单x] [链接x] itself: a buyer's typo (地扯, 定单, lj) or full-width input
+    belongs to the typed text around them. The generator once wrote [地扯x] and [定单x], which no export holds
+    and the normaliser cannot read as a placeholder."""
+    rng = random.Random(5)
+    assert {add_typos("[地址x] [订单x] [链接x]", rng) for _ in range(200)} == {"[地址x] [订单x] [链接x]"}
+    typed = {add_typos("地址是[地址x]", rng) for _ in range(200)}
+    assert "地扯是[地址x]" in typed and all(t.endswith("[地址x]") for t in typed)
+    assert to_fullwidth("ok [订单x] ok?") == "ｏｋ [订单x] ｏｋ？"
+    noise = NoiseModel(corpus_config.noise.model_copy(update={"clean": 0.0, "typo": 1.0, "fullwidth": 0.5}))
+    filler = SlotFiller("electronics", rng, SlotStyle(anonymised=True, mask_numbers=1.0))
+    for _ in range(300):
+        text = noise.apply(filler.fill("地址改成{address} 订单{order}"), "order_change", "after_sales", filler, rng)
+        assert "[地址x]" in text and "[订单x]" in text, text
+        assert normalize(text).count(TOKENS["address"]) == 1, text
 
 
 def test_raw_and_anonymised_values_normalise_alike() -> None:

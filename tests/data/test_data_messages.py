@@ -128,3 +128,17 @@ def test_data_card_reports_these_files(messages: pd.DataFrame, corpus_config) ->
     assert f"{len(messages):,} messages" in card
     match = re.search(r"Near duplicates across the split\*\*: ([\d.]+)%", card)
     assert match and float(match.group(1)) < 5
+
+
+# The kinds of placeholder the anonymising JD export writes (as in ../shared/realchat-pool): nothing else is one.
+EXPORT_PLACEHOLDER_KINDS = frozenset(
+    {"订单", "电话", "链接", "金额", "日期", "时间", "数字", "姓名", "地址", "站点", "组织机构", "身份证号", "邮箱"}
+)
+
+
+def test_placeholders_are_ones_the_export_writes(messages: pd.DataFrame) -> None:
+    """The exporter writes its placeholders, the buyer does not type them: no typo or full-width form inside one
+    (the generator once wrote [地扯x], [定单x] and [ｌｊｘ], ROUND40_RULES.md DF)."""
+    kinds = messages["text"].str.findall(r"\[([^\[\]]{1,12})x\]").explode().dropna()
+    assert set(kinds) <= EXPORT_PLACEHOLDER_KINDS, sorted(set(kinds) - EXPORT_PLACEHOLDER_KINDS)
+    assert not messages["text"].str.contains("ｘ］", regex=False).any()
