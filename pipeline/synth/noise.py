@@ -29,8 +29,8 @@ NO_CONTEXT_INTENTS = frozenset({"human_agent"})
 # a seed that is itself a pasted platform card keeps the platform's spelling
 _CARD_RE = re.compile(r"订单号[:：]|下单时间|订单金额|实付款|订单信息|商品名称")
 # The anonymiser's placeholders as the generator writes them ([订单x], [地址x] ...): bounded, no nesting, linear.
-_PLACEHOLDER_RE = re.compile(r"\[[^\[\]]{1,12}x\]")
-_PLACEHOLDER_SPLIT_RE = re.compile(r"(\[[^\[\]]{1,12}x\])")
+# One group, so that `split` keeps them: typed text at even indices, placeholders at odd ones.
+_PLACEHOLDER_RE = re.compile(r"(\[[^\[\]]{1,12}x\])")
 
 VOCATIVES = ("亲", "亲亲", "老板", "客服", "掌柜的", "小姐姐", "宝", "美女", "kf", "亲爱的", "店家", "小哥哥", "老板娘")
 GREETINGS = ("在吗", "你好", "在不在", "hello", "您好", "哈喽", "hi", "有人吗", "在吗在吗", "亲在吗", "你好呀", "在？", "喂", "客服在吗", "老板在吗", "在么", "hi亲")
@@ -226,7 +226,7 @@ def spaces_for_punctuation(text: str, rng: random.Random) -> str:
 
 def to_fullwidth(text: str) -> str:
     """What a full-width input method makes of the buyer's typing; the exporter's placeholders stay as written."""
-    parts = _PLACEHOLDER_SPLIT_RE.split(text)  # typed text at even indices, placeholders at odd ones
+    parts = _PLACEHOLDER_RE.split(text)
     return "".join(part if i % 2 else "".join(_ASCII_TO_FULL.get(c, c) for c in part) for i, part in enumerate(parts))
 
 

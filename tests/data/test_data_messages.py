@@ -138,7 +138,7 @@ EXPORT_PLACEHOLDER_KINDS = frozenset(
 
 def test_placeholders_are_ones_the_export_writes(messages: pd.DataFrame) -> None:
     """The exporter writes its placeholders, the buyer does not type them: no typo or full-width form inside one
-    (the generator once wrote [地扯x], [定单x] and [ｌｊｘ], ROUND40_RULES.md DF)."""
+    (the generator once wrote [地扯x], [定单x], [ljx] and ［姓名ｘ］, ROUND40_RULES.md DF)."""
     kinds = messages["text"].str.findall(r"\[([^\[\]]{1,12})x\]").explode().dropna()
     assert set(kinds) <= EXPORT_PLACEHOLDER_KINDS, sorted(set(kinds) - EXPORT_PLACEHOLDER_KINDS)
     assert not messages["text"].str.contains("ｘ］", regex=False).any()
